@@ -104,7 +104,10 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     for f in dataclasses.fields(cls):
         if "flag" in f.metadata and hasattr(args, f.name):
             value = getattr(args, f.name)
-            if isinstance(value, list) and typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple:
+            if (
+                isinstance(value, list)
+                and typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple
+            ):
                 value = tuple(value)
             values[f.name] = value
     return cls(**values)

@@ -1,0 +1,80 @@
+"""The ``adv-large-batch`` command line.
+
+Subcommands: ``info`` (installation report) and ``finetune`` (ScaLA / baseline
+fine-tuning of a BERT-family encoder).  Every flag comes from a config
+dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
+message naming the value before TensorFlow does any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from adv_large_batch import __version__
+from adv_large_batch.config import ConfigError, add_arguments, from_args
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from adv_large_batch.finetune import FinetuneConfig
+    from adv_large_batch.optimizers import OptimizerConfig
+    from adv_large_batch.scala import ScaLAConfig
+
+    parser = argparse.ArgumentParser(
+        prog="adv-large-batch",
+        description="Large-batch training with adversarial perturbation (ScaLA, ConAdv).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    info = sub.add_parser("info", help="versions, devices, Horovod build, bundled data")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a BERT-family encoder (ScaLA, baseline or Gaussian noise)",
+        description="Fine-tune a BERT-family encoder on a GLUE-style task with ScaLA.",
+    )
+    add_arguments(ft, FinetuneConfig, "run")
+    add_arguments(ft, ScaLAConfig, "adversarial perturbation (ScaLA)")
+    add_arguments(ft, OptimizerConfig, "optimizer and learning rate")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            from adv_large_batch import info
+
+            data = info.collect()
+            print(json.dumps(data, indent=2) if args.json else info.report(data))
+            return 0
+        if args.command == "finetune":
+            from adv_large_batch import finetune
+            from adv_large_batch.optimizers import OptimizerConfig
+            from adv_large_batch.scala import ScaLAConfig
+
+            run_cfg = from_args(finetune.FinetuneConfig, args)
+            adv = from_args(ScaLAConfig, args)
+            opt = from_args(OptimizerConfig, args)
+            finetune.run(run_cfg, adv, opt)
+            return 0
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""One interface over single-process, Horovod and ``tf.distribute`` data parallelism.
+
+Both methods of this library are *large-batch* methods: ScaLA and ConAdv reach their global
+batch by synchronous data parallelism, every worker computing the gradient of its own slice of
+the batch and the workers averaging gradients before each optimizer step. ``get_backend()``
+returns a :class:`Backend` that a custom Keras ``train_step`` uses for exactly that:
+
+```python
+backend = get_backend()  # "horovod" under horovodrun, else "single"
+
+class Trainer(keras.Model):
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = my_loss(y, self(x, training=True))        # a hand-written loss term
+            scaled = loss * backend.loss_scale()             # 1 / replicas under tf.distribute
+        grads = tape.gradient(scaled, self.trainable_variables)
+        grads = backend.allreduce_gradients(grads)           # Horovod: average over workers
+        self.optimizer.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+with backend.scope():
+    model = Trainer(...)
+    model.compile(optimizer="sgd", jit_compile=backend.jit_compile)
+model.fit(backend.shard(dataset), callbacks=[BroadcastCallback(), MetricAverageCallback()])
+```
+
+What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
+``horovodrun_scripts/build_horovod.sh``; see ``tests/test_distributed.py``):
+
+* Horovod: ``hvd.grouped_allreduce(grads, op=hvd.Average)`` inside the ``tf.function`` that
+  ``fit`` builds gives, with 2 ranks, the same weights as one process on the union of the two
+  ranks' batches. Horovod's own ``broadcast_variables`` / ``BroadcastGlobalVariablesCallback``
+  fail on Keras 3 variables (they call ``.ref()``), so :meth:`HorovodBackend.broadcast_variables`
+  broadcasts ``v.value`` and assigns by hand. Horovod's ops have no XLA kernels in this build
+  (``xla_mpi_ops.cc`` is dropped for TF 2.21), and Keras' ``jit_compile="auto"`` turns XLA on
+  whenever a GPU is visible: compile with ``jit_compile=backend.jit_compile`` (False for Horovod).
+* ``tf.distribute`` (MirroredStrategy on 2 logical CPU devices): the Keras 3 TF optimizer
+  all-reduces replica gradients with ``ReduceOp.SUM`` (``_all_reduce_sum_gradients``), so each
+  replica's loss must be pre-multiplied by ``1 / num_replicas_in_sync``. Keras already does that
+  for losses it computes itself -- ``compile(loss=...)`` via ``Loss.__call__`` and ``add_loss``
+  terms (``scale_loss_for_distribution``) -- so only *hand-written* terms take
+  :meth:`Backend.loss_scale`; multiplying ``self.compute_loss(...)`` again would divide twice.
+  With that, the weights match a single-device run of the same global batches.
+* ``MirroredStrategy()`` without GPUs uses only ``/cpu:0``; :class:`StrategyBackend` therefore
+  mirrors over all logical GPUs, else all logical CPU devices (so logical CPU devices configured
+  with ``tf.config.set_logical_device_configuration`` become replicas).
+
+"tpu" (TPUStrategy) and "multiworker" (MultiWorkerMirroredStrategy) are untested here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+BACKEND_KINDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+_INSTALL_HINT = (
+    "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "
+    "with: PYTHON={python} bash horovodrun_scripts/build_horovod.sh"
+)
+_HOROVODRUN_ENV = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+class HorovodUnavailableError(ImportError):
+    """The horovod backend was requested but ``horovod.tensorflow`` cannot be imported."""
+
+
+def _import_horovod() -> Any:
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as err:  # also raised by a broken build (missing symbol)
+        raise HorovodUnavailableError(
+            _INSTALL_HINT.format(python=sys.executable) + f" ({err})"
+        ) from err
+    return hvd
+
+
+def horovod_available() -> bool:
+    """True when ``horovod.tensorflow`` imports (it is an optional dependency)."""
+    try:
+        _import_horovod()
+    except ImportError:
+        return False
+    return True
+
+
+def horovod_build_info() -> dict[str, Any]:
+    """What the installed Horovod was built with; never raises.
+
+    Keys: ``installed``, ``version``, ``gloo``, ``nccl``, ``mpi`` and ``error`` (why it is not
+    usable, else None).
+    """
+    info: dict[str, Any] = {
+        "installed": False,
+        "version": None,
+        "gloo": False,
+        "nccl": False,
+        "mpi": False,
+        "error": None,
+    }
+    try:
+        hvd = _import_horovod()
+        import horovod
+
+        info.update(installed=True, version=horovod.__version__)
+        info.update(gloo=bool(hvd.gloo_built()), nccl=bool(hvd.nccl_built()))
+        info.update(mpi=bool(hvd.mpi_built()))
+    except Exception as err:  # noqa: BLE001 -- report, never raise
+        cause = err.__cause__ or err
+        info["error"] = f"{type(cause).__name__}: {cause}"
+    return info
+
+
+class Backend:
+    """Single process: every collective is the identity. Base class of the others."""
+
+    name = "single"
+    jit_compile: bool | str = "auto"  # pass to ``model.compile(jit_compile=...)``
+
+    def __init__(self) -> None:
+        self.rank = 0
+        self.size = 1
+        self.local_rank = 0
+        self.local_size = 1
+        self.num_replicas_in_sync = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def loss_scale(self) -> float:
+        """Factor for a hand-written loss term: ``1 / num_replicas_in_sync`` (see module doc)."""
+        return 1.0 / self.num_replicas_in_sync
+
+    def allreduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
+        """Gradients averaged over workers (inside ``train_step``); identity here."""
+        return list(grads)
+
+    def allreduce_mean(self, value: Any) -> Any:
+        """``value`` averaged over workers (metrics); identity here."""
+        return value
+
+    def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
+        """Overwrite ``variables`` with their values on ``root_rank`` (eager); no-op here."""
+
+    def scope(self) -> AbstractContextManager[Any]:
+        """Where to build the model and optimizer."""
+        return contextlib.nullcontext()
+
+    def shard(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """This worker's part of ``dataset`` (element ``i`` goes to rank ``i % size``)."""
+        return dataset
+
+    def barrier(self) -> None:
+        """Wait for all workers."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, rank={self.rank}, size={self.size}, "
+            f"num_replicas_in_sync={self.num_replicas_in_sync})"
+        )
+
+
+class HorovodBackend(Backend):
+    """One process per worker launched by ``horovodrun``; collectives over Gloo (or NCCL)."""
+
+    name = "horovod"
+    jit_compile = False  # Horovod ops have no XLA kernels in the TF 2.21 build
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hvd = hvd = _import_horovod()
+        hvd.init()
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+
+    def allreduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
+        """One ``hvd.grouped_allreduce(op=Average)``; None stays None, IndexedSlices go dense."""
+        grads = list(grads)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return grads
+        dense = [tf.convert_to_tensor(grads[i]) for i in present]
+        reduced = self.hvd.grouped_allreduce(dense, op=self.hvd.Average)
+        for i, g in zip(present, reduced):
+            grads[i] = g
+        return grads
+
+    def allreduce_mean(self, value: Any) -> Any:
+        return self.hvd.allreduce(tf.convert_to_tensor(value), op=self.hvd.Average)
+
+    def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
+        # hvd.broadcast_variables calls .ref() on each variable, which Keras 3 variables lack.
+        for i, v in enumerate(variables):
+            v.assign(self.hvd.broadcast(v.value, root_rank, name=f"alb_broadcast_{i}"))
+
+    def shard(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        return dataset.shard(self.size, self.rank)
+
+    def barrier(self) -> None:
+        # Horovod 0.28.1 has no hvd.barrier() for TensorFlow: an allreduce waits for every rank.
+        self.hvd.allreduce(tf.constant(0.0), name="alb_barrier")
+
+
+class StrategyBackend(Backend):
+    """A ``tf.distribute`` strategy; Keras splits each global batch over the replicas."""
+
+    def __init__(self, name: str, strategy: tf.distribute.Strategy) -> None:
+        super().__init__()
+        self.name = name
+        self.strategy = strategy
+        self.num_replicas_in_sync = strategy.num_replicas_in_sync
+        resolver = getattr(strategy, "cluster_resolver", None)
+        if name == "multiworker" and resolver is not None and resolver.cluster_spec().jobs:
+            spec = resolver.cluster_spec().as_dict()
+            self.rank = resolver.task_id or 0
+            self.size = len(spec.get("worker", [])) + len(spec.get("chief", []))
+            if "chief" in spec:  # the chief is rank 0, workers follow
+                self.rank = 0 if resolver.task_type == "chief" else self.rank + 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def scope(self) -> AbstractContextManager[Any]:
+        return self.strategy.scope()
+
+    def barrier(self) -> None:
+        if self.size > 1:  # multi-worker: a cross-worker all-reduce blocks until all arrive
+            self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(0.0)), axis=None)
+
+
+def _mirrored_devices() -> list[str]:
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+
+
+def _make_backend(kind: str) -> Backend:
+    if kind == "single":
+        return Backend()
+    if kind == "horovod":
+        return HorovodBackend()
+    if kind == "mirrored":
+        return StrategyBackend(kind, tf.distribute.MirroredStrategy(devices=_mirrored_devices()))
+    if kind == "tpu":  # untested here
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return StrategyBackend(kind, tf.distribute.TPUStrategy(resolver))
+    if kind == "multiworker":  # untested here; reads TF_CONFIG
+        return StrategyBackend(kind, tf.distribute.MultiWorkerMirroredStrategy())
+    raise AssertionError(kind)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def get_backend(kind: str = "auto") -> Backend:
+    """The process's backend of ``kind`` (created once, then cached).
+
+    ``kind`` is one of ``BACKEND_KINDS``; "auto" is "horovod" when launched by horovodrun
+    (``HOROVOD_RANK`` or ``OMPI_COMM_WORLD_RANK`` set), else "single".
+    """
+    if kind not in BACKEND_KINDS:
+        raise ValueError(
+            f"unknown distributed backend {kind!r}; allowed: {', '.join(BACKEND_KINDS)}"
+        )
+    if kind == "auto":
+        kind = "horovod" if any(v in os.environ for v in _HOROVODRUN_ENV) else "single"
+    if kind not in _BACKENDS:
+        _BACKENDS[kind] = _make_backend(kind)
+    return _BACKENDS[kind]
+
+
+class BroadcastCallback(keras.callbacks.Callback):
+    """At the start of ``fit``, copy model and optimizer variables from ``root_rank``.
+
+    Needed so that every Horovod worker starts from the same weights (and, when resuming, the
+    same optimizer slots and iteration count). Builds the optimizer first if needed, so its
+    variables exist.
+    """
+
+    def __init__(self, backend: Backend | None = None, root_rank: int = 0) -> None:
+        super().__init__()
+        self.backend = backend
+        self.root_rank = root_rank
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        backend = self.backend or get_backend()
+        if not self.model.variables:
+            raise RuntimeError(
+                "BroadcastCallback: the model has no variables when training begins, so there is "
+                "nothing to broadcast and each worker would keep its own initial weights; build "
+                "it first, e.g. by calling it on one batch."
+            )
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        variables = list(self.model.variables) + list(optimizer.variables)
+        backend.broadcast_variables(variables, root_rank=self.root_rank)
+
+
+class MetricAverageCallback(keras.callbacks.Callback):
+    """At each epoch end, replace every numeric log value by its average over workers.
+
+    Must come before callbacks that read the logs (checkpointing, early stopping, loggers).
+    """
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not logs:
+            return
+        backend = self.backend or get_backend()
+        for key in sorted(logs):  # same order on every rank
+            value = logs[key]
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric or getattr(value, "ndim", None) == 0:
+                mean = backend.allreduce_mean(tf.constant(float(value), tf.float64))
+                logs[key] = float(mean)

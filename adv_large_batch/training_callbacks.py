@@ -1,0 +1,74 @@
+"""The callbacks every training run gets: distributed plumbing, TensorBoard,
+checkpoints, learning rate and throughput in the logs.
+
+Only the chief (rank 0) writes files; under Horovod every rank gets the
+broadcast of rank 0's initial state and the epoch-end metric averaging.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import keras
+
+
+class LearningRateAndThroughput(keras.callbacks.Callback):
+    """Adds ``learning_rate`` and ``examples_per_s`` (global) to the epoch logs."""
+
+    def __init__(self, global_batch_size: int | None = None) -> None:
+        super().__init__()
+        self.global_batch_size = global_batch_size
+        self._start = 0.0
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start, self._steps = time.time(), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        opt = self.model.optimizer
+        lr = opt.learning_rate
+        logs["learning_rate"] = float(lr(opt.iterations) if callable(lr) else lr)
+        if self.global_batch_size:
+            logs["examples_per_s"] = (
+                self._steps * self.global_batch_size / max(time.time() - self._start, 1e-9)
+            )
+
+
+def standard_callbacks(
+    backend: Any,
+    logdir: str | None = None,
+    checkpoint_dir: str | None = None,
+    global_batch_size: int | None = None,
+) -> list[keras.callbacks.Callback]:
+    """Broadcast + metric averaging (Horovod), then chief-only writers."""
+    from adv_large_batch import distributed
+
+    callbacks: list[keras.callbacks.Callback] = [LearningRateAndThroughput(global_batch_size)]
+    if backend.name == "horovod":
+        callbacks.insert(0, distributed.BroadcastCallback(backend))
+        callbacks.append(distributed.MetricAverageCallback(backend))
+    if not backend.is_chief:
+        return callbacks
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        if backend.size == 1:
+            callbacks.insert(
+                0, keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup"))
+            )
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
+            )
+        )
+    if logdir:
+        callbacks.append(
+            keras.callbacks.TensorBoard(logdir, update_freq="epoch", write_graph=False)
+        )
+    return callbacks

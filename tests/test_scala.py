@@ -1,0 +1,187 @@
+"""ScaLA's train_step: accumulation, delayed injection, evaluate, serialisation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from adv_large_batch.config import ConfigError
+from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier, trim_to_longest
+from adv_large_batch.scala import ScaLA, ScaLAConfig
+from tests.tiny_bert import SingleProcess, tiny_classifier, token_batch
+
+CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def compiled(model, lr=0.1):
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=CE, metrics=["accuracy"])
+    return model
+
+
+def one_step_weights(config, micro):
+    x, y = token_batch(32)
+    model = compiled(
+        ScaLA(
+            tiny_classifier(seed=3), config, micro_batch_size=micro, backend=SingleProcess(), seed=0
+        )
+    )
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    return [v.numpy() for v in model.network.trainable_variables]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ScaLAConfig(method="baseline"),
+        # Deterministic perturbation: zero start, GT target, per-example normalised step.
+        ScaLAConfig(
+            method="scala",
+            adv_target="labels",
+            init="zero",
+            step_norm="linf",
+            eps=1e-2,
+            step_size=1e-1,
+        ),
+    ],
+    ids=["baseline", "scala"],
+)
+def test_accumulation_equals_one_big_batch(config):
+    big = one_step_weights(config, None)
+    accumulated = one_step_weights(config, 8)
+    untouched = [v.numpy() for v in tiny_classifier(seed=3).trainable_variables]
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(big, untouched))  # it did train
+    for a, b in zip(big, accumulated):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_perturbation_changes_the_update():
+    base = one_step_weights(ScaLAConfig(method="baseline"), 8)
+    scala = one_step_weights(
+        ScaLAConfig(adv_target="labels", init="zero", step_norm="linf", eps=1e-2, step_size=1e-1), 8
+    )
+    assert max(np.abs(a - b).max() for a, b in zip(base, scala)) > 1e-6
+
+
+def test_delayed_injection_turns_on_exactly_at_t_s():
+    x, y = token_batch(64)
+    model = compiled(
+        ScaLA(
+            tiny_classifier(),
+            ScaLAConfig(start_step=3),
+            micro_batch_size=16,
+            backend=SingleProcess(),
+        ),
+        lr=0.01,
+    )
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(float(logs["adv_on"]))
+
+    # 2 steps per epoch; t_s = step 3: steps 0,1,2 clean, step 3 on (epoch means 0, 0.5, 1).
+    history = model.fit(
+        x, y, batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[Record()]
+    )
+    assert history.history["adv_on"] == [0.0, 0.5, 1.0]
+    reg = history.history["regulariser"]
+    linf = history.history["perturbation_linf"]
+    assert reg[0] == 0.0 and reg[2] > 0.0
+    assert linf[0] == 0.0 and linf[2] == pytest.approx(1e-5, rel=1e-3)
+    assert seen[:2] == [0.0, 0.0]  # running means inside epoch 0
+
+
+def test_delayed_injection_by_epoch_prints_the_switch(capsys):
+    x, y = token_batch(64)
+    model = compiled(ScaLA(tiny_classifier(), ScaLAConfig(start_epoch=1), backend=SingleProcess()))
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert history.history["adv_on"] == [0.0, 1.0]
+    assert int(model.adv_start_step.numpy()) == 2
+    assert "adversarial perturbation ON from optimizer step 2" in capsys.readouterr().out
+
+
+def test_evaluate_is_unaffected_by_the_perturbation():
+    x, y = token_batch(32)
+    net = tiny_classifier(dropout=0.1)
+    expected = CE(y, net(x, training=False)).numpy()
+    model = compiled(ScaLA(net, ScaLAConfig(start_step=0), backend=SingleProcess()))
+    logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    assert set(logs) == {"loss", "accuracy"}
+    np.testing.assert_allclose(model.predict(x, verbose=0), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_perturbation_enters_after_token_embedding_only_on_real_tokens():
+    x, _ = token_batch(4)
+    net = tiny_classifier()
+    inputs = {k: tf.constant(v) for k, v in x.items()}
+    e = net.embed_tokens(inputs["token_ids"])
+    np.testing.assert_allclose(
+        net.logits_from_embeddings(e, inputs).numpy(), net(inputs).numpy(), rtol=1e-5, atol=1e-6
+    )
+    # Changing the embedding of a padding position changes nothing (it is masked).
+    trimmed = trim_to_longest(inputs)
+    e = net.embed_tokens(trimmed["token_ids"])
+    pad = 1 - tf.cast(trimmed["padding_mask"], tf.float32)[..., None]
+    np.testing.assert_allclose(
+        net.logits_from_embeddings(e + 5.0 * pad, trimmed).numpy(),
+        net.logits_from_embeddings(e, trimmed).numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_trim_to_longest():
+    x, _ = token_batch(8, length=12, seed=4)
+    longest = int(x["padding_mask"].sum(1).max())
+    trimmed = trim_to_longest({k: tf.constant(v) for k, v in x.items()})
+    assert trimmed["token_ids"].shape == (8, longest)
+
+
+def test_classifier_and_trainer_round_trip_config():
+    net = tiny_classifier(num_classes=3)
+    clone = PerturbableBertClassifier.from_config(net.get_config())
+    assert clone.num_classes == 3 and clone.backbone.num_layers == 2
+    model = ScaLA(
+        net,
+        ScaLAConfig(eps=2e-5, start_epoch=2),
+        micro_batch_size=4,
+        backend=SingleProcess(),
+        seed=7,
+    )
+    config = model.get_config()
+    assert config["config"]["eps"] == 2e-5 and config["micro_batch_size"] == 4
+    again = ScaLA.from_config({**config, "backend": SingleProcess()})
+    assert again.config == model.config and again.seed == 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"eps": 0.0}, "--adv-eps"),
+        ({"step_size": -1e-4}, "--adv-step"),
+        ({"weight": 0.0}, "--adv-lambda"),
+        ({"steps": 0}, "--adv-steps"),
+        ({"start_epoch": -1}, "--adv-start-epoch"),
+        ({"method": "fgsm"}, "--method"),
+    ],
+)
+def test_bad_adversarial_config_names_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        ScaLAConfig(**kwargs)
+
+
+def test_fit_tiny_bert_learns_and_gaussian_method_runs():
+    x, y = token_batch(128, seed=2)
+    for method in ("scala", "gaussian"):
+        model = ScaLA(
+            tiny_classifier(seed=1),
+            ScaLAConfig(method=method),
+            micro_batch_size=16,
+            backend=SingleProcess(),
+        )
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=CE, metrics=["accuracy"])
+        history = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
+        losses = history.history["task_loss"]
+        assert losses[-1] < losses[0] - 0.05, (method, losses)
+        assert history.history["perturbation_linf"][-1] <= 1e-5 * 5  # gaussian: std eps

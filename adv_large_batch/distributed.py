@@ -17,11 +17,12 @@ class Trainer(keras.Model):
         grads = tape.gradient(scaled, self.trainable_variables)
         grads = backend.allreduce_gradients(grads)           # Horovod: average over workers
         self.optimizer.apply(grads, self.trainable_variables)
-        return {"loss": loss}
+        self.loss_tracker.update_state(loss)  # Keras 3 logs self.metrics, not this dict
+        return {"loss": self.loss_tracker.result()}
 
-with backend.scope():
+with backend.scope():  # model AND optimizer
     model = Trainer(...)
-    model.compile(optimizer="sgd", jit_compile=backend.jit_compile)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=backend.jit_compile)
 model.fit(backend.shard(dataset), callbacks=[BroadcastCallback(), MetricAverageCallback()])
 ```
 
@@ -30,11 +31,13 @@ What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
 
 * Horovod: ``hvd.grouped_allreduce(grads, op=hvd.Average)`` inside the ``tf.function`` that
   ``fit`` builds gives, with 2 ranks, the same weights as one process on the union of the two
-  ranks' batches. Horovod's own ``broadcast_variables`` / ``BroadcastGlobalVariablesCallback``
-  fail on Keras 3 variables (they call ``.ref()``), so :meth:`HorovodBackend.broadcast_variables`
-  broadcasts ``v.value`` and assigns by hand. Horovod's ops have no XLA kernels in this build
-  (``xla_mpi_ops.cc`` is dropped for TF 2.21), and Keras' ``jit_compile="auto"`` turns XLA on
-  whenever a GPU is visible: compile with ``jit_compile=backend.jit_compile`` (False for Horovod).
+  ranks' batches. Horovod's own ``broadcast_variables`` (used by its
+  ``BroadcastGlobalVariablesCallback``) fails on Keras 3 variables -- its ``tf.function`` gets
+  them as tensors: "'SymbolicTensor' object has no attribute 'assign'" -- so
+  :meth:`HorovodBackend.broadcast_variables` broadcasts each ``v.value`` and assigns by hand.
+  Horovod's ops have no XLA kernels in this build (``xla_mpi_ops.cc`` is dropped for TF 2.21)
+  and Keras' ``jit_compile="auto"`` turns XLA on whenever a GPU is visible: compile with
+  ``jit_compile=backend.jit_compile`` (False for Horovod).
 * ``tf.distribute`` (MirroredStrategy on 2 logical CPU devices): the Keras 3 TF optimizer
   all-reduces replica gradients with ``ReduceOp.SUM`` (``_all_reduce_sum_gradients``), so each
   replica's loss must be pre-multiplied by ``1 / num_replicas_in_sync``. Keras already does that
@@ -42,6 +45,9 @@ What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
   terms (``scale_loss_for_distribution``) -- so only *hand-written* terms take
   :meth:`Backend.loss_scale`; multiplying ``self.compute_loss(...)`` again would divide twice.
   With that, the weights match a single-device run of the same global batches.
+* Create the optimizer inside ``backend.scope()``, not just compile there: an optimizer built
+  outside has a plain ``iterations`` variable that every replica increments (12 after 6 steps
+  on 2 replicas; Keras does not complain), which skews schedules and Adam/LAMB bias correction.
 * ``MirroredStrategy()`` without GPUs uses only ``/cpu:0``; :class:`StrategyBackend` therefore
   mirrors over all logical GPUs, else all logical CPU devices (so logical CPU devices configured
   with ``tf.config.set_logical_device_configuration`` become replicas).
@@ -55,7 +61,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import keras
@@ -151,7 +156,7 @@ class Backend:
     def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
         """Overwrite ``variables`` with their values on ``root_rank`` (eager); no-op here."""
 
-    def scope(self) -> AbstractContextManager[Any]:
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
         """Where to build the model and optimizer."""
         return contextlib.nullcontext()
 
@@ -198,7 +203,7 @@ class HorovodBackend(Backend):
         return self.hvd.allreduce(tf.convert_to_tensor(value), op=self.hvd.Average)
 
     def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
-        # hvd.broadcast_variables calls .ref() on each variable, which Keras 3 variables lack.
+        # hvd.broadcast_variables fails on Keras 3 variables (see the module docstring).
         for i, v in enumerate(variables):
             v.assign(self.hvd.broadcast(v.value, root_rank, name=f"alb_broadcast_{i}"))
 
@@ -230,7 +235,7 @@ class StrategyBackend(Backend):
     def is_chief(self) -> bool:
         return self.rank == 0
 
-    def scope(self) -> AbstractContextManager[Any]:
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
         return self.strategy.scope()
 
     def barrier(self) -> None:

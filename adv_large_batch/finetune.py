@@ -198,7 +198,9 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
             backend=backend,
             seed=run_cfg.seed,
         )
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        model.compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=backend.jit_compile
+        )
 
     say(
         f"[finetune] task={task.name} train={len(train_split)} val={len(val_split)} "

@@ -40,7 +40,7 @@ check_build() {
     fi
     [[ -x "${HOROVODRUN}" ]] || die "horovodrun not found next to ${PYTHON_BIN}."
     log "${HOROVODRUN} --check-build"
-    "${HOROVODRUN}" --check-build
+    TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}" "${HOROVODRUN}" --check-build
 }
 
 # Exit status 0 when Horovod ${HOROVOD_VERSION} with TensorFlow ops and Gloo is importable.

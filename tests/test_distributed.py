@@ -179,6 +179,12 @@ def test_horovod_broadcast_variables(horovodrun: Path, tmp_path: Path) -> None:
     assert len(differing) >= 3 * 4 + 1, differing  # 4 model vars + their 2 Adam slots + iterations
     _assert_close(after[0], before[0], atol=0)  # rank 0 unchanged
     _assert_close(after[1], before[0], atol=0)  # rank 1 now equals rank 0
+    # allreduce_gradients: rank r contributes r + 1 -> mean 1.5; IndexedSlices come back dense
+    for rank in (0, 1):
+        extra = _arrays(tmp_path / f"after_rank{rank}.npz")
+        np.testing.assert_array_equal(extra["sparse_mean"], [[0, 0], [1.5, 1.5], [0, 0]])
+        np.testing.assert_array_equal(extra["dense_mean"], [1.5, 1.5])
+        assert bool(extra["none_kept"])
 
 
 # --- tf.distribute.MirroredStrategy on 2 logical CPU devices ----------------------------------

@@ -8,7 +8,8 @@ of size x per-rank batch). Writes ``weights_rank{r}.npz``.
 
 ``--mode broadcast``: each rank takes rank-specific Adam steps (rank r takes r + 1 steps on its
 own data, so weights, slots and iteration counts differ), then ``backend.broadcast_variables``
-on model + optimizer variables. Writes ``before_rank{r}.npz`` and ``after_rank{r}.npz``.
+on model + optimizer variables. Writes ``before_rank{r}.npz`` and ``after_rank{r}.npz`` (the
+latter also with ``allreduce_gradients`` of an IndexedSlices, a None and a dense tensor).
 """
 
 from __future__ import annotations
@@ -71,7 +72,20 @@ def broadcast(out: Path) -> None:
     save_variables(out / f"before_rank{dist.rank}.npz", variables)
     dist.broadcast_variables(variables, root_rank=0)
     dist.barrier()
-    save_variables(out / f"after_rank{dist.rank}.npz", variables)
+
+    @tf.function
+    def reduce(scale: tf.Tensor) -> list:  # IndexedSlices and None among the "gradients"
+        sparse = tf.IndexedSlices(tf.fill((1, 2), scale), tf.constant([1]), tf.constant([3, 2]))
+        return dist.allreduce_gradients([sparse, None, tf.fill((2,), scale)])
+
+    sparse_mean, none, dense_mean = reduce(tf.constant(float(dist.rank + 1)))
+    save_variables(
+        out / f"after_rank{dist.rank}.npz",
+        variables,
+        sparse_mean=sparse_mean.numpy(),
+        none_kept=none is None,
+        dense_mean=dense_mean.numpy(),
+    )
     print(f"rank {dist.rank}: broadcast {len(variables)} variables", flush=True)
 
 

@@ -215,7 +215,11 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
     say(f"[finetune] untrained head on validation: {before}")
 
     callbacks = standard_callbacks(
-        backend, run_cfg.logdir, run_cfg.checkpoint_dir, global_batch_size=run_cfg.batch_size
+        backend,
+        run_cfg.logdir,
+        run_cfg.checkpoint_dir,
+        global_batch_size=run_cfg.batch_size,
+        trust_ratios=opt.log_trust_ratios,
     )
     start = time.time()
     history = model.fit(

@@ -46,8 +46,13 @@ def standard_callbacks(
     logdir: str | None = None,
     checkpoint_dir: str | None = None,
     global_batch_size: int | None = None,
+    trust_ratios: bool = False,
 ) -> list[keras.callbacks.Callback]:
-    """Broadcast + metric averaging (Horovod), then chief-only writers."""
+    """Broadcast + metric averaging (Horovod), then chief-only writers.
+
+    ``trust_ratios``: also write LAMB/LARS per-variable trust ratios and update norms
+    (the optimizer must be built with ``log_trust_ratios=True``) under ``logdir/trust_ratios``.
+    """
     from adv_large_batch import distributed
 
     callbacks: list[keras.callbacks.Callback] = [LearningRateAndThroughput(global_batch_size)]
@@ -71,4 +76,8 @@ def standard_callbacks(
         callbacks.append(
             keras.callbacks.TensorBoard(logdir, update_freq="epoch", write_graph=False)
         )
+        if trust_ratios:
+            from adv_large_batch.optimizers import TrustRatioLogger
+
+            callbacks.append(TrustRatioLogger(os.path.join(logdir, "trust_ratios")))
     return callbacks

@@ -73,3 +73,11 @@ def test_bad_finetune_input_fails_before_training(args, message, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
+
+
+def test_trust_ratio_logging_needs_a_layerwise_optimizer(capsys):
+    code = cli.main(["finetune", "--optimizer", "adamw", "--log-trust-ratios", "true"])
+    assert code == 2
+    assert (
+        "--log-trust-ratios needs --optimizer lamb or lars, got 'adamw'" in capsys.readouterr().err
+    )

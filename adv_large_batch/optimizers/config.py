@@ -116,6 +116,10 @@ class OptimizerConfig:
             f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
         )
         require(
+            not self.log_trust_ratios or self.optimizer in ("lamb", "lars"),
+            f"--log-trust-ratios needs --optimizer lamb or lars, got {self.optimizer!r}",
+        )
+        require(
             self.lr_scaling in LR_SCALING_RULES,
             f"--lr-scaling must be one of {LR_SCALING_RULES}, got {self.lr_scaling!r}",
         )

@@ -26,3 +26,16 @@ def test_scala_two_horovod_ranks_equal_one_process(horovodrun, tmp_path):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(rank0, single):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scala_mirrored_strategy_equals_single_device(tmp_path):
+    worker = str(WORKERS / "mirrored_scala.py")
+    _run([sys.executable, worker, "--backend", "mirrored", "--out", str(tmp_path)])
+    _run([sys.executable, worker, "--backend", "single", "--out", str(tmp_path)])
+    mirrored, meta_m = _weights(tmp_path / "mirrored.npz")
+    single, meta_s = _weights(tmp_path / "single.npz")
+    assert int(meta_m["replicas"]) == 2 and int(meta_s["replicas"]) == 1
+    assert int(meta_m["iterations"]) == int(meta_s["iterations"]) == 3
+    assert float(meta_s["regulariser"]) > 0
+    for a, b in zip(mirrored, single):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,7 +1,8 @@
 """The ``adv-large-batch`` command line.
 
-Subcommands: ``info`` (installation report) and ``finetune`` (ScaLA / baseline
-fine-tuning of a BERT-family encoder).  Every flag comes from a config
+Subcommands: ``info`` (installation report), ``finetune`` (ScaLA / baseline
+fine-tuning of a BERT-family encoder) and ``train-images`` (ConAdv / DisAdv /
+baseline image training).  Every flag comes from a config
 dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
 """
@@ -23,9 +24,11 @@ def _quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adv_large_batch.conadv import ConAdvConfig
     from adv_large_batch.finetune import FinetuneConfig
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
+    from adv_large_batch.train_images import IMAGE_OPTIMIZER_DEFAULTS, ImageTrainConfig
 
     parser = argparse.ArgumentParser(
         prog="adv-large-batch",
@@ -45,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(ft, FinetuneConfig, "run")
     add_arguments(ft, ScaLAConfig, "adversarial perturbation (ScaLA)")
     add_arguments(ft, OptimizerConfig, "optimizer and learning rate")
+
+    img = sub.add_parser(
+        "train-images",
+        help="train an image classifier (ConAdv, DisAdv or baseline) with LARS",
+        description="Large-batch image training with concurrent adversarial learning (ConAdv).",
+    )
+    add_arguments(img, ImageTrainConfig, "run")
+    add_arguments(img, ConAdvConfig, "adversarial examples (ConAdv / DisAdv)")
+    add_arguments(img, OptimizerConfig, "optimizer and learning rate (LARS for images)")
+    img.set_defaults(**IMAGE_OPTIMIZER_DEFAULTS)  # same flags, image defaults
     return parser
 
 
@@ -68,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             adv = from_args(ScaLAConfig, args)
             opt = from_args(OptimizerConfig, args)
             finetune.run(run_cfg, adv, opt)
+            return 0
+        if args.command == "train-images":
+            from adv_large_batch import train_images
+            from adv_large_batch.conadv import ConAdvConfig
+            from adv_large_batch.optimizers import OptimizerConfig
+
+            image_cfg = from_args(train_images.ImageTrainConfig, args)
+            conadv = from_args(ConAdvConfig, args)
+            opt = from_args(OptimizerConfig, args)
+            train_images.run(image_cfg, conadv, opt)
             return 0
     except (ConfigError, FileNotFoundError) as exc:
         print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)

@@ -14,6 +14,11 @@ that only says how to get *the gradients of one micro-batch*
    tf.distribute: the Keras optimizer sums replicas, the loss is pre-scaled);
 4. one ``optimizer.apply``.
 
+A method can also run work *beside* the update (``concurrent_work``, ConAdv
+§3.3: the adversarial examples of a future batch): it is traced after
+``prepare_batch`` and before the accumulation, and nothing of the update
+consumes its results, so in the traced graph the update never waits for it.
+
 Metrics: ``loss`` (the total objective) and the compiled metrics are updated
 per micro-batch; subclasses add trackers with ``self.add_tracker``.
 """
@@ -117,6 +122,17 @@ class AccumulatingTrainer(keras.Model):
         self.update_task_metrics(loss, y, y_pred, sample_weight)
         return tape.gradient(scaled, self.trainable_variables)
 
+    def concurrent_work(self, data: Any) -> None:
+        """Work of this step that the update must not wait for (none here).
+
+        Gets the step's raw ``data``.  Traced after ``prepare_batch`` and before the
+        accumulation; to stay off the update's critical path it must read the
+        variables it needs *once, up front* (e.g. ``tf.identity`` of each value, then
+        ``network.stateless_call``) and write only variables the update does not read
+        in this step; otherwise TensorFlow's automatic control dependencies make the
+        update's variable writes wait for its reads.
+        """
+
     # ---- the step ------------------------------------------------------------------
     def _dense_gradients(self, grads: list[Any]) -> list[tf.Tensor]:
         out = []
@@ -159,6 +175,7 @@ class AccumulatingTrainer(keras.Model):
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y, sample_weight = self.prepare_batch(x, y, sample_weight)
+        self.concurrent_work(data)
         grads = self.accumulated_gradients(x, y, sample_weight)
         grads = self.backend.allreduce_gradients(grads)
         self.grad_norm_tracker.update_state(tf.linalg.global_norm(grads))

@@ -1,0 +1,420 @@
+"""ConAdv: concurrent adversarial learning for large-batch image training.
+
+Paper: ``shared/papers/conadv.md`` §3.2 (DisAdv) and §3.3 (ConAdv, eq. 3-5).
+Three ``--method``s, one ``train_step`` (``AccumulatingTrainer``'s):
+
+baseline  theta_t+1 = theta_t - eta grad L(theta_t; B_t)
+disadv    x_hat_t   = PGD(theta_t; B_t)                      1st gradient computation
+          theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]   (eq. 2)
+conadv    theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]   (eq. 4)
+          x_hat_t+tau = PGD(theta_t; B_t+tau)                 beside the update (eq. 5)
+
+with ``x_hat_t`` of ConAdv made at step ``t - tau`` from ``theta_t-tau``
+(``--staleness`` tau, default 1; tau = 0 is DisAdv).  PGD is ``adv_large_batch.pgd``
+(1 step, random start, radius and step in pixels out of 255).
+
+How it maps onto TensorFlow:
+
+* **Batches t and t+tau without reading data twice.**  ``pair_with_future``
+  is a ``tf.data`` ``scan`` whose state carries the last tau batches: every
+  batch is produced (read, augmented) once and handed out twice, as the future
+  batch of step ``t - tau`` and as the clean batch of step ``t``.
+* **The buffer** of the tau adversarial batches in flight is three
+  non-trainable variables of the trainer (images, labels, step counter), so it
+  is checkpointed with the weights.  Step t reads slot ``t mod tau`` in
+  ``prepare_batch``, and ``concurrent_work`` overwrites the same slot with the
+  examples for batch ``t + tau``.  The first tau steps have nothing buffered
+  and fall back to DisAdv (``stale_fraction`` logs 0 for them, 1 after).
+  The labels are buffered with the images, so a buffer restored from a
+  checkpoint that does not line up with the restarted data still pairs each
+  adversarial image with its own label.
+* **Concurrency.**  ``concurrent_work`` reads every weight and BN statistic
+  once (a snapshot of ``theta_t``) and runs the attack on those tensors through
+  ``network.stateless_call``; nothing of the update consumes its results, so no
+  op of the update, the optimizer's variable writes included, has the
+  next-batch PGD among its inputs, and TensorFlow may run both at once
+  (``tests/test_conadv.py`` checks this on the traced graph).
+* **BatchNorm during the attack** (AdvProp's choice, ConAdv §3.2): the attack's
+  forward pass uses the *auxiliary* BN in training mode, i.e. the batch
+  statistics of the micro-batch being attacked, the same normalisation the
+  adversarial rows get in the update.  It is a stateless call: the moving
+  averages it would produce are discarded, so only the adversarial examples
+  actually trained on move the auxiliary statistics.
+* **Loss** (eq. 2/4): ``(L_clean + L_adv) / 2``, one forward over
+  ``concat([clean, adversarial])`` per micro-batch with the split BN routing the
+  halves.  Every worker attacks its own batch; only weight gradients are
+  averaged across workers (``AccumulatingTrainer``'s backend).
+
+Example (ConAdv needs the paired stream and the per-worker batch for its buffer):
+
+```python
+model = ConAdv(network, ConAdvConfig(method="conadv", eps=4, staleness=1), batch_size=256)
+model.compile(optimizer=LARS(5.0), metrics=["accuracy"],
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(pair_with_future(train_batches, 1), epochs=2, steps_per_epoch=16)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from adv_large_batch import pgd
+from adv_large_batch.config import cli_field, require
+from adv_large_batch.models.split_batchnorm import split_bn_route
+from adv_large_batch.trainer import (
+    AccumulatingTrainer,
+    batch_size_of,
+    distribution_loss_scale,
+)
+
+METHODS = ("baseline", "disadv", "conadv")
+IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
+# Offsets that keep the random starts of the two attacks of a step apart.
+_CURRENT, _FUTURE = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ConAdvConfig:
+    """The adversarial knobs of ConAdv / DisAdv (defaults: §4.1 and Table 4)."""
+
+    method: str = cli_field(
+        "conadv",
+        "--method",
+        "baseline: clean loss only; disadv: attack with the current weights, then update "
+        "(two sequential gradient computations); conadv: the update uses adversarial "
+        "examples made --staleness steps earlier",
+        METHODS,
+    )
+    eps: float = cli_field(
+        3.0, "--adv-eps", "l-inf radius of the perturbation, in pixels out of 255 (Table 4's p)"
+    )
+    step_size: float | None = cli_field(
+        None, "--adv-step", "PGD step in pixels out of 255 (default: --adv-eps)"
+    )
+    steps: int = cli_field(1, "--adv-steps", "PGD steps (the paper always uses 1)")
+    staleness: int = cli_field(
+        1, "--staleness", "tau: adversarial examples from the weights of tau steps ago (0 = DisAdv)"
+    )
+    random_init: bool = cli_field(
+        True, "--adv-random-start", "start PGD at a uniform random point of the ball"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
+        require(
+            0 <= self.eps <= pgd.PIXEL_SCALE,
+            f"--adv-eps must be in [0, 255] (pixels), got {self.eps}",
+        )
+        require(
+            self.step_size is None or 0 <= self.step_size <= pgd.PIXEL_SCALE,
+            f"--adv-step must be in [0, 255] (pixels), got {self.step_size}",
+        )
+        require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
+        require(self.staleness >= 0, f"--staleness must be >= 0, got {self.staleness}")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method != "baseline"
+
+    @property
+    def buffered(self) -> bool:
+        """True when adversarial examples are made ahead of time (ConAdv with tau >= 1)."""
+        return self.method == "conadv" and self.staleness >= 1
+
+    @property
+    def eps_unit(self) -> float:
+        return pgd.pixels_to_unit(self.eps)
+
+    @property
+    def step_unit(self) -> float:
+        return pgd.pixels_to_unit(self.eps if self.step_size is None else self.step_size)
+
+
+def pair_with_future(dataset: tf.data.Dataset, staleness: int) -> tf.data.Dataset:
+    """``(x_t, y_t)`` -> ``({images: x_t, next_images: x_t+tau, next_labels: y_t+tau}, y_t)``.
+
+    A ``scan`` carrying the last ``staleness`` batches: each batch is computed
+    once.  The stream is ``staleness`` batches shorter (the last batches are only
+    ever "future" batches); repeat the dataset first for training by steps.
+    Batches need a static shape (``batch(..., drop_remainder=True)``).
+    """
+    require(staleness >= 1, f"--staleness must be >= 1 to pair batches, got {staleness}")
+    image_spec, label_spec = dataset.element_spec
+    for spec in (image_spec, label_spec):
+        if not spec.shape.is_fully_defined():
+            raise ValueError(
+                f"pair_with_future needs batches of static shape, got {spec.shape}: batch with "
+                "drop_remainder=True"
+            )
+    initial = (
+        tf.zeros([staleness, *image_spec.shape], image_spec.dtype),
+        tf.zeros([staleness, *label_spec.shape], label_spec.dtype),
+        tf.constant(0, tf.int64),
+    )
+
+    def step(state: tuple, batch: tuple) -> tuple:
+        images, labels, seen = state
+        x, y = batch
+        element = ({IMAGES: images[0], NEXT_IMAGES: x, NEXT_LABELS: y}, labels[0])
+        carried = (
+            tf.concat([images[1:], x[None]], axis=0),
+            tf.concat([labels[1:], y[None]], axis=0),
+            seen + 1,
+        )
+        return carried, (element, seen >= staleness)
+
+    def is_ready(element: tuple, ready: tf.Tensor) -> tf.Tensor:
+        return ready
+
+    def drop_flag(element: tuple, ready: tf.Tensor) -> tuple:
+        return element
+
+    return dataset.scan(initial, step).filter(is_ready).map(drop_flag)
+
+
+def read(variable: keras.Variable) -> tf.Tensor:
+    """The variable's value now, as a tensor (one ReadVariableOp; not a lazy handle)."""
+    return tf.identity(variable.value)
+
+
+def mean_cross_entropy(y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Mean sparse cross-entropy of logits (the attack loss when none is compiled)."""
+    return tf.reduce_mean(
+        keras.losses.sparse_categorical_crossentropy(y, tf.cast(logits, tf.float32), True)
+    )
+
+
+@keras.saving.register_keras_serializable(package="adv_large_batch")
+class ConAdv(AccumulatingTrainer):
+    """Baseline / DisAdv / ConAdv training of an image classifier that outputs logits.
+
+    ```python
+    import keras, numpy as np, tensorflow as tf
+    from adv_large_batch.conadv import ConAdv, ConAdvConfig
+    from adv_large_batch.models.resnet import build_image_model
+
+    network = build_image_model("cifar_resnet8", (28, 28, 1), num_classes=10, width=4)
+    model = ConAdv(network, ConAdvConfig(method="disadv", eps=4), micro_batch_size=16)
+    model.compile(optimizer="sgd", metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.rand(64, 28, 28, 1).astype("float32")   # in [0, 1]
+    labels = np.random.randint(0, 10, 64)
+    model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(32), epochs=1)
+    ```
+
+    Args:
+        network: a functional model, images in ``[0, 1]`` -> logits; its
+            ``SplitBatchNormalization`` layers (if any) are routed clean/adversarial.
+        config: a ``ConAdvConfig`` (or its dict).
+        micro_batch_size: rows per pass (the clean rows; the pass also carries as
+            many adversarial rows); the per-worker batch is a multiple of it.
+        backend: distributed backend (default: this process's).
+        seed: seed of the PGD random starts.
+        batch_size: the per-worker batch; needed by ConAdv with ``staleness >= 1``
+            to size the buffer of adversarial batches.
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        config: ConAdvConfig | dict | None = None,
+        micro_batch_size: int | None = None,
+        backend: Any = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(network, micro_batch_size=micro_batch_size, backend=backend, **kwargs)
+        if isinstance(config, dict):
+            config = ConAdvConfig(**config)
+        self.config = config or ConAdvConfig()
+        self.seed = seed
+        self.batch_size = batch_size
+        self._seed = int(seed or 0)
+        if self.config.adversarial:
+            self.clean_loss_tracker = self.add_tracker("clean_loss")
+            self.adv_loss_tracker = self.add_tracker("adv_loss")
+            self.adv_accuracy_tracker = self.add_tracker("adv_accuracy")
+            self.linf_tracker = self.add_tracker("perturbation_linf_px")
+        self.adv_step = keras.Variable(0, dtype="int64", trainable=False, name="adv_step")
+        if self.config.buffered:
+            if batch_size is None:
+                raise ValueError(
+                    "ConAdv with staleness >= 1 needs batch_size= (the per-worker batch) to "
+                    "size its buffer of adversarial batches"
+                )
+            self.stale_tracker = self.add_tracker("stale_fraction")
+            image_shape = tuple(network.input_shape[1:])
+            shape = (self.config.staleness, batch_size, *image_shape)
+            per_worker = {"synchronization": "on_read", "aggregation": "only_first_replica"}
+            self.buffer_images = keras.Variable(
+                tf.zeros(shape), trainable=False, name="adv_buffer_images", **per_worker
+            )
+            self.buffer_labels = keras.Variable(
+                tf.zeros(shape[:2], tf.int32),
+                trainable=False,
+                name="adv_buffer_labels",
+                **per_worker,
+            )
+        # Every variable exists now (the network is built): saving and loading weights work
+        # before the first call.
+        self.built = network.built
+
+    # ---- the attack ------------------------------------------------------------------
+    def weights_snapshot(self) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
+        """This step's weights, BN statistics and loss scale as tensors (read once)."""
+        with tf.name_scope("weights_snapshot"):
+            trainable = [read(v) for v in self.network.trainable_variables]
+            state = [read(v) for v in self.network.non_trainable_variables]
+            loss_scale = tf.identity(self.optimizer.scale_loss(tf.constant(1.0)))
+        return trainable, state, loss_scale
+
+    def attack_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """The compiled task loss (labels as the target), without regularisers."""
+        if getattr(self, "_compile_loss", None) is not None:
+            return self._compile_loss(y, logits)
+        return mean_cross_entropy(y, logits)
+
+    def attack(self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, seed: tf.Tensor) -> tf.Tensor:
+        """PGD examples of one micro-batch: snapshot weights, auxiliary BN in training mode."""
+        trainable, state, loss_scale = snapshot
+        cfg = self.config
+
+        def loss_fn(x_in: tf.Tensor) -> tf.Tensor:
+            with split_bn_route(self.network, "aux"):
+                logits, _ = self.network.stateless_call(trainable, state, x_in, training=True)
+            return self.attack_loss(y, logits) * tf.cast(loss_scale, tf.float32)
+
+        return pgd.pgd_attack(
+            loss_fn, x, cfg.eps_unit, cfg.step_unit, seed, cfg.steps, cfg.random_init
+        )
+
+    def adversarial_batch(
+        self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, purpose: int
+    ) -> tf.Tensor:
+        """PGD examples of a per-worker batch, one micro-batch at a time."""
+        step = read(self.adv_step)
+        m = self.micro_batch_size
+        if m is None:
+            return self.attack(x, y, snapshot, self._attack_seed(step, purpose, 0))
+        batch = batch_size_of(x)
+        n = batch // m
+        xs = tf.reshape(x, tf.concat([[n, m], tf.shape(x)[1:]], axis=0))
+        ys = tf.reshape(y, tf.concat([[n, m], tf.shape(y)[1:]], axis=0))
+
+        def one(args: tuple) -> tf.Tensor:
+            i, xi, yi = args
+            return self.attack(xi, yi, snapshot, self._attack_seed(step, purpose, i))
+
+        out = tf.map_fn(
+            one,
+            (tf.range(n), xs, ys),
+            fn_output_signature=tf.TensorSpec([m, *x.shape[1:]], x.dtype),
+            parallel_iterations=1,
+        )
+        return tf.reshape(out, tf.shape(x))
+
+    def _attack_seed(self, step: tf.Tensor, purpose: int, micro: Any) -> tf.Tensor:
+        counter = tf.cast(step, tf.int64) * 65536 + tf.cast(micro, tf.int64)
+        return tf.stack([tf.constant(2 * self._seed + purpose, tf.int64), counter])
+
+    # ---- the step ----------------------------------------------------------------------
+    def prepare_batch(self, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
+        """(clean, adversarial) images and labels of this step; attack first for DisAdv."""
+        cfg = self.config
+        paired = isinstance(x, dict) and NEXT_IMAGES in x
+        images = x[IMAGES] if isinstance(x, dict) else x
+        if not cfg.adversarial:
+            return images, y, sample_weight
+        if not cfg.buffered:
+            with tf.name_scope("current_batch_attack"):
+                adv = self.adversarial_batch(images, y, self.weights_snapshot(), _CURRENT)
+            return (images, adv), (y, y), sample_weight
+        if not paired:
+            raise ValueError(
+                "ConAdv with staleness >= 1 trains on paired batches: wrap the (images, labels) "
+                "dataset in adv_large_batch.conadv.pair_with_future(dataset, staleness)"
+            )
+        if sample_weight is not None:
+            raise ValueError("ConAdv with staleness >= 1 does not support sample weights")
+        step = read(self.adv_step)
+        slot, ready = step % cfg.staleness, step >= cfg.staleness
+        buffered_images = tf.gather(self.buffer_images.value, slot)
+        buffered_labels = tf.gather(self.buffer_labels.value, slot)
+
+        def fresh() -> tuple[tf.Tensor, tf.Tensor]:  # the first tau steps: DisAdv
+            with tf.name_scope("current_batch_attack"):
+                adv = self.adversarial_batch(images, y, self.weights_snapshot(), _CURRENT)
+            return adv, tf.cast(y, tf.int32)
+
+        adv, adv_labels = tf.cond(ready, lambda: (buffered_images, buffered_labels), fresh)
+        self.stale_tracker.update_state(tf.cast(ready, tf.float32))
+        return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
+
+    def concurrent_work(self, data: Any) -> None:
+        """ConAdv: the adversarial examples of batch t + tau, from this step's weights."""
+        if not self.config.buffered:
+            return
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        snapshot = self.weights_snapshot()
+        with tf.name_scope("next_batch_attack"):
+            adv = self.adversarial_batch(x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE)
+        with tf.name_scope("adv_buffer_write"):
+            slot = read(self.adv_step) % self.config.staleness
+            index = tf.reshape(slot, [1, 1])
+            self.buffer_images.assign(
+                tf.tensor_scatter_nd_update(self.buffer_images.value, index, adv[None])
+            )
+            labels = tf.cast(x[NEXT_LABELS], tf.int32)
+            self.buffer_labels.assign(
+                tf.tensor_scatter_nd_update(self.buffer_labels.value, index, labels[None])
+            )
+
+    def micro_batch_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
+        if not self.config.adversarial:
+            return super().micro_batch_gradients(x, y, sample_weight)
+        (clean, adv), (y_clean, y_adv) = x, y
+        m = batch_size_of(clean)
+        with tf.GradientTape() as tape:
+            with split_bn_route(self.network, "split"):
+                logits = self.network(tf.concat([clean, adv], axis=0), training=True)
+            clean_logits, adv_logits = logits[:m], logits[m:]
+            clean_loss = self.task_loss(clean, y_clean, clean_logits, sample_weight)
+            adv_loss = self.task_loss(adv, y_adv, adv_logits, sample_weight)
+            loss = 0.5 * (clean_loss + adv_loss)  # eq. (2) / (4)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.update_task_metrics(loss, y_clean, clean_logits, sample_weight)
+        unscale = 1.0 / distribution_loss_scale()
+        self.clean_loss_tracker.update_state(clean_loss * unscale)
+        self.adv_loss_tracker.update_state(adv_loss * unscale)
+        hits = tf.equal(
+            tf.argmax(adv_logits, axis=-1, output_type=tf.int32), tf.cast(y_adv, tf.int32)
+        )
+        self.adv_accuracy_tracker.update_state(tf.reduce_mean(tf.cast(hits, tf.float32)))
+        self.linf_tracker.update_state(pgd.linf_distance(adv, clean) * pgd.PIXEL_SCALE)
+        return grads
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        logs = super().train_step(data)
+        self.adv_step.assign_add(1)
+        return logs
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "config": dataclasses.asdict(self.config),
+                "seed": self.seed,
+                "batch_size": self.batch_size,
+            }
+        )
+        return config
+
+
+__all__ = ["ConAdv", "ConAdvConfig", "METHODS", "mean_cross_entropy", "pair_with_future"]

@@ -17,10 +17,10 @@ from typing import Any
 
 from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.optimizers import OptimizerConfig
+from adv_large_batch.run_config import RunConfig, split_batch
 from adv_large_batch.scala import ScaLAConfig
 from adv_large_batch.text_data import TASKS
 
-BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
 TINY_MODEL = "tiny-random"
 
 
@@ -34,8 +34,8 @@ def default_model_path() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """Data, batch and run knobs of a fine-tuning run."""
+class FinetuneConfig(RunConfig):
+    """Task, model and sequence knobs of a fine-tuning run (plus ``RunConfig``)."""
 
     task: str = cli_field("rotten_tomatoes", "--task", "task name", tuple(sorted(TASKS)))
     data_source: str = cli_field(
@@ -51,64 +51,28 @@ class FinetuneConfig:
         f"local BERT preset folder; 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = a 2-layer "
         "random BERT with the bundled vocabulary (smoke tests)",
     )
-    batch_size: int = cli_field(32, "--batch-size", "global batch size (all workers)")
-    micro_batch_size: int | None = cli_field(
-        None, "--micro-batch-size", "rows per forward/backward pass (default: the per-worker batch)"
-    )
-    epochs: int = cli_field(3, "--epochs", "training epochs")
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
-    train_limit: int | None = cli_field(
-        None, "--train-limit", "use only the first N training examples"
-    )
-    eval_limit: int | None = cli_field(
-        None, "--eval-limit", "use only the first N validation examples"
-    )
-    seed: int = cli_field(0, "--seed", "seed for weights of the head, shuffling and perturbations")
-    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
-    logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
-    checkpoint_dir: str | None = cli_field(
-        None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
-    )
-    metrics_out: str | None = cli_field(
-        None, "--metrics-out", "write final metrics + config as JSON"
-    )
-    verbose: int = cli_field(
-        1, "--verbose", "0 silent, 1 progress bar, 2 one line per epoch", (0, 1, 2)
-    )
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        require(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            f"--micro-batch-size must be >= 1, got {self.micro_batch_size}",
-        )
-        require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        super().__post_init__()
         require(
             2 <= self.max_seq_length <= 512,
             f"--max-seq-length must be in [2, 512], got {self.max_seq_length}",
         )
-        for flag, value in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
-            require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
 
     @property
     def model_path(self) -> str:
         return default_model_path() if self.model == "bundled" else self.model
 
 
-def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int) -> int:
+def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int, replicas: int = 1) -> int:
     """Cross-flag checks; returns the per-worker batch."""
     require(
         not adv.perturbs or adv.start_step is not None or adv.start_epoch < run.epochs,
         f"--adv-start-epoch {adv.start_epoch} is beyond --epochs {run.epochs}: the perturbation "
         f"would never turn on (allowed: 0..{run.epochs - 1})",
     )
-    micro = run.micro_batch_size or run.batch_size // max(workers, 1)
-    require(
-        run.batch_size % (micro * workers) == 0,
-        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
-        f"{workers} worker(s) = {micro * workers}",
-    )
-    return run.batch_size // workers
+    return split_batch(run, workers, replicas)[0]
 
 
 def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
@@ -150,7 +114,7 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
     from adv_large_batch.training_callbacks import standard_callbacks
 
     backend = distributed.get_backend(run_cfg.strategy)
-    per_worker_batch = validate_run(run_cfg, adv, backend.size)
+    per_worker_batch = validate_run(run_cfg, adv, backend.size, backend.num_replicas_in_sync)
     if run_cfg.model != TINY_MODEL:
         from adv_large_batch.models.perturbable_bert import is_encoder_preset
 

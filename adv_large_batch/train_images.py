@@ -28,8 +28,8 @@ from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.image_data import DATASETS
 from adv_large_batch.models.resnet import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
+from adv_large_batch.run_config import RunConfig, split_batch
 
-BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
@@ -57,8 +57,8 @@ def image_optimizer_config(**overrides: Any) -> OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageTrainConfig:
-    """Data, model, batch and run knobs of an image run."""
+class ImageTrainConfig(RunConfig):
+    """Data, model and augmentation knobs of an image run (plus ``RunConfig``)."""
 
     dataset: str = cli_field("fashion_mnist", "--dataset", "image dataset", DATASETS)
     data_dir: str | None = cli_field(
@@ -77,42 +77,16 @@ class ImageTrainConfig:
     width: int = cli_field(16, "--width", "base width of the cifar_resnet* models")
     augment: str = cli_field("flip_crop", "--augment", "augmentation policy", POLICIES)
     batch_size: int = cli_field(256, "--batch-size", "global batch size (all workers)")
-    micro_batch_size: int | None = cli_field(
-        None,
-        "--micro-batch-size",
-        "clean rows per forward/backward pass (default: per-worker batch)",
-    )
     epochs: int = cli_field(2, "--epochs", "training epochs")
     warmup_epochs: float | None = cli_field(
         None, "--warmup-epochs", "learning-rate warm-up in epochs (overrides --warmup-ratio)"
     )
-    train_limit: int | None = cli_field(
-        None, "--train-limit", "use only the first N training images"
-    )
-    eval_limit: int | None = cli_field(None, "--eval-limit", "use only the first N test images")
-    seed: int = cli_field(0, "--seed", "seed for weights, shuffling, augmentation and PGD starts")
     dtype_policy: str = cli_field(
         "float32", "--dtype-policy", "Keras dtype policy (mixed precision)", DTYPE_POLICIES
     )
-    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
-    logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
-    checkpoint_dir: str | None = cli_field(
-        None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
-    )
-    metrics_out: str | None = cli_field(
-        None, "--metrics-out", "write final top-1, wall time, images/s and the config as JSON"
-    )
-    verbose: int = cli_field(
-        1, "--verbose", "0 silent, 1 progress bar, 2 one line per epoch", (0, 1, 2)
-    )
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        require(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            f"--micro-batch-size must be >= 1, got {self.micro_batch_size}",
-        )
-        require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        super().__post_init__()
         require(self.width >= 1, f"--width must be >= 1, got {self.width}")
         require(
             self.image_size is None or self.image_size >= 1,
@@ -122,23 +96,10 @@ class ImageTrainConfig:
             self.warmup_epochs is None or self.warmup_epochs >= 0,
             f"--warmup-epochs must be >= 0, got {self.warmup_epochs}",
         )
-        for flag, value in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
-            require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
         require(
             self.dataset != "folder" or self.data_dir is not None,
             "--dataset folder needs --data-dir <folder of class subfolders>",
         )
-
-
-def validate_batch(run: ImageTrainConfig, workers: int) -> int:
-    """The per-worker batch; the global batch must split into whole micro-batches per worker."""
-    micro = run.micro_batch_size or run.batch_size // max(workers, 1)
-    require(
-        micro >= 1 and run.batch_size % (micro * workers) == 0,
-        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
-        f"{workers} worker(s) = {micro * workers}",
-    )
-    return run.batch_size // workers
 
 
 def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
@@ -146,7 +107,7 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
     from adv_large_batch import distributed, image_data
 
     backend = distributed.get_backend(run_cfg.strategy)
-    per_worker_batch = validate_batch(run_cfg, backend.size)
+    per_worker_batch = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)[0]
     say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
 
     data = image_data.load_image_dataset(
@@ -314,5 +275,4 @@ __all__ = [
     "ImageTrainConfig",
     "image_optimizer_config",
     "run",
-    "validate_batch",
 ]

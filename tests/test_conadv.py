@@ -294,7 +294,7 @@ def test_conadv_needs_a_buffer_size_and_paired_batches():
         (["--staleness", "-1"], "--staleness must be >= 0, got -1"),
         (
             ["--batch-size", "100", "--micro-batch-size", "32"],
-            "--batch-size 100 is not divisible by --micro-batch-size 32 x 1 worker(s) = 32",
+            "--batch-size 100 is not divisible by --micro-batch-size 32 x 1 worker(s) x 1 replica",
         ),
         (
             ["--model", "resnet50"],

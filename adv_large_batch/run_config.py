@@ -1,0 +1,70 @@
+"""The knobs every training run shares (text and images), declared once.
+
+``FinetuneConfig`` and ``ImageTrainConfig`` extend ``RunConfig``; a subclass
+re-declares a field only to change its default.  ``split_batch`` is the one
+place that turns the global batch into per-worker and per-replica batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from adv_large_batch.config import cli_field, require
+
+BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Batch, length, seed, distribution and output knobs of a run."""
+
+    batch_size: int = cli_field(32, "--batch-size", "global batch size (all workers)")
+    micro_batch_size: int | None = cli_field(
+        None,
+        "--micro-batch-size",
+        "rows per forward/backward pass on one replica (default: the whole replica batch)",
+    )
+    epochs: int = cli_field(3, "--epochs", "training epochs")
+    train_limit: int | None = cli_field(
+        None, "--train-limit", "use only the first N training examples"
+    )
+    eval_limit: int | None = cli_field(
+        None, "--eval-limit", "use only the first N evaluation examples"
+    )
+    seed: int = cli_field(0, "--seed", "seed for the new weights, shuffling and perturbations")
+    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
+    logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
+    checkpoint_dir: str | None = cli_field(
+        None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
+    )
+    metrics_out: str | None = cli_field(
+        None, "--metrics-out", "write final metrics + config as JSON"
+    )
+    verbose: int = cli_field(
+        1, "--verbose", "0 silent, 1 progress bar, 2 one line per epoch", (0, 1, 2)
+    )
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            f"--micro-batch-size must be >= 1, got {self.micro_batch_size}",
+        )
+        require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        for flag, value in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
+            require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+
+
+def split_batch(run: RunConfig, workers: int, replicas: int = 1) -> tuple[int, int]:
+    """(per-worker batch, micro-batch) for ``workers`` processes of ``replicas`` replicas each.
+
+    The global batch must split into whole micro-batches on every replica.
+    """
+    parts = max(workers, 1) * max(replicas, 1)
+    micro = run.micro_batch_size or max(run.batch_size // parts, 1)
+    require(
+        run.batch_size % (micro * parts) == 0,
+        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
+        f"{workers} worker(s) x {replicas} replica(s) = {micro * parts}",
+    )
+    return run.batch_size // max(workers, 1), micro

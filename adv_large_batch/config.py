@@ -84,9 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None 
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
-        if tp is bool:
-            kwargs["type"] = _bool
-            kwargs["metavar"] = "BOOL"
+        if tp is bool:  # `--flag` alone means true; `--flag false` also works
+            kwargs.update(type=_bool, metavar="BOOL", nargs="?", const=True)
         elif tp in (int, float, str):
             kwargs["type"] = tp
         if meta.get("choices"):

@@ -52,9 +52,32 @@ class FinetuneConfig(RunConfig):
         "random BERT with the bundled vocabulary (smoke tests)",
     )
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
+    checkpoint_every: int | None = cli_field(
+        None,
+        "--checkpoint-every",
+        "optimizer steps between resumable checkpoints in --checkpoint-dir (default: each epoch)",
+    )
+    resume: bool = cli_field(
+        False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
+    )
+    stop_at_step: int | None = cli_field(
+        None, "--stop-at-step", "stop (after checkpointing) once this many optimizer steps are done"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.checkpoint_every is None or self.checkpoint_every >= 1,
+            f"--checkpoint-every must be >= 1, got {self.checkpoint_every}",
+        )
+        require(
+            self.stop_at_step is None or self.stop_at_step >= 1,
+            f"--stop-at-step must be >= 1, got {self.stop_at_step}",
+        )
+        require(
+            not self.resume or self.checkpoint_dir is not None,
+            "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",
+        )
         require(
             2 <= self.max_seq_length <= 512,
             f"--max-seq-length must be in [2, 512], got {self.max_seq_length}",
@@ -103,14 +126,55 @@ def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
     return PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
 
 
+def fit_from_step(
+    model: Any,
+    stream: Any,
+    start_step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    **fit_kwargs: Any,
+) -> Any:
+    """``model.fit`` over the batch stream from global step ``start_step`` to the end.
+
+    A run resumed mid-epoch first finishes that epoch (a shorter fit), then runs
+    the remaining whole epochs; the histories are concatenated.
+    """
+    import keras
+
+    epoch, in_epoch = divmod(start_step, steps_per_epoch)
+    phases = []  # (first global step, initial epoch, end epoch, steps per epoch)
+    if in_epoch:
+        phases.append((start_step, epoch, epoch + 1, steps_per_epoch - in_epoch))
+        epoch += 1
+    if epoch < epochs:
+        phases.append((epoch * steps_per_epoch, epoch, epochs, steps_per_epoch))
+    merged: dict[str, list] = {}
+    history = keras.callbacks.History()  # stays empty if the checkpoint was the last step
+    for first_step, initial_epoch, end_epoch, steps in phases:
+        history = model.fit(
+            stream(first_step),
+            initial_epoch=initial_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps,
+            shuffle=False,  # the stream is already shuffled, deterministically per epoch
+            **fit_kwargs,
+        )
+        for key, values in history.history.items():
+            merged.setdefault(key, []).extend(values)
+        if model.stop_training:
+            break
+    history.history = merged
+    return history
+
+
 def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out)."""
     import keras
     import numpy as np
 
-    from adv_large_batch import distributed, glue_metrics, text_data
+    from adv_large_batch import checkpointing, distributed, glue_metrics, text_data
     from adv_large_batch.optimizers import build_optimizer
-    from adv_large_batch.scala import ScaLA
+    from adv_large_batch.scala import DelayedInjection, ScaLA
     from adv_large_batch.training_callbacks import standard_callbacks
 
     backend = distributed.get_backend(run_cfg.strategy)
@@ -137,12 +201,21 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
     network, tokenizer = build_network(run_cfg.model_path, task.num_classes, run_cfg.seed)
     train_x = text_data.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
     val_x = text_data.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
-    train_ds = text_data.make_dataset(
-        train_x, train_split.labels, per_worker_batch, True, run_cfg.seed, backend.shard
-    )
-    val_ds = text_data.make_dataset(val_x, val_split.labels, 256, False)
+    val_ds = text_data.make_eval_dataset(val_x, val_split.labels, 256)
     steps_per_epoch = (len(train_split) // backend.size) // per_worker_batch
     total_steps = steps_per_epoch * run_cfg.epochs
+
+    def train_stream(start_step: int) -> Any:
+        return text_data.make_epoch_stream(
+            train_x,
+            train_split.labels,
+            per_worker_batch,
+            run_cfg.epochs,
+            run_cfg.seed,
+            backend.rank,
+            backend.size,
+            start_step,
+        )
 
     regression = task.regression
     loss = (
@@ -178,21 +251,46 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
     )
     say(f"[finetune] untrained head on validation: {before}")
 
-    callbacks = standard_callbacks(
+    start_step = 0
+    if run_cfg.resume:
+        path = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir)
+        if path is None:
+            say(
+                f"[finetune] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
+                "starting from scratch"
+            )
+        else:
+            start_step = int(checkpointing.restore_checkpoint(path, model)["global_step"])
+            say(f"[finetune] resumed from {path} at optimizer step {start_step}")
+    callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch)] + standard_callbacks(
         backend,
         run_cfg.logdir,
         run_cfg.checkpoint_dir,
         global_batch_size=run_cfg.batch_size,
         trust_ratios=opt.log_trust_ratios,
+        backup=False,
     )
+    if run_cfg.checkpoint_dir:
+        callbacks.append(
+            checkpointing.StepCheckpoint(
+                run_cfg.checkpoint_dir,
+                run_cfg.checkpoint_every or steps_per_epoch,
+                steps_per_epoch,
+                meta={"config": dataclasses.asdict(run_cfg)},
+                is_chief=backend.is_chief,
+            )
+        )
+    if run_cfg.stop_at_step is not None:
+        callbacks.append(checkpointing.StopAtStep(run_cfg.stop_at_step))
     start = time.time()
-    history = model.fit(
-        train_ds,
-        epochs=run_cfg.epochs,
-        steps_per_epoch=steps_per_epoch,
+    history = fit_from_step(
+        model,
+        train_stream,
+        start_step,
+        steps_per_epoch,
+        run_cfg.epochs,
         validation_data=val_ds,
         callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles
         verbose=run_cfg.verbose if backend.is_chief else 0,
     )
     wall = time.time() - start

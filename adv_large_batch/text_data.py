@@ -306,25 +306,53 @@ def tokenize(split: TextSplit, tokenizer: Any, max_seq_length: int) -> dict[str,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def make_dataset(
+def make_eval_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int) -> Any:
+    """Evaluation batches in order (the last one may be smaller), prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
+    """The shuffled example order of one epoch: a pure function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def make_epoch_stream(
     features: dict[str, np.ndarray],
     labels: np.ndarray,
     batch_size: int,
-    training: bool,
+    epochs: int,
     seed: int = 0,
-    shard: Any = None,
+    rank: int = 0,
+    size: int = 1,
+    start_step: int = 0,
 ) -> Any:
-    """A tf.data pipeline: (shard) -> (shuffle) -> batch -> prefetch.
+    """All training batches of a run, epoch after epoch, from ``start_step`` on.
 
-    Training batches drop the remainder so every update sees exactly
-    ``batch_size`` rows (and micro-batches split evenly).
+    Epoch e shuffles with ``epoch_order(N, e, seed)``; rank r of ``size`` takes
+    every size-th example of it (disjoint shards), dropping the remainder so
+    every step sees ``batch_size`` rows.  Because the order depends only on
+    (seed, epoch), a run resumed at global step g continues with exactly the
+    batch an uninterrupted run would have used (``start_step=g``).
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
-    if shard is not None:
-        ds = shard(ds)
-    if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    steps = (len(labels) // size) // batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"batch size {batch_size} per worker is larger than the {len(labels) // size} "
+            "training examples each worker has: not one full step per epoch"
+        )
+    order = np.concatenate(
+        [epoch_order(len(labels), e, seed)[rank::size][: steps * batch_size] for e in range(epochs)]
+    )[start_step * batch_size :]
+    features = {k: tf.constant(v) for k, v in features.items()}
+    labels_t = tf.constant(labels)
+
+    def gather(index: Any) -> Any:
+        return {k: tf.gather(v, index) for k, v in features.items()}, tf.gather(labels_t, index)
+
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -47,6 +47,7 @@ def standard_callbacks(
     checkpoint_dir: str | None = None,
     global_batch_size: int | None = None,
     trust_ratios: bool = False,
+    backup: bool = True,
 ) -> list[keras.callbacks.Callback]:
     """Broadcast + metric averaging (Horovod), then chief-only writers.
 
@@ -63,7 +64,7 @@ def standard_callbacks(
         return callbacks
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
-        if backend.size == 1:
+        if backup and backend.size == 1:  # Keras' epoch-level backup (finetune has its own)
             callbacks.insert(
                 0, keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup"))
             )

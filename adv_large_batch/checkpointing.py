@@ -1,0 +1,158 @@
+"""Resumable step checkpoints: everything a run needs to continue bit-for-bit.
+
+A checkpoint is a folder ``ckpt-<global step, 8 digits>/`` holding
+
+* ``state.npz``: every model variable (weights, BatchNorm statistics, the
+  seed-generator states behind dropout and the perturbations, ScaLA's
+  ``adv_start_step``, ConAdv's buffered adversarial batch) and every optimizer
+  variable (step counter, which drives the LR schedule, and the slots);
+* ``meta.json``: the global step, epoch, step in the epoch and the run's config.
+
+It is written as ``ckpt-N.partial/`` and renamed only when complete (a rename is
+atomic on one filesystem), so a run killed while writing leaves a ``.partial``
+folder that ``latest_checkpoint`` never picks.  Only the chief writes; every
+rank reads (the folder must be on a filesystem all ranks see, as Horovod's own
+examples assume), and ``BroadcastCallback`` makes the ranks identical anyway.
+
+The data position is the global step: the input pipeline is a deterministic
+function of (seed, epoch), so a resumed run skips exactly the batches already
+consumed (``text_data.make_epoch_stream``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import keras
+import numpy as np
+
+from adv_large_batch.config import ConfigError
+
+_NAME = re.compile(r"^ckpt-(\d{8})$")
+
+
+def state_variables(model: keras.Model) -> list[Any]:
+    """Model variables then optimizer variables, in a fixed order."""
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], keep: int = 2) -> str:
+    """Write ``ckpt-<step>/`` atomically and keep the newest ``keep`` complete ones."""
+    step = int(meta["global_step"])
+    final = os.path.join(directory, f"ckpt-{step:08d}")
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    variables = state_variables(model)
+    np.savez(
+        os.path.join(partial, "state.npz"),
+        **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)},
+    )
+    with open(os.path.join(partial, "meta.json"), "w") as f:
+        json.dump({**meta, "paths": [v.path for v in variables]}, f, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    for old in complete_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(directory: str) -> list[str]:
+    """Complete checkpoint folders, oldest first (``.partial`` ones are ignored)."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    names = sorted(n for n in os.listdir(directory) if _NAME.match(n))
+    return [
+        os.path.join(directory, n)
+        for n in names
+        if os.path.exists(os.path.join(directory, n, "meta.json"))
+    ]
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    found = complete_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "meta.json")) as f:
+        return json.load(f)
+
+
+def restore_checkpoint(path: str, model: keras.Model) -> dict[str, Any]:
+    """Load a checkpoint into a compiled model (its optimizer is built first)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    meta = read_meta(path)
+    variables = state_variables(model)
+    with np.load(os.path.join(path, "state.npz")) as data:
+        if len(data.files) != len(variables):
+            raise ConfigError(
+                f"checkpoint {path} holds {len(data.files)} variables but this model has "
+                f"{len(variables)}: it was written by a different model or optimizer"
+            )
+        for i, (variable, saved_path) in enumerate(zip(variables, meta["paths"])):
+            value = data[f"v{i:05d}"]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ConfigError(
+                    f"checkpoint {path}: {saved_path} has shape {value.shape}, the model's "
+                    f"{variable.path} has {tuple(variable.shape)}"
+                )
+            variable.assign(value)
+    return meta
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves a resumable checkpoint every ``every`` optimizer steps and when training ends."""
+
+    def __init__(
+        self,
+        directory: str,
+        every: int,
+        steps_per_epoch: int,
+        meta: dict[str, Any] | None = None,
+        is_chief: bool = True,
+        keep: int = 2,
+    ) -> None:
+        super().__init__()
+        self.directory = directory
+        self.every = every
+        self.steps_per_epoch = steps_per_epoch
+        self.meta = dict(meta or {})
+        self.is_chief = is_chief
+        self.keep = keep
+
+    def _save(self, step: int) -> None:
+        if not self.is_chief or os.path.isdir(os.path.join(self.directory, f"ckpt-{step:08d}")):
+            return
+        meta = {
+            **self.meta,
+            "global_step": step,
+            "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch,
+        }
+        save_checkpoint(self.directory, self.model, meta, self.keep)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self._save(step)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._save(int(self.model.optimizer.iterations.numpy()))
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends training once ``step`` optimizer steps are done (a budgeted or interrupted run)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            self.model.stop_training = True

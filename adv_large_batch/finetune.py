@@ -22,6 +22,7 @@ from adv_large_batch.scala import ScaLAConfig
 from adv_large_batch.text_data import TASKS
 
 TINY_MODEL = "tiny-random"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def default_model_path() -> str:
@@ -56,6 +57,9 @@ class FinetuneConfig(RunConfig):
         None,
         "--checkpoint-every",
         "optimizer steps between resumable checkpoints in --checkpoint-dir (default: each epoch)",
+    )
+    precision: str = cli_field(
+        "float32", "--precision", "compute precision (Keras dtype policy)", PRECISIONS
     )
     resume: bool = cli_field(
         False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
@@ -168,7 +172,24 @@ def fit_from_step(
 
 
 def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
-    """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out)."""
+    """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out).
+
+    ``--precision`` sets Keras' global dtype policy for the run (restored after):
+    weights stay float32, compute runs in float16/bfloat16 (float16 gets Keras'
+    dynamic loss scaling from ``compile``); the perturbation math (random start,
+    ascent step, projection, regulariser) stays in float32.
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(run_cfg.precision)
+    try:
+        return _run(run_cfg, adv, opt)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
     import keras
     import numpy as np
 
@@ -188,6 +209,13 @@ def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict
             "BERT folder with config.json, model.safetensors and vocab.txt)",
         )
     say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
+    if run_cfg.precision != "float32" and adv.perturbs and adv.eps < 1e-3:
+        say(
+            f"[finetune] warning: --adv-eps {adv.eps} is below the resolution of "
+            f"{run_cfg.precision} activations: the perturbation is mostly rounded away "
+            "(benchmarks/pga_step_scale.py measures it); use --precision float32 for ScaLA "
+            "or a larger --adv-eps"
+        )
 
     task = text_data.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
     train_split = task.train.take(run_cfg.train_limit)

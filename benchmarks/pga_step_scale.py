@@ -7,7 +7,7 @@ boundary. This script measures, on real data and the real pretrained encoder,
 for each step rule: |grad| (max), how far y moved, ||y1||_inf, and r(y0) -> r(y1)
 with dropout off so r is the effect of the perturbation alone.
 
-    .venv/bin/python benchmarks/pga_step_scale.py [--batches 4]
+    .venv/bin/python benchmarks/pga_step_scale.py [--batches 4] [--precision mixed_bfloat16]
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eps", type=float, default=1e-5)
     parser.add_argument("--step", type=float, default=1e-4)
+    parser.add_argument(
+        "--precision", default="float32", choices=("float32", "mixed_float16", "mixed_bfloat16")
+    )
     args = parser.parse_args()
+    import keras
+
+    keras.mixed_precision.set_global_policy(args.precision)
 
     task = text_data.load_task("rotten_tomatoes")
     split = task.train.take(args.batches * args.batch_size)
@@ -43,9 +49,11 @@ def main() -> None:
         clean = net.logits_from_embeddings(e, x, training=False)
 
         def r_of(y):
-            return adv.symmetric_kl_from_logits(clean, net.logits_from_embeddings(e + y, x))
+            perturbed = tf.cast(tf.cast(e, tf.float32) + y, e.dtype)  # as ScaLA does
+            return adv.symmetric_kl_from_logits(clean, net.logits_from_embeddings(perturbed, x))
 
         y0 = adv.random_start(tf.shape(e), args.eps, "uniform", seed=tf.constant([b, 7]))
+        clean = tf.cast(clean, tf.float32)
         y0 = adv.mask_padding(y0, x[PADDING_MASK])
         with tf.GradientTape() as tape:
             tape.watch(y0)
@@ -62,7 +70,10 @@ def main() -> None:
                     float(r_of(y1)),
                 ]
             )
-    print(f"eps={args.eps} rho={args.step} batches={args.batches}x{args.batch_size} (dropout off)")
+    print(
+        f"eps={args.eps} rho={args.step} batches={args.batches}x{args.batch_size} "
+        f"precision={args.precision} (dropout off)"
+    )
     print(
         f"{'step':6s} {'max|grad|':>10s} {'max|y1-y0|':>11s} {'|y1|_inf':>9s} "
         f"{'r(y0)':>10s} {'r(y1)':>10s} {'r(y1)/r(y0)':>12s}"

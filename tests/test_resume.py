@@ -81,3 +81,18 @@ def test_partial_checkpoint_is_never_picked(tmp_path):
 def test_resume_needs_a_checkpoint_dir(capsys):
     assert cli.main(["finetune", "--resume"]) == 2
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+
+
+def test_mixed_bfloat16_run_trains_and_restores_the_policy(tmp_path, capsys):
+    import json
+
+    import keras
+
+    out = tmp_path / "m.json"
+    args = [*RUN[:-4], "--precision", "mixed_bfloat16", "--verbose", "2", "--metrics-out", str(out)]
+    assert cli.main(args) == 0
+    assert keras.mixed_precision.global_policy().name == "float32"
+    history = json.loads(out.read_text())["history"]
+    assert all(np.isfinite(history["task_loss"]))
+    assert history["perturbation_linf"][1] == pytest.approx(1e-5, rel=1e-3)  # float32 math
+    assert "is below the resolution of mixed_bfloat16" in capsys.readouterr().out

@@ -127,6 +127,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.keep = keep
 
     def _save(self, step: int) -> None:
+        if getattr(self.model, "nonfinite_step", None) is not None:
+            return  # stopped on a non-finite step: keep the last good checkpoint the newest
         if not self.is_chief or os.path.isdir(os.path.join(self.directory, f"ckpt-{step:08d}")):
             return
         meta = {

@@ -61,6 +61,12 @@ class FinetuneConfig(RunConfig):
     precision: str = cli_field(
         "float32", "--precision", "compute precision (Keras dtype policy)", PRECISIONS
     )
+    on_nonfinite: str = cli_field(
+        "stop",
+        "--on-nonfinite",
+        "a step with a non-finite loss/gradient is never applied; stop the run or go on",
+        ("stop", "skip"),
+    )
     resume: bool = cli_field(
         False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
     )
@@ -297,6 +303,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         global_batch_size=run_cfg.batch_size,
         trust_ratios=opt.log_trust_ratios,
         backup=False,
+        nonfinite=run_cfg.on_nonfinite,
     )
     if run_cfg.checkpoint_dir:
         callbacks.append(

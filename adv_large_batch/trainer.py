@@ -12,7 +12,9 @@ that only says how to get *the gradients of one micro-batch*
    the mean over the whole batch, the same rule as one big batch;
 3. average across workers with the backend (Horovod: one grouped allreduce;
    tf.distribute: the Keras optimizer sums replicas, the loss is pre-scaled);
-4. one ``optimizer.apply``.
+4. one ``optimizer.apply`` — skipped when any averaged gradient is non-finite
+   (counted in the ``nonfinite_steps`` metric; ``NonFiniteLoss`` then stops the
+   run, or lets it go on, as configured).
 
 A method can also run work *beside* the update (``concurrent_work``, ConAdv
 §3.3: the adversarial examples of a future batch): it is traced after
@@ -34,6 +36,11 @@ import tensorflow as tf
 def distribution_loss_scale() -> float:
     """1 / replicas under tf.distribute (how Keras scales the compiled loss), else 1."""
     return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
+    """True when every entry of every tensor is finite."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
 def slice_batch(structure: Any, start: tf.Tensor, size: int) -> Any:
@@ -87,6 +94,7 @@ class AccumulatingTrainer(keras.Model):
         self.backend = backend
         self._train_only_metric_names: set[str] = set()
         self.grad_norm_tracker = self.add_tracker("grad_norm")
+        self.nonfinite_tracker = self.add_tracker("nonfinite_steps")
 
     # ---- plumbing -----------------------------------------------------------------
     def add_tracker(self, name: str) -> keras.metrics.Mean:
@@ -104,7 +112,10 @@ class AccumulatingTrainer(keras.Model):
         )
 
     def update_task_metrics(self, loss: tf.Tensor, y: Any, y_pred: Any, sample_weight: Any) -> None:
-        self._loss_tracker.update_state(loss / distribution_loss_scale())
+        finite = tf.cast(tf.math.is_finite(loss), loss.dtype)  # a NaN step does not poison the mean
+        self._loss_tracker.update_state(
+            tf.where(finite > 0, loss, 0.0) / distribution_loss_scale(), sample_weight=finite
+        )
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, y_pred, sample_weight)
 
@@ -178,8 +189,25 @@ class AccumulatingTrainer(keras.Model):
         self.concurrent_work(data)
         grads = self.accumulated_gradients(x, y, sample_weight)
         grads = self.backend.allreduce_gradients(grads)
-        self.grad_norm_tracker.update_state(tf.linalg.global_norm(grads))
-        self.optimizer.apply(grads, self.trainable_variables)
+        finite = all_finite(grads)  # the same on every worker: the grads are averaged
+        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+        self.grad_norm_tracker.update_state(
+            tf.linalg.global_norm(grads), sample_weight=tf.cast(finite, tf.float32)
+        )
+        if tf.distribute.has_strategy():
+            # A cond around the cross-replica update is not supported; NonFiniteLoss
+            # stops the run right after (the last checkpoint stays intact).
+            self.optimizer.apply(grads, self.trainable_variables)
+        else:
+            if not self.optimizer.built:  # variables cannot be created inside the cond
+                self.optimizer.build(self.trainable_variables)
+
+            def update() -> tf.Tensor:
+                self.optimizer.apply(grads, self.trainable_variables)
+                return tf.constant(True)
+
+            # A non-finite gradient never reaches the weights or the optimizer slots.
+            tf.cond(finite, update, lambda: tf.constant(False))
         return self.get_metrics_result()
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:

@@ -41,6 +41,48 @@ class LearningRateAndThroughput(keras.callbacks.Callback):
             )
 
 
+class NonFiniteLoss(keras.callbacks.Callback):
+    """Reacts to a step whose loss or gradients were not finite.
+
+    The trainer never applies such a step (outside tf.distribute). ``policy="stop"``
+    ends the run with a message naming the optimizer step, and marks the model so
+    no checkpoint is written after it: the last checkpoint stays the resume point.
+    ``policy="skip"`` reports the skipped step and goes on.
+    """
+
+    def __init__(self, policy: str = "stop") -> None:
+        super().__init__()
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"policy must be one of {NONFINITE_POLICIES}, got {policy!r}")
+        self.policy = policy
+        self._seen = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._seen = 0.0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        fraction = float((logs or {}).get("nonfinite_steps", 0.0))
+        total = round(fraction * (batch + 1))  # a running mean over this epoch's steps
+        if total <= self._seen:
+            return
+        self._seen = total
+        step = int(self.model.optimizer.iterations.numpy()) + 1
+        if self.policy == "stop":
+            self.model.nonfinite_step = step
+            self.model.stop_training = True
+            print(
+                f"\n[train] non-finite loss/gradients at optimizer step {step} (batch {batch} of "
+                "this epoch): update skipped, run stopped; the last checkpoint is intact "
+                "(--on-nonfinite skip goes on instead)",
+                flush=True,
+            )
+        else:
+            print(f"\n[train] non-finite loss/gradients at step {step}: update skipped", flush=True)
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 def standard_callbacks(
     backend: Any,
     logdir: str | None = None,
@@ -48,6 +90,7 @@ def standard_callbacks(
     global_batch_size: int | None = None,
     trust_ratios: bool = False,
     backup: bool = True,
+    nonfinite: str = "stop",
 ) -> list[keras.callbacks.Callback]:
     """Broadcast + metric averaging (Horovod), then chief-only writers.
 
@@ -56,7 +99,10 @@ def standard_callbacks(
     """
     from adv_large_batch import distributed
 
-    callbacks: list[keras.callbacks.Callback] = [LearningRateAndThroughput(global_batch_size)]
+    callbacks: list[keras.callbacks.Callback] = [
+        NonFiniteLoss(nonfinite),  # first: it marks the model before any checkpoint is written
+        LearningRateAndThroughput(global_batch_size),
+    ]
     if backend.name == "horovod":
         callbacks.insert(0, distributed.BroadcastCallback(backend))
         callbacks.append(distributed.MetricAverageCallback(backend))

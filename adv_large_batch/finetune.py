@@ -67,6 +67,9 @@ class FinetuneConfig(RunConfig):
         "a step with a non-finite loss/gradient is never applied; stop the run or go on",
         ("stop", "skip"),
     )
+    profile: bool = cli_field(
+        False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
+    )
     resume: bool = cli_field(
         False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
     )
@@ -83,6 +86,10 @@ class FinetuneConfig(RunConfig):
         require(
             self.stop_at_step is None or self.stop_at_step >= 1,
             f"--stop-at-step must be >= 1, got {self.stop_at_step}",
+        )
+        require(
+            not self.profile or self.logdir is not None,
+            "--profile needs --logdir (the profile is written under it)",
         )
         require(
             not self.resume or self.checkpoint_dir is not None,
@@ -304,6 +311,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         trust_ratios=opt.log_trust_ratios,
         backup=False,
         nonfinite=run_cfg.on_nonfinite,
+        profile_steps=(2, 4) if run_cfg.profile else None,
     )
     if run_cfg.checkpoint_dir:
         callbacks.append(

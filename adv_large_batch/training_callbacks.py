@@ -91,6 +91,7 @@ def standard_callbacks(
     trust_ratios: bool = False,
     backup: bool = True,
     nonfinite: str = "stop",
+    profile_steps: tuple[int, int] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """Broadcast + metric averaging (Horovod), then chief-only writers.
 
@@ -121,7 +122,9 @@ def standard_callbacks(
         )
     if logdir:
         callbacks.append(
-            keras.callbacks.TensorBoard(logdir, update_freq="epoch", write_graph=False)
+            keras.callbacks.TensorBoard(
+                logdir, update_freq="epoch", write_graph=False, profile_batch=profile_steps or 0
+            )
         )
         if trust_ratios:
             from adv_large_batch.optimizers import TrustRatioLogger

@@ -158,3 +158,42 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if int(self.model.optimizer.iterations.numpy()) >= self.step:
             self.model.stop_training = True
+
+
+def fit_from_step(
+    model: Any,
+    stream: Any,
+    start_step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    **fit_kwargs: Any,
+) -> Any:
+    """``model.fit`` over the batch stream from global step ``start_step`` to the end.
+
+    A run resumed mid-epoch first finishes that epoch (a shorter fit), then runs
+    the remaining whole epochs; the histories are concatenated.
+    """
+    epoch, in_epoch = divmod(start_step, steps_per_epoch)
+    phases = []  # (first global step, initial epoch, end epoch, steps per epoch)
+    if in_epoch:
+        phases.append((start_step, epoch, epoch + 1, steps_per_epoch - in_epoch))
+        epoch += 1
+    if epoch < epochs:
+        phases.append((epoch * steps_per_epoch, epoch, epochs, steps_per_epoch))
+    merged: dict[str, list] = {}
+    history = keras.callbacks.History()  # stays empty if the checkpoint was the last step
+    for first_step, initial_epoch, end_epoch, steps in phases:
+        history = model.fit(
+            stream(first_step),
+            initial_epoch=initial_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps,
+            shuffle=False,  # the stream is already shuffled, deterministically per epoch
+            **fit_kwargs,
+        )
+        for key, values in history.history.items():
+            merged.setdefault(key, []).extend(values)
+        if model.stop_training:
+            break
+    history.history = merged
+    return history

@@ -43,7 +43,9 @@ How it maps onto TensorFlow:
 * **Loss** (eq. 2/4): ``(L_clean + L_adv) / 2``, one forward over
   ``concat([clean, adversarial])`` per micro-batch with the split BN routing the
   halves.  Every worker attacks its own batch; only weight gradients are
-  averaged across workers (``AccumulatingTrainer``'s backend).
+  averaged across workers (``AccumulatingTrainer``'s backend).  The random start
+  of a micro-batch is seeded by (seed, step, its index in the *global* batch), so
+  2 workers x B/2 draw the noise of 1 process accumulating 2 micro-batches of B/2.
 
 Example (ConAdv needs the paired stream and the per-worker batch for its buffer):
 
@@ -301,15 +303,19 @@ class ConAdv(AccumulatingTrainer):
         step = read(self.adv_step)
         m = self.micro_batch_size
         if m is None:
-            return self.attack(x, y, snapshot, self._attack_seed(step, purpose, 0))
+            first = self._first_micro_batch(1)
+            return self.attack(x, y, snapshot, self._attack_seed(step, purpose, first))
         batch = batch_size_of(x)
         n = batch // m
+        first = self._first_micro_batch(n)
         xs = tf.reshape(x, tf.concat([[n, m], tf.shape(x)[1:]], axis=0))
         ys = tf.reshape(y, tf.concat([[n, m], tf.shape(y)[1:]], axis=0))
 
         def one(args: tuple) -> tf.Tensor:
             i, xi, yi = args
-            return self.attack(xi, yi, snapshot, self._attack_seed(step, purpose, i))
+            return self.attack(
+                xi, yi, snapshot, self._attack_seed(step, purpose, first + tf.cast(i, tf.int64))
+            )
 
         out = tf.map_fn(
             one,
@@ -318,6 +324,21 @@ class ConAdv(AccumulatingTrainer):
             parallel_iterations=1,
         )
         return tf.reshape(out, tf.shape(x))
+
+    def _first_micro_batch(self, per_replica: Any) -> tf.Tensor:
+        """Index of this replica's first micro-batch among all micro-batches of the step.
+
+        Workers (Horovod ranks) and tf.distribute replicas hold consecutive slices of
+        the global batch, so the random start of a micro-batch depends on its place in
+        the global batch, not on how the batch is spread: 2 workers x n micro-batches
+        draw what 1 process x 2n micro-batches draws, and no two workers share noise.
+        """
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        worker = int(getattr(self.backend, "rank", 0))
+        slot = worker * replicas + tf.cast(replica, tf.int64)
+        return slot * tf.cast(per_replica, tf.int64)
 
     def _attack_seed(self, step: tf.Tensor, purpose: int, micro: Any) -> tf.Tensor:
         counter = tf.cast(step, tf.int64) * 65536 + tf.cast(micro, tf.int64)

@@ -53,47 +53,18 @@ class FinetuneConfig(RunConfig):
         "random BERT with the bundled vocabulary (smoke tests)",
     )
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
-    checkpoint_every: int | None = cli_field(
-        None,
-        "--checkpoint-every",
-        "optimizer steps between resumable checkpoints in --checkpoint-dir (default: each epoch)",
-    )
     precision: str = cli_field(
         "float32", "--precision", "compute precision (Keras dtype policy)", PRECISIONS
     )
-    on_nonfinite: str = cli_field(
-        "stop",
-        "--on-nonfinite",
-        "a step with a non-finite loss/gradient is never applied; stop the run or go on",
-        ("stop", "skip"),
-    )
     profile: bool = cli_field(
         False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
-    )
-    resume: bool = cli_field(
-        False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
-    )
-    stop_at_step: int | None = cli_field(
-        None, "--stop-at-step", "stop (after checkpointing) once this many optimizer steps are done"
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(
-            self.checkpoint_every is None or self.checkpoint_every >= 1,
-            f"--checkpoint-every must be >= 1, got {self.checkpoint_every}",
-        )
-        require(
-            self.stop_at_step is None or self.stop_at_step >= 1,
-            f"--stop-at-step must be >= 1, got {self.stop_at_step}",
-        )
-        require(
             not self.profile or self.logdir is not None,
             "--profile needs --logdir (the profile is written under it)",
-        )
-        require(
-            not self.resume or self.checkpoint_dir is not None,
-            "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",
         )
         require(
             2 <= self.max_seq_length <= 512,
@@ -141,47 +112,6 @@ def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
         backbone = load_bert_backbone(model)
         tokenizer = load_bert_tokenizer(model)
     return PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
-
-
-def fit_from_step(
-    model: Any,
-    stream: Any,
-    start_step: int,
-    steps_per_epoch: int,
-    epochs: int,
-    **fit_kwargs: Any,
-) -> Any:
-    """``model.fit`` over the batch stream from global step ``start_step`` to the end.
-
-    A run resumed mid-epoch first finishes that epoch (a shorter fit), then runs
-    the remaining whole epochs; the histories are concatenated.
-    """
-    import keras
-
-    epoch, in_epoch = divmod(start_step, steps_per_epoch)
-    phases = []  # (first global step, initial epoch, end epoch, steps per epoch)
-    if in_epoch:
-        phases.append((start_step, epoch, epoch + 1, steps_per_epoch - in_epoch))
-        epoch += 1
-    if epoch < epochs:
-        phases.append((epoch * steps_per_epoch, epoch, epochs, steps_per_epoch))
-    merged: dict[str, list] = {}
-    history = keras.callbacks.History()  # stays empty if the checkpoint was the last step
-    for first_step, initial_epoch, end_epoch, steps in phases:
-        history = model.fit(
-            stream(first_step),
-            initial_epoch=initial_epoch,
-            epochs=end_epoch,
-            steps_per_epoch=steps,
-            shuffle=False,  # the stream is already shuffled, deterministically per epoch
-            **fit_kwargs,
-        )
-        for key, values in history.history.items():
-            merged.setdefault(key, []).extend(values)
-        if model.stop_training:
-            break
-    history.history = merged
-    return history
 
 
 def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
@@ -301,7 +231,9 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
                 "starting from scratch"
             )
         else:
-            start_step = int(checkpointing.restore_checkpoint(path, model)["global_step"])
+            with backend.scope():  # the optimizer may be built here: its slots must be mirrored
+                meta = checkpointing.restore_checkpoint(path, model)
+            start_step = int(meta["global_step"])
             say(f"[finetune] resumed from {path} at optimizer step {start_step}")
     callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch)] + standard_callbacks(
         backend,
@@ -326,7 +258,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     if run_cfg.stop_at_step is not None:
         callbacks.append(checkpointing.StopAtStep(run_cfg.stop_at_step))
     start = time.time()
-    history = fit_from_step(
+    history = checkpointing.fit_from_step(
         model,
         train_stream,
         start_step,

@@ -25,6 +25,7 @@ import dataclasses
 import gzip
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -380,6 +381,169 @@ def train_batches(
     )
 
 
+# ---- the resumable training stream ---------------------------------------------------------
+#: Training sets up to this size (uint8 pixels) are held in memory and shuffled by index.
+IN_MEMORY_BYTES = 512 * 2**20
+#: ``--augment`` policies whose randomness is a pure function of (seed, epoch, example).
+SEEDED_POLICIES = ("none", "flip_crop")
+
+#: ``(image in [0, 1], stateless seed of shape [2]) -> augmented image``.
+SeededAugment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def materialize(
+    split: tf.data.Dataset,
+    num_examples: int,
+    image_shape: tuple[int, ...],
+    max_bytes: int = IN_MEMORY_BYTES,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(images, labels)`` of a split as arrays, or None if it is larger than ``max_bytes``."""
+    if num_examples * int(np.prod(image_shape)) > max_bytes:
+        return None
+    images, labels = [], []
+    for x, y in split.batch(4096).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
+def seeded_augmenter(
+    policy: str, image_shape: tuple[int, int, int], seed: int = 0
+) -> SeededAugment:
+    """``augment(image, seed)`` for ``train_stream``: stateless for ``SEEDED_POLICIES``.
+
+    ``flip_crop`` is ``augment.build_augmenter``'s (random horizontal flip, pad by
+    ``crop_padding`` and crop back) drawn with ``tf.image.stateless_random_*`` from the
+    per-example seed, so an example's augmentation depends only on (seed, epoch, example).
+    ``randaugment`` / ``augmix`` use Keras' layers, which draw from their own stateful
+    seed generators: they ignore the seed and are *not* reproduced by a resumed run.
+    """
+    from adv_large_batch.augment import POLICIES, build_augmenter, crop_padding
+
+    if policy not in POLICIES:
+        raise ConfigError(f"--augment must be one of {POLICIES}, got {policy!r}")
+    if policy == "none":
+        return lambda image, _seed: image
+    if policy not in SEEDED_POLICIES:
+        stateful = build_augmenter(policy, image_shape, seed)
+        return lambda image, _seed: stateful(image)
+    height, width, _ = image_shape
+    pad_h, pad_w = crop_padding(height), crop_padding(width)
+
+    def flip_crop(image: tf.Tensor, example_seed: tf.Tensor) -> tf.Tensor:
+        flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        padded = tf.pad(image, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        return tf.ensure_shape(
+            tf.image.stateless_random_crop(padded, image_shape, crop_seed), image_shape
+        )
+
+    return flip_crop
+
+
+def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of example ``index``'s augmentation in ``epoch``."""
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def train_stream(
+    split: tf.data.Dataset,
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    augment: SeededAugment | None = None,
+    rank: int = 0,
+    size: int = 1,
+    start_step: int = 0,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """The endless training stream of one worker, from global step ``start_step`` on.
+
+    Batches of ``batch_size`` ``[0, 1]`` images (float32) and int32 labels.  Epoch
+    ``e`` is global steps ``[e S, (e + 1) S)`` with ``S = num_examples // (batch_size
+    x size)``; the remainder of each epoch is dropped.  Everything is a pure function
+    of (``seed``, epoch, example), so a run resumed at step g sees exactly the batches
+    an uninterrupted run sees from g on (``start_step=g``), and example ``i``'s
+    augmentation in epoch ``e`` is ``augment(image_i, example_seed(seed, e, i))``.
+
+    * With ``arrays`` (the split in memory, see ``materialize``): epoch ``e``'s order
+      is the stateless permutation ``index_shuffle(., [seed, e])`` of all examples and
+      global step ``s`` of the epoch takes positions ``[s B size, (s + 1) B size)`` of
+      it, rank ``r`` the contiguous slice ``r B .. (r + 1) B``.  The global batch of a
+      step is therefore the same for any number of workers (``size``) -- and the
+      workers' slices are the micro-batches of one process that accumulates
+      micro-batches of ``batch_size``, or MirroredStrategy's replica slices.
+    * Without (a streamed split, e.g. ImageNet): each worker takes every ``size``-th
+      example (``shard``, before shuffling, so no worker reads the others' examples),
+      shuffles it in blocks of ``shuffle_buffer`` with stateless permutations keyed by
+      (seed, epoch, block), independent of TensorFlow's global seed,
+      and skips the batches already consumed.  Exact for the same number
+      of workers; batches differ from a different worker count's.
+    """
+    global_batch = batch_size * size
+    steps = num_examples // global_batch
+    if steps < 1:
+        raise ConfigError(
+            f"global batch {global_batch} is larger than the {num_examples} training examples: "
+            "not one full step per epoch"
+        )
+    augment = augment or (lambda image, _seed: image)
+    first_epoch, in_epoch = divmod(start_step, steps)
+
+    if arrays is not None:
+        images = tf.constant(arrays[0])
+        labels = tf.constant(arrays[1], tf.int32)
+        order_seed = tf.constant(seed, tf.int64)
+
+        def step_rows(step: tf.Tensor) -> tf.data.Dataset:
+            epoch = step // steps
+            first = (step % steps) * global_batch + rank * batch_size
+            positions = tf.range(first, first + batch_size, dtype=tf.int64)
+            index = tf.random.experimental.index_shuffle(
+                positions, tf.stack([order_seed, epoch]), tf.constant(num_examples - 1, tf.int64)
+            )
+            return tf.data.Dataset.from_tensor_slices((tf.fill([batch_size], epoch), index))
+
+        def load(epoch: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image = to_unit_range(tf.gather(images, index))
+            return augment(image, example_seed(seed, epoch, index)), tf.gather(labels, index)
+
+        rows = tf.data.Dataset.counter(start_step).flat_map(step_rows)
+    else:
+        shard = split.enumerate()
+        if size > 1:
+            shard = shard.shard(size, rank)
+
+        def epoch_rows(epoch: tf.Tensor) -> tf.data.Dataset:
+            # A block shuffle with stateless permutations keyed by (seed, epoch, block):
+            # tf.data's own shuffle mixes in TensorFlow's global seed and is not
+            # reproducible across pipelines once that seed is set (tests/test_conadv_resume).
+            def permute(block_id: tf.Tensor, block: Any) -> Any:
+                n = tf.shape(block[0])[0]
+                key = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, block_id])
+                order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
+                return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
+
+            blocks = shard.batch(shuffle_buffer).enumerate().map(permute).unbatch()
+            return blocks.take(steps * batch_size).map(
+                lambda index, example: (epoch, index, example)
+            )
+
+        def load(epoch: tf.Tensor, index: tf.Tensor, example: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            image, label = example
+            image = to_unit_range(image)
+            return augment(image, example_seed(seed, epoch, index)), tf.cast(label, tf.int32)
+
+        rows = tf.data.Dataset.counter(first_epoch).flat_map(epoch_rows).skip(in_epoch * batch_size)
+    return (
+        rows.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def eval_batches(split: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """``[0, 1]`` batches of the whole split, in order (the last one may be smaller)."""
 
@@ -392,14 +556,20 @@ def eval_batches(split: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_DIR",
+    "IN_MEMORY_BYTES",
+    "SEEDED_POLICIES",
     "ImageSplits",
     "eval_batches",
+    "example_seed",
     "load_fashion_mnist",
     "load_folder",
     "load_image_dataset",
     "load_tfds",
+    "materialize",
     "read_idx",
     "resize_central",
+    "seeded_augmenter",
     "to_unit_range",
     "train_batches",
+    "train_stream",
 ]

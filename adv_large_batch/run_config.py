@@ -37,6 +37,23 @@ class RunConfig:
     checkpoint_dir: str | None = cli_field(
         None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
     )
+    checkpoint_every: int | None = cli_field(
+        None,
+        "--checkpoint-every",
+        "optimizer steps between resumable checkpoints in --checkpoint-dir (default: each epoch)",
+    )
+    resume: bool = cli_field(
+        False, "--resume", "continue from the newest complete checkpoint in --checkpoint-dir"
+    )
+    stop_at_step: int | None = cli_field(
+        None, "--stop-at-step", "stop (after checkpointing) once this many optimizer steps are done"
+    )
+    on_nonfinite: str = cli_field(
+        "stop",
+        "--on-nonfinite",
+        "a step with a non-finite loss/gradient is never applied; stop the run or go on",
+        ("stop", "skip"),
+    )
     metrics_out: str | None = cli_field(
         None, "--metrics-out", "write final metrics + config as JSON"
     )
@@ -51,8 +68,17 @@ class RunConfig:
             f"--micro-batch-size must be >= 1, got {self.micro_batch_size}",
         )
         require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        for flag, value in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
+        for flag, value in (
+            ("--train-limit", self.train_limit),
+            ("--eval-limit", self.eval_limit),
+            ("--checkpoint-every", self.checkpoint_every),
+            ("--stop-at-step", self.stop_at_step),
+        ):
             require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+        require(
+            not self.resume or self.checkpoint_dir is not None,
+            "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",
+        )
 
 
 def split_batch(run: RunConfig, workers: int, replicas: int = 1) -> tuple[int, int]:

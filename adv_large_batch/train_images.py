@@ -5,7 +5,13 @@ AutoAugment-style augmentation):
 
 config -> backend -> dataset -> tf.data (shuffle, augment, batch[, pair t / t+tau])
        -> image model (split BN unless baseline) -> LARS -> ConAdv trainer
-       -> callbacks -> fit -> test top-1 -> metrics JSON
+       -> [restore checkpoint] -> callbacks -> fit from the step -> test top-1 -> metrics JSON
+
+Exact resume (``--checkpoint-dir``, ``--checkpoint-every``, ``--resume``,
+``--stop-at-step``): ``image_data.train_stream`` is a pure function of (seed,
+epoch, example) that starts at any global step, ``pair_with_future`` re-pairs it
+from there, and the checkpoint holds weights, optimizer, BN statistics and
+ConAdv's buffer of in-flight adversarial batches and its step counter.
 
 Every value is validated (``ImageTrainConfig``, ``ConAdvConfig``,
 ``OptimizerConfig``) before TensorFlow builds anything; the input size is
@@ -21,6 +27,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 
 from adv_large_batch.augment import POLICIES
 from adv_large_batch.conadv import ConAdvConfig
@@ -146,8 +153,7 @@ def _train(
     steps_per_epoch: int,
     say: Any,
 ) -> dict[str, Any]:
-    from adv_large_batch import image_data
-    from adv_large_batch.augment import build_augmenter
+    from adv_large_batch import checkpointing, image_data
     from adv_large_batch.conadv import ConAdv, pair_with_future
     from adv_large_batch.models.resnet import build_image_model
     from adv_large_batch.optimizers import build_optimizer
@@ -155,12 +161,29 @@ def _train(
 
     total_steps = steps_per_epoch * run_cfg.epochs
     keras.utils.set_random_seed(run_cfg.seed)
-    augment = build_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
-    train_ds = image_data.train_batches(
-        data.train, per_worker_batch, run_cfg.seed, augment, backend.shard
-    )
-    if adv.buffered:
-        train_ds = pair_with_future(train_ds, adv.staleness)
+    augment = image_data.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
+    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
+
+    def train_stream(start_step: int) -> Any:
+        """Batches from global step ``start_step`` on (paired t / t + tau for ConAdv).
+
+        Resumed at step g, ``pair_with_future`` hands step g the pair (g, g + tau)
+        that the uninterrupted run's step g got; the restored buffer holds the
+        adversarial examples of batches g .. g + tau - 1.
+        """
+        stream = image_data.train_stream(
+            data.train,
+            data.num_train,
+            per_worker_batch,
+            run_cfg.seed,
+            augment,
+            backend.rank,
+            backend.size,
+            start_step,
+            arrays,
+        )
+        return pair_with_future(stream, adv.staleness) if adv.buffered else stream
+
     test_ds = image_data.eval_batches(data.test, max(per_worker_batch, 256))
 
     replica_batch = per_worker_batch // backend.num_replicas_in_sync
@@ -200,26 +223,89 @@ def _train(
         f"staleness={adv.staleness} augment={run_cfg.augment} optimizer={opt.optimizer} "
         f"base lr={opt.lr} ({opt.lr_scaling} scaling from {opt.base_batch_size})"
     )
+    if arrays is None:
+        say(
+            f"[train-images] {data.num_train} training images do not fit in memory: each worker "
+            "shuffles its own shard in a window (exact resume needs the same worker count)"
+        )
+    if run_cfg.augment not in image_data.SEEDED_POLICIES and (
+        run_cfg.checkpoint_dir or run_cfg.resume
+    ):
+        say(
+            f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
+            "generators, so a resumed run's augmentations differ from an uninterrupted run's "
+            f"(exact resume: --augment {' or '.join(image_data.SEEDED_POLICIES)})"
+        )
+
+    start_step = 0
+    if run_cfg.resume:
+        path = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir)
+        if path is None:
+            say(
+                f"[train-images] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
+                "starting from scratch"
+            )
+        else:
+            with backend.scope():  # it builds the optimizer: its slots must be distributed
+                meta = checkpointing.restore_checkpoint(path, model)
+            start_step = int(meta["global_step"])
+            say(f"[train-images] resumed from {path} at optimizer step {start_step}")
+    worker_buffers = None
+    if adv.buffered and backend.size * backend.num_replicas_in_sync > 1:
+        worker_buffers = WorkerBuffers(
+            [model.buffer_images, model.buffer_labels],
+            run_cfg.checkpoint_dir,
+            run_cfg.checkpoint_every or steps_per_epoch,
+            backend.rank,
+        )
+        if start_step and not worker_buffers.load(start_step):
+            print(
+                f"[train-images] rank {backend.rank}: no saved adversarial buffer for step "
+                f"{start_step} in {worker_buffers.folder}; using the checkpoint's (rank 0, "
+                "replica 0; its images keep their own labels, but the run is no longer bit-exact)",
+                flush=True,
+            )
     callbacks = standard_callbacks(
-        backend, run_cfg.logdir, run_cfg.checkpoint_dir, global_batch_size=run_cfg.batch_size
+        backend,
+        run_cfg.logdir,
+        run_cfg.checkpoint_dir,
+        global_batch_size=run_cfg.batch_size,
+        backup=False,  # the step checkpoints below replace Keras' epoch-level backup
+        nonfinite=run_cfg.on_nonfinite,
     )
+    if run_cfg.checkpoint_dir:
+        callbacks.append(
+            checkpointing.StepCheckpoint(
+                run_cfg.checkpoint_dir,
+                run_cfg.checkpoint_every or steps_per_epoch,
+                steps_per_epoch,
+                meta={"config": dataclasses.asdict(run_cfg)},
+                is_chief=backend.is_chief,
+            )
+        )
+    if worker_buffers is not None:
+        callbacks.append(worker_buffers)
+    if run_cfg.stop_at_step is not None:
+        callbacks.append(checkpointing.StopAtStep(run_cfg.stop_at_step))
     timer = _StepTimer()
     callbacks.append(timer)
     start = time.time()
-    history = model.fit(
-        train_ds,
-        epochs=run_cfg.epochs,
-        steps_per_epoch=steps_per_epoch,
+    history = checkpointing.fit_from_step(
+        model,
+        train_stream,
+        start_step,
+        steps_per_epoch,
+        run_cfg.epochs,
         validation_data=test_ds,
         callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles
         verbose=run_cfg.verbose if backend.is_chief else 0,
     )
     wall = time.time() - start
     evaluation = model.evaluate(test_ds, verbose=0, return_dict=True)
-    images = total_steps * run_cfg.batch_size
+    steps_run = int(model.optimizer.iterations.numpy()) - start_step
+    images = steps_run * run_cfg.batch_size
     logs = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    last_epoch = timer.epoch_seconds[-1]
+    last_steps, last_seconds = timer.last_epoch()
     result = {
         "dataset": data.name,
         "model": run_cfg.model,
@@ -228,9 +314,10 @@ def _train(
         "test_loss": float(evaluation["loss"]),
         "wall_time_s": wall,
         "steps": total_steps,
+        "steps_run": steps_run,  # by this process: fewer when resumed or stopped early
         # Training steps of the last epoch only: no tracing, no validation.
-        "images_per_s": steps_per_epoch * run_cfg.batch_size / last_epoch,
-        "images_per_s_overall": images / wall,
+        "images_per_s": last_steps * run_cfg.batch_size / last_seconds if last_steps else 0.0,
+        "images_per_s_overall": images / wall if steps_run else 0.0,
         "history": logs,
         "config": {
             "run": dataclasses.asdict(run_cfg),
@@ -252,27 +339,120 @@ def _train(
     return result
 
 
+def _replica_components(variable: Any) -> list[Any]:
+    """The per-replica variables behind a tf.distribute variable, else ``[variable]``."""
+    return list(getattr(getattr(variable, "_value", None), "values", None) or [variable])
+
+
+class WorkerBuffers(keras.callbacks.Callback):
+    """Keeps ConAdv's buffer per worker across checkpoints and ``fit`` phases.
+
+    The buffer holds each worker's (and each tf.distribute replica's) own
+    adversarial batch, but the checkpoint holds rank 0's replica 0's, and
+    ``BroadcastCallback`` copies rank 0's to every rank whenever a ``fit`` begins
+    (``fit_from_step`` runs two fits when resumed mid-epoch).  So every worker also
+    writes its own buffer, all replicas, to
+    ``<checkpoint-dir>/worker-buffers/ckpt-<step>-rank<r>.npz`` (atomically, at the
+    steps ``StepCheckpoint`` saves, newest two kept), ``load`` reads it on resume, and
+    the worker's own values are put back at the first batch of every ``fit`` (after
+    the broadcast).
+    """
+
+    def __init__(
+        self, variables: list[Any], directory: str | None, every: int, rank: int, keep: int = 2
+    ) -> None:
+        super().__init__()
+        self.variables = variables
+        self.folder = os.path.join(directory, "worker-buffers") if directory else None
+        self.every = every
+        self.rank = rank
+        self.keep = keep
+        self._pending: list[list[Any]] | None = None
+
+    def _path(self, step: int) -> str:
+        return os.path.join(self.folder, f"ckpt-{step:08d}-rank{self.rank}.npz")
+
+    def _values(self) -> list[list[Any]]:
+        return [[c.numpy() for c in _replica_components(v)] for v in self.variables]
+
+    def load(self, step: int) -> bool:
+        """Stage this worker's buffer saved at ``step``; False if there is none."""
+        if self.folder is None or not os.path.exists(self._path(step)):
+            return False
+        with np.load(self._path(step)) as data:
+            self._pending = [list(data[f"v{i}"]) for i in range(len(self.variables))]
+        return True
+
+    def _save(self, step: int) -> None:
+        if getattr(self.model, "nonfinite_step", None) is not None:
+            return  # StepCheckpoint writes nothing after a non-finite stop either
+        if self.folder is None or os.path.exists(self._path(step)):
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        partial = self._path(step) + ".partial.npz"
+        arrays = {f"v{i}": np.stack(values) for i, values in enumerate(self._values())}
+        np.savez(partial, **arrays)
+        os.replace(partial, self._path(step))
+        mine = sorted(n for n in os.listdir(self.folder) if n.endswith(f"-rank{self.rank}.npz"))
+        for old in mine[: -self.keep]:
+            os.remove(os.path.join(self.folder, old))
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._pending is None:
+            return
+        for variable, values in zip(self.variables, self._pending):
+            components = _replica_components(variable)
+            if len(components) != len(values):
+                raise ValueError(
+                    f"saved adversarial buffer has {len(values)} replicas, this worker "
+                    f"{len(components)}: resume with the same --strategy and devices"
+                )
+            for component, value in zip(components, values):
+                component.assign(value)
+        self._pending = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self._save(step)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._save(int(self.model.optimizer.iterations.numpy()))
+        self._pending = self._values()  # undo the next fit's broadcast
+
+
 class _StepTimer(keras.callbacks.Callback):
-    """Seconds spent in training steps per epoch (validation and callbacks excluded)."""
+    """Steps and seconds spent in training steps per epoch (validation and callbacks excluded)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.epoch_seconds: list[float] = []
+        self.epoch_steps: list[int] = []
         self._start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_seconds.append(0.0)
+        self.epoch_steps.append(0)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.epoch_seconds[-1] += time.perf_counter() - self._start
+        self.epoch_steps[-1] += 1
+
+    def last_epoch(self) -> tuple[int, float]:
+        """(steps, seconds) of the last epoch that ran a step; (0, 0.0) if none did."""
+        for steps, seconds in zip(reversed(self.epoch_steps), reversed(self.epoch_seconds)):
+            if steps:
+                return steps, seconds
+        return 0, 0.0
 
 
 __all__ = [
     "IMAGE_OPTIMIZER_DEFAULTS",
     "ImageTrainConfig",
+    "WorkerBuffers",
     "image_optimizer_config",
     "run",
 ]

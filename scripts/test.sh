@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export ALB_REQUIRE_HOROVOD=${ALB_REQUIRE_HOROVOD:-1} TF_CPP_MIN_LOG_LEVEL=2
 start=$(date +%s)
-.venv/bin/python -m ruff check adv_large_batch models tests
+.venv/bin/python -m ruff check adv_large_batch models tests benchmarks
 .venv/bin/python -m pytest -ra --durations=15 "$@"
 echo "[test] pytest finished in $(( $(date +%s) - start ))s"

@@ -21,6 +21,7 @@ consumed (``text_data.make_epoch_stream``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -197,3 +198,43 @@ def fit_from_step(
             break
     history.history = merged
     return history
+
+
+def resume_step(run_cfg: Any, model: keras.Model, backend: Any, say: Any, tag: str) -> int:
+    """Restore the newest complete checkpoint when ``--resume``; return its global step.
+
+    Restoring may build the optimizer, so it runs inside the backend's scope (under a
+    strategy the slots must be distributed variables).
+    """
+    if not run_cfg.resume:
+        return 0
+    path = latest_checkpoint(run_cfg.checkpoint_dir)
+    if path is None:
+        say(
+            f"[{tag}] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
+            "starting from scratch"
+        )
+        return 0
+    with backend.scope():
+        meta = restore_checkpoint(path, model)
+    step = int(meta["global_step"])
+    say(f"[{tag}] resumed from {path} at optimizer step {step}")
+    return step
+
+
+def step_callbacks(run_cfg: Any, steps_per_epoch: int, is_chief: bool) -> list:
+    """StepCheckpoint (given --checkpoint-dir) and StopAtStep (given --stop-at-step)."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if run_cfg.checkpoint_dir:
+        callbacks.append(
+            StepCheckpoint(
+                run_cfg.checkpoint_dir,
+                run_cfg.checkpoint_every or steps_per_epoch,
+                steps_per_epoch,
+                meta={"config": dataclasses.asdict(run_cfg)},
+                is_chief=is_chief,
+            )
+        )
+    if run_cfg.stop_at_step is not None:
+        callbacks.append(StopAtStep(run_cfg.stop_at_step))
+    return callbacks

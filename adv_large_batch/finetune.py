@@ -222,19 +222,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     )
     say(f"[finetune] untrained head on validation: {before}")
 
-    start_step = 0
-    if run_cfg.resume:
-        path = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir)
-        if path is None:
-            say(
-                f"[finetune] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
-                "starting from scratch"
-            )
-        else:
-            with backend.scope():  # the optimizer may be built here: its slots must be mirrored
-                meta = checkpointing.restore_checkpoint(path, model)
-            start_step = int(meta["global_step"])
-            say(f"[finetune] resumed from {path} at optimizer step {start_step}")
+    start_step = checkpointing.resume_step(run_cfg, model, backend, say, "finetune")
     callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch)] + standard_callbacks(
         backend,
         run_cfg.logdir,
@@ -245,18 +233,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         nonfinite=run_cfg.on_nonfinite,
         profile_steps=(2, 4) if run_cfg.profile else None,
     )
-    if run_cfg.checkpoint_dir:
-        callbacks.append(
-            checkpointing.StepCheckpoint(
-                run_cfg.checkpoint_dir,
-                run_cfg.checkpoint_every or steps_per_epoch,
-                steps_per_epoch,
-                meta={"config": dataclasses.asdict(run_cfg)},
-                is_chief=backend.is_chief,
-            )
-        )
-    if run_cfg.stop_at_step is not None:
-        callbacks.append(checkpointing.StopAtStep(run_cfg.stop_at_step))
+    callbacks += checkpointing.step_callbacks(run_cfg, steps_per_epoch, backend.is_chief)
     start = time.time()
     history = checkpointing.fit_from_step(
         model,

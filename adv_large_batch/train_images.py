@@ -237,19 +237,7 @@ def _train(
             f"(exact resume: --augment {' or '.join(image_data.SEEDED_POLICIES)})"
         )
 
-    start_step = 0
-    if run_cfg.resume:
-        path = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir)
-        if path is None:
-            say(
-                f"[train-images] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
-                "starting from scratch"
-            )
-        else:
-            with backend.scope():  # it builds the optimizer: its slots must be distributed
-                meta = checkpointing.restore_checkpoint(path, model)
-            start_step = int(meta["global_step"])
-            say(f"[train-images] resumed from {path} at optimizer step {start_step}")
+    start_step = checkpointing.resume_step(run_cfg, model, backend, say, "train-images")
     worker_buffers = None
     if adv.buffered and backend.size * backend.num_replicas_in_sync > 1:
         worker_buffers = WorkerBuffers(
@@ -273,20 +261,9 @@ def _train(
         backup=False,  # the step checkpoints below replace Keras' epoch-level backup
         nonfinite=run_cfg.on_nonfinite,
     )
-    if run_cfg.checkpoint_dir:
-        callbacks.append(
-            checkpointing.StepCheckpoint(
-                run_cfg.checkpoint_dir,
-                run_cfg.checkpoint_every or steps_per_epoch,
-                steps_per_epoch,
-                meta={"config": dataclasses.asdict(run_cfg)},
-                is_chief=backend.is_chief,
-            )
-        )
+    callbacks += checkpointing.step_callbacks(run_cfg, steps_per_epoch, backend.is_chief)
     if worker_buffers is not None:
         callbacks.append(worker_buffers)
-    if run_cfg.stop_at_step is not None:
-        callbacks.append(checkpointing.StopAtStep(run_cfg.stop_at_step))
     timer = _StepTimer()
     callbacks.append(timer)
     start = time.time()

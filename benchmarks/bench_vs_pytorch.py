@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,65 +39,18 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import (  # noqa: E402
+    Rounds,
+    busy_cpu_s,
+    machine,
+    proc_status_mb,
+    reset_peak,
+    wait_for_quiet,
+)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-# ---- small helpers ---------------------------------------------------------------------
-def proc_status_mb(key: str, pid: str = "self") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Reset this process's VmHWM to its current RSS (Linux: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds all processes of the machine have been busy (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(threshold: float, max_wait: float, window: float = 0.5) -> float:
-    """Wait until the rest of the machine uses < ``threshold`` of the cores; returns seconds waited.
-
-    This process is idle while it samples and the peer is blocked on its pipe, so
-    what ``/proc/stat`` counts is other people's work.
-    """
-    cores = os.cpu_count() or 1
-    waited = 0.0
-    while waited < max_wait:
-        b0, c0, t0 = busy_cpu_s(), time.process_time(), time.perf_counter()
-        time.sleep(window)
-        dt = time.perf_counter() - t0
-        others = busy_cpu_s() - b0 - (time.process_time() - c0)
-        if others / (dt * cores) < threshold:
-            break
-        waited += dt
-    return waited
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release()}
 
 
 # ---- the peer process ----------------------------------------------------------------
@@ -267,41 +219,6 @@ def per_size(text: str, sizes: list[int]) -> dict[int, int]:
 
 def memory_mb() -> dict[str, float]:
     return {k: proc_status_mb(k) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
-
-
-class Rounds:
-    """Timed rounds; a round during which other processes used more than ``threshold`` of
-    the cores is kept in the log but repeated (at most max(2, planned / 2) extra rounds)."""
-
-    def __init__(self, planned: int, threshold: float) -> None:
-        self.planned, self.threshold = planned, threshold
-        self.rows: list[dict[str, float]] = []
-
-    def more(self) -> bool:
-        limit = self.planned + max(2, self.planned // 2)
-        return len(self.clean()) < self.planned and len(self.rows) < limit
-
-    def add(self, **row: float) -> dict[str, float]:
-        self.rows.append(row)
-        return row
-
-    def clean(self) -> list[dict[str, float]]:
-        return [r for r in self.rows if r["others"] <= self.threshold]
-
-    def used(self) -> list[dict[str, float]]:
-        return self.clean() or self.rows
-
-    def count(self) -> str:
-        """``clean/run``, the rounds the medians use out of those run."""
-        return f"{len(self.clean())}/{len(self.rows)} clean"
-
-    def stat(self, key: str) -> dict[str, float]:
-        values = [r[key] for r in self.used()]
-        return {
-            "median": statistics.median(values),
-            "min": min(values),
-            "max": max(values),
-        }
 
 
 def main() -> None:

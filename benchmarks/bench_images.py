@@ -1,0 +1,182 @@
+"""Image path speed: baseline vs DisAdv vs ConAdv steps, and the input pipeline vs the step.
+
+On real Fashion-MNIST (28x28x1) with the small ResNet (``cifar_resnet20``, width 16)
+and LARS, for each per-device batch size it builds the three trainers
+(``adv_large_batch.conadv.ConAdv`` with ``--method baseline|disadv|conadv``), then
+alternates them round after round, each running ``--steps`` compiled training steps
+on in-memory batches (ConAdv on the paired stream it trains on), and prints
+images/s of each and the ratios ConAdv / DisAdv and DisAdv / baseline in step time
+(medians over rounds of within-round ratios; rounds where other processes used
+more than ``--quiet-threshold`` of the cores are redone).
+
+It also times the real training input pipeline alone (``image_data.train_stream``
+with the seeded flip-and-crop augmentation, paired with ``pair_with_future`` as
+ConAdv consumes it) and reports its images/s as a multiple of the fastest step's.
+
+    .venv/bin/python benchmarks/bench_images.py --json-out runs/bench/bench_images.json
+
+On a CPU the two attacks of ConAdv and the update share the same cores: ConAdv's
+concurrency (the attack on batch t+1 does not wait for the update on batch t) can
+only pay off where one step leaves cores idle, i.e. small per-device batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import Rounds, machine, timed_call, wait_for_quiet  # noqa: E402
+
+METHODS = ("baseline", "disadv", "conadv")
+
+
+def build_trainers(
+    args: argparse.Namespace, arrays: tuple[np.ndarray, np.ndarray], batch: int
+) -> dict[str, Callable[[], Any]]:
+    """One compiled trainer per method, each a callable running ``--steps`` steps."""
+    import keras
+    import tensorflow as tf
+
+    from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
+    from adv_large_batch.models.resnet import build_image_model
+    from adv_large_batch.optimizers import LARS
+
+    images, labels = arrays[0].astype(np.float32) / 255.0, arrays[1]  # as train_stream feeds
+    n = (len(images) // batch) * batch
+    base = tf.data.Dataset.from_tensor_slices((images[:n], labels[:n])).batch(
+        batch, drop_remainder=True
+    )
+    calls = {}
+    for method in METHODS:
+        keras.utils.set_random_seed(0)
+        cfg = ConAdvConfig(method=method, eps=3.0)
+        network = build_image_model(
+            args.model, images.shape[1:], 10, split_bn=cfg.adversarial, width=args.width
+        )
+        model = ConAdv(network, cfg, batch_size=batch if cfg.buffered else None)
+        model.compile(
+            optimizer=LARS(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        ds = base.cache().repeat()
+        if cfg.buffered:
+            ds = pair_with_future(ds, cfg.staleness)
+        iterator = iter(ds.prefetch(2))
+        model.make_train_function()
+
+        def call(model: Any = model, iterator: Any = iterator) -> float:
+            logs = None
+            for _ in range(args.steps):
+                logs = model.train_function(iterator)
+            return float(np.asarray(logs["loss"]))
+
+        call()  # trace, build the optimizer, fill ConAdv's buffer
+        call()
+        calls[method] = call
+    return calls
+
+
+def pipeline_images_per_s(
+    args: argparse.Namespace, split: Any, arrays: tuple[np.ndarray, np.ndarray], batch: int
+) -> float:
+    """images/s of the real training stream (flip_crop, paired) with nothing consuming it."""
+    from adv_large_batch import image_data
+    from adv_large_batch.conadv import pair_with_future
+
+    augment = image_data.seeded_augmenter("flip_crop", arrays[0].shape[1:], 0)
+    stream = image_data.train_stream(split, len(arrays[0]), batch, 0, augment, arrays=arrays)
+    iterator = iter(pair_with_future(stream, 1))
+    for _ in range(3):
+        next(iterator)
+    count = max(args.steps * 4, 2048 // batch)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        next(iterator)
+    return count * batch / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--train-limit", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=4, help="steps per method per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quiet-threshold", type=float, default=0.15)
+    p.add_argument("--json-out", default=None)
+    args = p.parse_args(argv)
+    bad = [b for b in args.batch_sizes if b < 1 or b * 2 > args.train_limit]
+    if bad or args.steps < 1 or args.rounds < 1:
+        p.error(f"need batch sizes in [1, train_limit / 2] (got {bad}), --steps/--rounds >= 1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from adv_large_batch import image_data
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"[images] {started} machine {machine()} model {args.model} width {args.width}")
+    data = image_data.load_image_dataset("fashion_mnist").limit(args.train_limit, None)
+    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
+    results: dict[str, Any] = {"date": started, "machine": machine(), "args": vars(args)}
+    lines = []
+    for batch in args.batch_sizes:
+        calls = build_trainers(args, arrays, batch)
+        rounds = Rounds(args.rounds, args.quiet_threshold)
+        while rounds.more():
+            wait_for_quiet(args.quiet_threshold, 30.0)
+            row, load = {}, []
+            for method, call in calls.items():
+                seconds, others = timed_call(call)
+                row[method] = seconds / args.steps
+                load.append(others)
+            row["conadv/disadv"] = row["conadv"] / row["disadv"]
+            row["disadv/baseline"] = row["disadv"] / row["baseline"]
+            row["others"] = max(load)
+            rounds.add(**row)
+            print(
+                f"[images] batch {batch} round {len(rounds.rows) - 1}: "
+                + ", ".join(f"{m} {batch / row[m]:.0f} img/s" for m in METHODS)
+                + f", ConAdv/DisAdv {row['conadv/disadv']:.2f} (others {row['others']:.0%})"
+            )
+        pipe = pipeline_images_per_s(args, data.train, arrays, batch)
+        med = {m: rounds.stat(m)["median"] for m in METHODS}
+        fastest = batch / min(med.values())
+        stat = rounds.stat("conadv/disadv")
+        stat_d = rounds.stat("disadv/baseline")
+        results[str(batch)] = {
+            "seconds_per_step": med,
+            "images_per_s": {m: batch / s for m, s in med.items()},
+            "conadv/disadv": stat,
+            "disadv/baseline": stat_d,
+            "pipeline_images_per_s": pipe,
+            "pipeline/fastest_step": pipe / fastest,
+            "rounds": rounds.rows,
+        }
+        lines.append(
+            f"| {batch} | {batch / med['baseline']:.0f} | {batch / med['disadv']:.0f} | "
+            f"{batch / med['conadv']:.0f} | {stat_d['median']:.2f} | "
+            f"{stat['median']:.2f} [{stat['min']:.2f}, {stat['max']:.2f}] | "
+            f"{pipe:.0f} ({pipe / fastest:.1f}x) | {rounds.count()} |"
+        )
+    print(
+        "\n| per-device batch | baseline img/s | DisAdv img/s | ConAdv img/s | "
+        "DisAdv / baseline (time) | ConAdv / DisAdv (time) [min, max] | "
+        "input pipeline img/s (x fastest step) | rounds |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,9 @@ A checkpoint is a folder ``ckpt-<global step, 8 digits>/`` holding
   seed-generator states behind dropout and the perturbations, ScaLA's
   ``adv_start_step``, ConAdv's buffered adversarial batch) and every optimizer
   variable (step counter, which drives the LR schedule, and the slots);
-* ``meta.json``: the global step, epoch, step in the epoch and the run's config.
+* ``meta.json``: the global step, epoch, step in the epoch, the variables' paths, the
+  run's config and (from the training commands) the command name and its adversarial
+  and optimizer configs, from which ``adv-large-batch sharpness`` rebuilds the network.
 
 It is written as ``ckpt-N.partial/`` and renamed only when complete (a rename is
 atomic on one filesystem), so a run killed while writing leaves a ``.partial``
@@ -26,7 +28,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -79,6 +81,28 @@ def latest_checkpoint(directory: str) -> str | None:
     return found[-1] if found else None
 
 
+def resolve_checkpoint(path: str) -> str:
+    """One complete checkpoint: ``path`` itself if it is a ``ckpt-<step>`` folder, else the
+    newest complete one in the run folder ``path``.  ``ConfigError`` names ``path`` when
+    there is none (``.partial`` folders never count)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint path {path!r} does not exist")
+    if _NAME.match(os.path.basename(os.path.normpath(path))):
+        missing = [
+            n for n in ("meta.json", "state.npz") if not os.path.exists(os.path.join(path, n))
+        ]
+        if missing:
+            raise ConfigError(f"{path!r} is not a complete checkpoint (no {' or '.join(missing)})")
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise ConfigError(
+            f"{path!r} holds no complete checkpoint (a ckpt-<step>/ folder with meta.json; "
+            "ckpt-<step>.partial/ folders are ignored)"
+        )
+    return found
+
+
 def read_meta(path: str) -> dict[str, Any]:
     with open(os.path.join(path, "meta.json")) as f:
         return json.load(f)
@@ -96,15 +120,67 @@ def restore_checkpoint(path: str, model: keras.Model) -> dict[str, Any]:
                 f"checkpoint {path} holds {len(data.files)} variables but this model has "
                 f"{len(variables)}: it was written by a different model or optimizer"
             )
-        for i, (variable, saved_path) in enumerate(zip(variables, meta["paths"])):
-            value = data[f"v{i:05d}"]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ConfigError(
-                    f"checkpoint {path}: {saved_path} has shape {value.shape}, the model's "
-                    f"{variable.path} has {tuple(variable.shape)}"
-                )
-            variable.assign(value)
+        _assign(path, data, meta["paths"], list(enumerate(variables)))
     return meta
+
+
+def restore_variables(path: str, variables: Sequence[Any]) -> dict[str, Any]:
+    """Load ``variables`` (a subset of a checkpoint, e.g. one network's weights) by path.
+
+    Each variable takes the saved value whose path matches (``match_saved_paths``);
+    the trainer's own variables and the optimizer's in the checkpoint are left
+    alone.  Returns the checkpoint's meta.
+    """
+    meta = read_meta(path)
+    indices = match_saved_paths([v.path for v in variables], meta["paths"], path)
+    with np.load(os.path.join(path, "state.npz")) as data:
+        _assign(path, data, meta["paths"], list(zip(indices, variables)))
+    return meta
+
+
+def _normal_path(path: str) -> str:
+    """A variable path without Keras' per-process ``_<n>`` suffixes on its components."""
+    return re.sub(r"_\d+(?=/|$)", "", path)
+
+
+def match_saved_paths(wanted: Sequence[str], saved: Sequence[str], where: str = "") -> list[int]:
+    """Index into ``saved`` of each path of ``wanted``.
+
+    Exact paths when each one is saved exactly once; otherwise (a network rebuilt in
+    a process whose Keras name counters differ: ``conv2d_7`` for ``conv2d_3``) the
+    paths are compared without their ``_<n>`` suffixes, in order: ``wanted`` must be
+    an ordered subsequence of ``saved``, as a network's variables are of its
+    trainer's.
+    """
+    positions = {p: i for i, p in enumerate(saved)}
+    if len(positions) == len(saved) and all(p in positions for p in wanted):
+        return [positions[p] for p in wanted]
+    normal = [_normal_path(p) for p in saved]
+    indices, cursor = [], 0
+    for p in wanted:
+        key = _normal_path(p)
+        while cursor < len(saved) and normal[cursor] != key:
+            cursor += 1
+        if cursor == len(saved):
+            raise ConfigError(
+                f"checkpoint {where or '(state)'} has no variable {p!r} (in order): it was "
+                "written by a different model"
+            )
+        indices.append(cursor)
+        cursor += 1
+    return indices
+
+
+def _assign(path: str, data: Any, saved_paths: Sequence[str], pairs: list[tuple[int, Any]]) -> None:
+    """``variable.assign(saved value i)`` for each ``(i, variable)``, checking shapes."""
+    for i, variable in pairs:
+        value = data[f"v{i:05d}"]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ConfigError(
+                f"checkpoint {path}: {saved_paths[i]} has shape {value.shape}, the model's "
+                f"{variable.path} has {tuple(variable.shape)}"
+            )
+        variable.assign(value)
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -222,8 +298,15 @@ def resume_step(run_cfg: Any, model: keras.Model, backend: Any, say: Any, tag: s
     return step
 
 
-def step_callbacks(run_cfg: Any, steps_per_epoch: int, is_chief: bool) -> list:
-    """StepCheckpoint (given --checkpoint-dir) and StopAtStep (given --stop-at-step)."""
+def step_callbacks(
+    run_cfg: Any, steps_per_epoch: int, is_chief: bool, meta: dict[str, Any] | None = None
+) -> list:
+    """StepCheckpoint (given --checkpoint-dir) and StopAtStep (given --stop-at-step).
+
+    Every checkpoint's meta.json holds ``config`` (``run_cfg``) and ``meta``: the
+    training commands add ``command`` and their ``adversarial`` and ``optimizer``
+    configs, which is what ``adv-large-batch sharpness`` rebuilds the network from.
+    """
     callbacks: list[keras.callbacks.Callback] = []
     if run_cfg.checkpoint_dir:
         callbacks.append(
@@ -231,7 +314,7 @@ def step_callbacks(run_cfg: Any, steps_per_epoch: int, is_chief: bool) -> list:
                 run_cfg.checkpoint_dir,
                 run_cfg.checkpoint_every or steps_per_epoch,
                 steps_per_epoch,
-                meta={"config": dataclasses.asdict(run_cfg)},
+                meta={"config": dataclasses.asdict(run_cfg), **(meta or {})},
                 is_chief=is_chief,
             )
         )

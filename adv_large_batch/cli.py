@@ -1,8 +1,9 @@
 """The ``adv-large-batch`` command line.
 
 Subcommands: ``info`` (installation report), ``finetune`` (ScaLA / baseline
-fine-tuning of a BERT-family encoder) and ``train-images`` (ConAdv / DisAdv /
-baseline image training).  Every flag comes from a config
+fine-tuning of a BERT-family encoder), ``train-images`` (ConAdv / DisAdv /
+baseline image training) and ``sharpness`` (top Hessian eigenvalue of a
+checkpoint's training loss).  Every flag comes from a config
 dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
 """
@@ -16,7 +17,7 @@ import sys
 from typing import Sequence
 
 from adv_large_batch import __version__
-from adv_large_batch.config import ConfigError, add_arguments, from_args
+from adv_large_batch.config import ConfigError, add_arguments, add_deprecated_alias, from_args
 
 
 def _quiet_tensorflow() -> None:
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from adv_large_batch.finetune import FinetuneConfig
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
+    from adv_large_batch.sharpness import SharpnessConfig
     from adv_large_batch.train_images import IMAGE_OPTIMIZER_DEFAULTS, ImageTrainConfig
 
     parser = argparse.ArgumentParser(
@@ -55,9 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Large-batch image training with concurrent adversarial learning (ConAdv).",
     )
     add_arguments(img, ImageTrainConfig, "run")
+    add_deprecated_alias(img, "--dtype-policy", "--precision")  # the flag's old name
     add_arguments(img, ConAdvConfig, "adversarial examples (ConAdv / DisAdv)")
     add_arguments(img, OptimizerConfig, "optimizer and learning rate (LARS for images)")
     img.set_defaults(**IMAGE_OPTIMIZER_DEFAULTS)  # same flags, image defaults
+
+    sharp = sub.add_parser(
+        "sharpness",
+        help="top Hessian eigenvalue of a checkpoint's training loss (power iteration)",
+        description="Sharpness of a finetune / train-images checkpoint: the top eigenvalue of "
+        "the Hessian of the training loss (dropout off, no perturbation) with respect to the "
+        "trainable weights, by power iteration on Hessian-vector products over one fixed "
+        "batch of the run's training data.",
+    )
+    add_arguments(sharp, SharpnessConfig, "sharpness")
     return parser
 
 
@@ -91,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             conadv = from_args(ConAdvConfig, args)
             opt = from_args(OptimizerConfig, args)
             train_images.run(image_cfg, conadv, opt)
+            return 0
+        if args.command == "sharpness":
+            from adv_large_batch import sharpness
+
+            sharpness.run(from_args(sharpness.SharpnessConfig, args))
             return 0
     except (ConfigError, FileNotFoundError) as exc:
         print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)

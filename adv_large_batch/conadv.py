@@ -34,6 +34,12 @@ How it maps onto TensorFlow:
   op of the update, the optimizer's variable writes included, has the
   next-batch PGD among its inputs, and TensorFlow may run both at once
   (``tests/test_conadv.py`` checks this on the traced graph).
+* **Step time.**  ``adv_time_s`` is the wall time of the step's PGD attacks:
+  DisAdv's current-batch attack (before the update), ConAdv's next-batch attack
+  (beside the update) plus, in its first tau steps, the DisAdv fallback.  Under
+  ConAdv the attack overlaps the update, so ``adv_time_s`` + the update's time
+  exceeds ``step_time_s`` by the overlap obtained (little on a CPU, where both
+  share the same cores).  Baseline logs 0.
 * **BatchNorm during the attack** (AdvProp's choice, ConAdv §3.2): the attack's
   forward pass uses the *auxiliary* BN in training mode, i.e. the batch
   statistics of the micro-batch being attacked, the same normalisation the
@@ -72,6 +78,7 @@ from adv_large_batch.trainer import (
     AccumulatingTrainer,
     batch_size_of,
     distribution_loss_scale,
+    timed,
 )
 
 METHODS = ("baseline", "disadv", "conadv")
@@ -325,6 +332,12 @@ class ConAdv(AccumulatingTrainer):
         )
         return tf.reshape(out, tf.shape(x))
 
+    def timed_attack(
+        self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, purpose: int
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(adversarial_batch(...), seconds)``: the attack's wall time (``adv_time_s``)."""
+        return timed(lambda xs, ys: self.adversarial_batch(xs, ys, snapshot, purpose), x, y)
+
     def _first_micro_batch(self, per_replica: Any) -> tf.Tensor:
         """Index of this replica's first micro-batch among all micro-batches of the step.
 
@@ -354,7 +367,8 @@ class ConAdv(AccumulatingTrainer):
             return images, y, sample_weight
         if not cfg.buffered:
             with tf.name_scope("current_batch_attack"):
-                adv = self.adversarial_batch(images, y, self.weights_snapshot(), _CURRENT)
+                adv, seconds = self.timed_attack(images, y, self.weights_snapshot(), _CURRENT)
+            self.record_adv_seconds(seconds)
             return (images, adv), (y, y), sample_weight
         if not paired:
             raise ValueError(
@@ -368,12 +382,16 @@ class ConAdv(AccumulatingTrainer):
         buffered_images = tf.gather(self.buffer_images.value, slot)
         buffered_labels = tf.gather(self.buffer_labels.value, slot)
 
-        def fresh() -> tuple[tf.Tensor, tf.Tensor]:  # the first tau steps: DisAdv
+        def fresh() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:  # the first tau steps: DisAdv
             with tf.name_scope("current_batch_attack"):
-                adv = self.adversarial_batch(images, y, self.weights_snapshot(), _CURRENT)
-            return adv, tf.cast(y, tf.int32)
+                adv, seconds = self.timed_attack(images, y, self.weights_snapshot(), _CURRENT)
+            return adv, tf.cast(y, tf.int32), seconds
 
-        adv, adv_labels = tf.cond(ready, lambda: (buffered_images, buffered_labels), fresh)
+        def buffered() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return buffered_images, buffered_labels, tf.constant(0.0)
+
+        adv, adv_labels, seconds = tf.cond(ready, buffered, fresh)
+        self.record_adv_seconds(seconds)
         self.stale_tracker.update_state(tf.cast(ready, tf.float32))
         return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
 
@@ -384,7 +402,8 @@ class ConAdv(AccumulatingTrainer):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         snapshot = self.weights_snapshot()
         with tf.name_scope("next_batch_attack"):
-            adv = self.adversarial_batch(x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE)
+            adv, seconds = self.timed_attack(x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE)
+        self.record_adv_seconds(seconds)  # the step's end waits for it; the update does not
         with tf.name_scope("adv_buffer_write"):
             slot = read(self.adv_step) % self.config.staleness
             index = tf.reshape(slot, [1, 1])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from typing import Any, Sequence, TypeVar
 
@@ -95,6 +96,43 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None 
         if default is not None and default != [] and "%(default)" not in kwargs["help"]:
             kwargs["help"] += " (default: %(default)s)"
         group.add_argument(meta["flag"], **kwargs)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores into the new flag's ``dest`` and says once on stderr which flag to use."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: note: {option_string} is deprecated, use {self.replacement}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, alias: str, flag: str) -> None:
+    """Accept ``alias`` as an old spelling of ``flag`` (already added): same value, type
+    and choices; using it prints a one-line deprecation note."""
+    action = parser._option_string_actions[flag]
+    parser.add_argument(
+        alias,
+        dest=action.dest,
+        type=action.type,
+        choices=action.choices,
+        default=argparse.SUPPRESS,  # the default stays the new flag's
+        help=f"deprecated spelling of {flag}",
+        action=_DeprecatedAlias,
+        replacement=flag,
+    )
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:

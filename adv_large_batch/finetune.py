@@ -22,7 +22,6 @@ from adv_large_batch.scala import ScaLAConfig
 from adv_large_batch.text_data import TASKS
 
 TINY_MODEL = "tiny-random"
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def default_model_path() -> str:
@@ -49,13 +48,11 @@ class FinetuneConfig(RunConfig):
     model: str = cli_field(
         "bundled",
         "--model",
-        f"local BERT preset folder; 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = a 2-layer "
-        "random BERT with the bundled vocabulary (smoke tests)",
+        "local encoder folder, BERT-family or RoBERTa (keras-hub preset or Hugging Face "
+        f"folder); 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = a 2-layer random BERT with "
+        "the bundled vocabulary (smoke tests)",
     )
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
-    precision: str = cli_field(
-        "float32", "--precision", "compute precision (Keras dtype policy)", PRECISIONS
-    )
     profile: bool = cli_field(
         False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
     )
@@ -87,30 +84,34 @@ def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int, replicas: 
 
 
 def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
-    """(PerturbableBertClassifier, tokenizer) for a preset folder or the tiny random BERT."""
+    """(perturbable classifier, tokenizer) for a local encoder folder or the tiny random BERT.
+
+    The folder's ``config.json`` picks the architecture (``models/encoder_presets.py``):
+    BERT-family -> ``PerturbableBertClassifier``, RoBERTa -> ``PerturbableRobertaClassifier``.
+
+    Example: ``network, tokenizer = build_network("/data/roberta-large", 2, seed=0)``.
+    """
     import keras
     import keras_hub
 
+    from adv_large_batch.models.encoder_presets import load_classifier
     from adv_large_batch.models.perturbable_bert import (
         PerturbableBertClassifier,
-        load_bert_backbone,
         load_bert_tokenizer,
     )
 
     keras.utils.set_random_seed(seed)
-    if model == TINY_MODEL:
-        tokenizer = load_bert_tokenizer(default_model_path())
-        backbone = keras_hub.models.BertBackbone(
-            vocabulary_size=tokenizer.vocabulary_size(),
-            num_layers=2,
-            num_heads=2,
-            hidden_dim=32,
-            intermediate_dim=64,
-            max_sequence_length=512,
-        )
-    else:
-        backbone = load_bert_backbone(model)
-        tokenizer = load_bert_tokenizer(model)
+    if model != TINY_MODEL:
+        return load_classifier(model, num_classes)
+    tokenizer = load_bert_tokenizer(default_model_path())
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=512,
+    )
     return PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
 
 
@@ -144,13 +145,9 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     backend = distributed.get_backend(run_cfg.strategy)
     per_worker_batch = validate_run(run_cfg, adv, backend.size, backend.num_replicas_in_sync)
     if run_cfg.model != TINY_MODEL:
-        from adv_large_batch.models.perturbable_bert import is_encoder_preset
+        from adv_large_batch.models.encoder_presets import encoder_architecture
 
-        require(
-            is_encoder_preset(run_cfg.model_path),
-            f"--model {run_cfg.model_path!r} is not a supported encoder folder (expected a local "
-            "BERT folder with config.json, model.safetensors and vocab.txt)",
-        )
+        encoder_architecture(run_cfg.model_path)  # ConfigError (exit 2) for a bad folder
     say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
     if run_cfg.precision != "float32" and adv.perturbs and adv.eps < 1e-3:
         say(
@@ -233,7 +230,16 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         nonfinite=run_cfg.on_nonfinite,
         profile_steps=(2, 4) if run_cfg.profile else None,
     )
-    callbacks += checkpointing.step_callbacks(run_cfg, steps_per_epoch, backend.is_chief)
+    callbacks += checkpointing.step_callbacks(
+        run_cfg,
+        steps_per_epoch,
+        backend.is_chief,
+        meta={
+            "command": "finetune",
+            "adversarial": dataclasses.asdict(adv),
+            "optimizer": dataclasses.asdict(opt),
+        },
+    )
     start = time.time()
     history = checkpointing.fit_from_step(
         model,

@@ -12,6 +12,7 @@ import dataclasses
 from adv_large_batch.config import cli_field, require
 
 BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,13 @@ class RunConfig:
     )
     seed: int = cli_field(0, "--seed", "seed for the new weights, shuffling and perturbations")
     strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
+    precision: str = cli_field(
+        "float32",
+        "--precision",
+        "compute precision: Keras' global dtype policy for the run (weights stay float32; "
+        "mixed_float16 adds Keras' dynamic loss scaling)",
+        PRECISIONS,
+    )
     logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
     checkpoint_dir: str | None = cli_field(
         None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"

@@ -15,6 +15,14 @@ The outer minimisation (LAMB with trust-ratio clipping, sqrt LR scaling,
 warm-up + linear decay) is the optimizer handed to ``compile``; accumulation
 and allreduce come from ``AccumulatingTrainer``.
 
+Step time (``AccumulatingTrainer``'s trackers): ``adv_time_s`` is the seconds
+per step spent making the perturbation, the random start y0 and the K ascent
+steps (K forward + backward passes w.r.t. y), summed over the micro-batches; the
+final adversarial pass that gives r(y_K) and its backward belong to the update.
+0 before t_s and for ``method="baseline"``.  The ascent runs before the update,
+so ``step_time_s - adv_time_s`` is the update's share (clean + adversarial
+passes, accumulation, allreduce, optimizer).
+
 Example:
 
 ```python
@@ -42,7 +50,7 @@ from adv_large_batch.models.perturbable_bert import (
     PerturbableBertClassifier,
     trim_to_longest,
 )
-from adv_large_batch.trainer import AccumulatingTrainer, distribution_loss_scale
+from adv_large_batch.trainer import AccumulatingTrainer, distribution_loss_scale, timed
 
 METHODS = ("baseline", "scala", "gaussian")
 
@@ -221,8 +229,8 @@ class ScaLA(AccumulatingTrainer):
             target = self._target(clean_logits, y)
 
             def with_perturbation() -> tuple[tf.Tensor, ...]:
-                with tape.stop_recording():
-                    delta, r_start = self._perturbation(e, x, target)
+                with tape.stop_recording():  # adv_time_s: random start + PGA-K ascent
+                    (delta, r_start), seconds = timed(self._perturbation, e, x, target)
                 adv_logits = self.network.logits_from_embeddings(
                     e + tf.cast(delta, e.dtype), x, training=True
                 )
@@ -230,16 +238,16 @@ class ScaLA(AccumulatingTrainer):
                     target, adv_logits, cfg.adv_target, self.regression
                 )
                 linf, l2 = adversarial.perturbation_norms(delta)
-                return r, r_start, linf, l2
+                return r, r_start, linf, l2, seconds
 
             def without() -> tuple[tf.Tensor, ...]:
                 zero = tf.constant(0.0)
-                return zero, zero, zero, zero
+                return zero, zero, zero, zero, zero
 
             if cfg.perturbs:
-                r, r_start, linf, l2 = tf.cond(active, with_perturbation, without)
+                r, r_start, linf, l2, seconds = tf.cond(active, with_perturbation, without)
             else:
-                r, r_start, linf, l2 = without()
+                r, r_start, linf, l2, seconds = without()
             loss = task + cfg.weight * r * distribution_loss_scale()
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
@@ -250,6 +258,7 @@ class ScaLA(AccumulatingTrainer):
         self.linf_tracker.update_state(linf)
         self.l2_tracker.update_state(l2)
         self.adv_on_tracker.update_state(tf.cast(active, tf.float32))
+        self.record_adv_seconds(seconds)
         return grads
 
     # ---- tracing once ---------------------------------------------------------------

@@ -283,15 +283,38 @@ def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> T
 
 
 # ---- tokenisation -----------------------------------------------------------------
+def packing_tokens(tokenizer: Any) -> dict[str, Any]:
+    """The special tokens that frame packed segments, per tokenizer family.
+
+    BERT (WordPiece, has ``cls_token_id``): ``[CLS] a [SEP] b [SEP]``.  RoBERTa
+    (byte-level BPE, ``start_token_id`` / ``end_token_id``): ``<s> a </s></s> b </s>``,
+    as ``keras_hub.models.RobertaTextClassifierPreprocessor`` packs.
+
+    Example: ``MultiSegmentPacker(**packing_tokens(tokenizer), sequence_length=128)``.
+    """
+    if hasattr(tokenizer, "cls_token_id"):
+        start, end, sep = tokenizer.cls_token_id, tokenizer.sep_token_id, None  # sep = end
+    else:
+        start, end = tokenizer.start_token_id, tokenizer.end_token_id
+        sep = [end, end]
+    return {
+        "start_value": start,
+        "end_value": end,
+        "sep_value": sep,
+        "pad_value": tokenizer.pad_token_id,
+    }
+
+
 def tokenize(split: TextSplit, tokenizer: Any, max_seq_length: int) -> dict[str, np.ndarray]:
-    """Token ids, segment ids and padding mask as [N, max_seq_length] int32 arrays."""
+    """Token ids, segment ids and padding mask as [N, max_seq_length] int32 arrays.
+
+    Segment ids are produced for every tokenizer; RoBERTa's classifier ignores them.
+    """
     import keras_hub
     import tensorflow as tf
 
     packer = keras_hub.layers.MultiSegmentPacker(
-        start_value=tokenizer.cls_token_id,
-        end_value=tokenizer.sep_token_id,
-        pad_value=tokenizer.pad_token_id,
+        **packing_tokens(tokenizer),
         sequence_length=max_seq_length,
         truncate="round_robin",
     )

@@ -37,8 +37,6 @@ from adv_large_batch.models.resnet import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
 from adv_large_batch.run_config import RunConfig, split_batch
 
-DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-
 # keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
 _KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
 #: The image runs' optimizer: LARS (ConAdv §4.1) with momentum 0.9, the learning
@@ -88,9 +86,6 @@ class ImageTrainConfig(RunConfig):
     warmup_epochs: float | None = cli_field(
         None, "--warmup-epochs", "learning-rate warm-up in epochs (overrides --warmup-ratio)"
     )
-    dtype_policy: str = cli_field(
-        "float32", "--dtype-policy", "Keras dtype policy (mixed precision)", DTYPE_POLICIES
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -136,7 +131,7 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
         opt = dataclasses.replace(opt, warmup_steps=min(steps_per_epoch * run_cfg.epochs, warmup))
 
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(run_cfg.dtype_policy)
+    keras.mixed_precision.set_global_policy(run_cfg.precision)
     try:
         return _train(run_cfg, adv, opt, backend, data, per_worker_batch, steps_per_epoch, say)
     finally:
@@ -261,7 +256,16 @@ def _train(
         backup=False,  # the step checkpoints below replace Keras' epoch-level backup
         nonfinite=run_cfg.on_nonfinite,
     )
-    callbacks += checkpointing.step_callbacks(run_cfg, steps_per_epoch, backend.is_chief)
+    callbacks += checkpointing.step_callbacks(
+        run_cfg,
+        steps_per_epoch,
+        backend.is_chief,
+        meta={
+            "command": "train-images",
+            "adversarial": dataclasses.asdict(adv),
+            "optimizer": dataclasses.asdict(opt),
+        },
+    )
     if worker_buffers is not None:
         callbacks.append(worker_buffers)
     timer = _StepTimer()

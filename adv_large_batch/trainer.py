@@ -12,9 +12,12 @@ that only says how to get *the gradients of one micro-batch*
    the mean over the whole batch, the same rule as one big batch;
 3. average across workers with the backend (Horovod: one grouped allreduce;
    tf.distribute: the Keras optimizer sums replicas, the loss is pre-scaled);
-4. one ``optimizer.apply`` — skipped when any averaged gradient is non-finite
-   (counted in the ``nonfinite_steps`` metric; ``NonFiniteLoss`` then stops the
-   run, or lets it go on, as configured).
+4. one ``optimizer.apply`` — skipped when any gradient is non-finite on any
+   worker or replica (counted in the ``nonfinite_steps`` metric; ``NonFiniteLoss``
+   then stops the run, or lets it go on, as configured).  The decision is the same
+   everywhere: Horovod averages the gradients first, and under tf.distribute the
+   replicas all-reduce their finite flags and the conditional apply runs in
+   cross-replica context (``apply_if_finite``), so no replica ever updates alone.
 
 A method can also run work *beside* the update (``concurrent_work``, ConAdv
 §3.3: the adversarial examples of a future batch): it is traced after
@@ -23,14 +26,37 @@ consumes its results, so in the traced graph the update never waits for it.
 
 Metrics: ``loss`` (the total objective) and the compiled metrics are updated
 per micro-batch; subclasses add trackers with ``self.add_tracker``.
+
+Timing (per-epoch means, in the logs and TensorBoard like every tracker):
+
+* ``step_time_s``: wall time of the whole ``train_step`` on this worker/replica,
+  from a ``tf.timestamp()`` that runs before the batch is released to the step to
+  one that runs after the update (and any adversarial work) has finished.  It
+  excludes the input pipeline and Keras' per-step callbacks.
+* ``adv_time_s``: seconds of the step spent making adversarial perturbations,
+  summed over micro-batches (the method brackets them with ``timed`` and hands the
+  seconds to ``record_adv_seconds``).  0 for steps with no adversarial work
+  (baseline, ScaLA before t_s), so every method logs the same tags.
+  For a method whose attack runs before the update (ScaLA, DisAdv) the update's
+  share is ``step_time_s - adv_time_s``; ConAdv's next-batch attack *overlaps*
+  the update, so there adv + update != step: the two add up to more than
+  ``step_time_s`` by the overlap obtained (perfect overlap: the step takes the
+  longer of the two).
+* Both are 0 under XLA (``jit_compile=True``, Keras' default for one process on
+  a GPU): ``tf.timestamp`` has no XLA kernel.  Cost otherwise: two timestamps, a
+  few identities and a subtraction per timed region; no host round trip.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import keras
 import tensorflow as tf
+
+T = TypeVar("T")
 
 
 def distribution_loss_scale() -> float:
@@ -41,6 +67,93 @@ def distribution_loss_scale() -> float:
 def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
     """True when every entry of every tensor is finite."""
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def all_replicas(flag: tf.Tensor) -> tf.Tensor:
+    """``flag`` AND-ed over the replicas of the tf.distribute strategy (one scalar
+    all-reduce), so every replica gets the same answer; ``flag`` itself outside one."""
+    context = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or context is None:
+        return flag
+    failed = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(flag, tf.float32))
+    return tf.equal(failed, 0.0)
+
+
+# ---- timing inside the compiled step ---------------------------------------------------------
+def can_time() -> bool:
+    """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing)."""
+    return tf.__internal__.get_enclosing_xla_context() is None
+
+
+def released_after(start: tf.Tensor, structure: Any) -> Any:
+    """``structure`` with every tensor replaced by an identity that runs after ``start``.
+
+    Everything computed from the returned tensors therefore starts after ``start``.
+    """
+    with tf.control_dependencies([start]):
+        return tf.nest.map_structure(lambda t: tf.identity(t) if tf.is_tensor(t) else t, structure)
+
+
+def seconds_since(start: tf.Tensor, *after: Any) -> tf.Tensor:
+    """float32 seconds from ``start`` to a ``tf.timestamp()`` that runs once every
+    tensor in ``after`` exists."""
+    done = [t for t in tf.nest.flatten(after) if tf.is_tensor(t)]
+    with tf.control_dependencies(done):
+        end = tf.timestamp()
+    return tf.cast(end - start, tf.float32)
+
+
+def uses_dynamic_loss_scale(optimizer: Any) -> bool:
+    """True for Keras' ``LossScaleOptimizer`` with a dynamic scale (``mixed_float16``)."""
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and bool(
+        getattr(optimizer, "dynamic", True)
+    )
+
+
+def timed(fn: Callable[..., T], *args: Any) -> tuple[T, tf.Tensor]:
+    """``(fn(*args), seconds)``: the wall time from before ``args`` are released to
+    ``fn`` until every tensor it returns exists (0 under XLA).
+
+    Only work reached from ``args`` is inside the bracket: pass the region's data
+    inputs as ``args`` (cheap identities) and close over the rest.
+    """
+    if not can_time():
+        return fn(*args), tf.constant(0.0)
+    start = tf.timestamp()
+    out = fn(*released_after(start, args))
+    return out, seconds_since(start, out)
+
+
+class SecondsLog:
+    """Seconds of adversarial work recorded while one ``train_step`` is traced.
+
+    Per graph: a ``tf.while_loop`` body opens its own ``scope`` and its total
+    leaves the loop as a loop variable.
+    """
+
+    def __init__(self) -> None:
+        self._open: list[list[tf.Tensor]] = [[]]
+
+    def record(self, seconds: tf.Tensor) -> None:
+        self._open[-1].append(tf.cast(seconds, tf.float32))
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[list[tf.Tensor]]:
+        self._open.append([])
+        try:
+            yield self._open[-1]
+        finally:
+            self._open.pop()
+
+    def reset(self) -> None:
+        self._open = [[]]
+
+    def total(self) -> tf.Tensor:
+        return total_seconds(self._open[-1])
+
+
+def total_seconds(entries: list[tf.Tensor]) -> tf.Tensor:
+    return tf.add_n(entries) if entries else tf.constant(0.0)
 
 
 def slice_batch(structure: Any, start: tf.Tensor, size: int) -> Any:
@@ -95,12 +208,21 @@ class AccumulatingTrainer(keras.Model):
         self._train_only_metric_names: set[str] = set()
         self.grad_norm_tracker = self.add_tracker("grad_norm")
         self.nonfinite_tracker = self.add_tracker("nonfinite_steps")
+        self.step_time_tracker = self.add_tracker("step_time_s")
+        self.adv_time_tracker = self.add_tracker("adv_time_s")
+        self._adv_seconds = SecondsLog()
 
     # ---- plumbing -----------------------------------------------------------------
     def add_tracker(self, name: str) -> keras.metrics.Mean:
         """A per-epoch mean of a train-only scalar (shown in logs and TensorBoard)."""
         self._train_only_metric_names.add(name)
         return keras.metrics.Mean(name=name)
+
+    def record_adv_seconds(self, seconds: tf.Tensor) -> None:
+        """Add ``seconds`` (from ``timed``) to this step's ``adv_time_s``; call while tracing
+        ``prepare_batch``, ``concurrent_work`` or ``micro_batch_gradients``, outside any
+        ``tf.cond`` branch (return the seconds from the branch instead)."""
+        self._adv_seconds.record(seconds)
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.network(inputs, training=training)
@@ -168,46 +290,99 @@ class AccumulatingTrainer(keras.Model):
         )
         n = batch // m
 
-        def body(i: tf.Tensor, acc: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        def body(
+            i: tf.Tensor, acc: list[tf.Tensor], adv_seconds: tf.Tensor
+        ) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor]:
             start = i * m
-            grads = self.micro_batch_gradients(
-                slice_batch(x, start, m),
-                slice_batch(y, start, m),
-                slice_batch(sample_weight, start, m),
-            )
-            return i + 1, [a + g for a, g in zip(acc, self._dense_gradients(grads))]
+            with self._adv_seconds.scope() as recorded:
+                grads = self.micro_batch_gradients(
+                    slice_batch(x, start, m),
+                    slice_batch(y, start, m),
+                    slice_batch(sample_weight, start, m),
+                )
+            grads = self._dense_gradients(grads)
+            return i + 1, [a + g for a, g in zip(acc, grads)], adv_seconds + total_seconds(recorded)
 
         zeros = [tf.zeros_like(v) for v in self.trainable_variables]
-        _, total = tf.while_loop(
-            lambda i, _: i < n, body, (tf.constant(0), zeros), parallel_iterations=1
+        _, total, adv_seconds = tf.while_loop(
+            lambda i, *_: i < n,
+            body,
+            (tf.constant(0), zeros, tf.constant(0.0)),
+            parallel_iterations=1,
         )
+        self.record_adv_seconds(adv_seconds)
         return [g / tf.cast(n, g.dtype) for g in total]
 
+    def apply_if_finite(self, grads: list[tf.Tensor], finite: tf.Tensor) -> tf.Tensor:
+        """``optimizer.apply(grads)`` unless ``finite`` is False; returns whether it applied.
+
+        ``finite`` must be the same on every worker and replica.  Outside tf.distribute
+        (and where a strategy needs no merge call) this is a ``tf.cond`` in the step.
+        Otherwise (MirroredStrategy, MultiWorkerMirroredStrategy) the optimizer's apply
+        enters cross-replica context through ``merge_call``, which a ``tf.cond`` in
+        replica context may not contain; so, as Keras' ``LossScaleOptimizer`` does, the
+        cond runs in cross-replica context and its branch applies on every replica.
+        A skipped step leaves weights, slots and ``iterations`` untouched.
+        """
+        if not self.optimizer.built:  # variables cannot be created inside the cond
+            self.optimizer.build(self.trainable_variables)
+        variables = self.trainable_variables
+
+        def update() -> tf.Tensor:
+            self.optimizer.apply(grads, variables)
+            return tf.constant(True)
+
+        def skip() -> tf.Tensor:
+            return tf.constant(False)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            return tf.cond(finite, update, skip)
+
+        def cross_replica(strategy: Any, grads: Any, finite: Any) -> tf.Tensor:
+            decided = strategy.experimental_local_results(finite)[0]  # equal on all replicas
+
+            def update_every_replica() -> tf.Tensor:
+                strategy.extended.call_for_each_replica(
+                    self.optimizer.apply, args=(grads, variables)
+                )
+                return tf.constant(True)
+
+            return tf.cond(decided, update_every_replica, skip)
+
+        return tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
+
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        timing = can_time()
+        if timing:
+            start = tf.timestamp()
+            data = released_after(start, data)
+        self._adv_seconds.reset()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y, sample_weight = self.prepare_batch(x, y, sample_weight)
         self.concurrent_work(data)
         grads = self.accumulated_gradients(x, y, sample_weight)
         grads = self.backend.allreduce_gradients(grads)
-        finite = all_finite(grads)  # the same on every worker: the grads are averaged
-        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+        # The same on every worker (Horovod averaged the grads) and replica (all-reduced).
+        finite = all_replicas(all_finite(grads))
         self.grad_norm_tracker.update_state(
             tf.linalg.global_norm(grads), sample_weight=tf.cast(finite, tf.float32)
         )
-        if tf.distribute.has_strategy():
-            # A cond around the cross-replica update is not supported; NonFiniteLoss
-            # stops the run right after (the last checkpoint stays intact).
+        if uses_dynamic_loss_scale(self.optimizer):
+            # mixed_float16: an overflow of the scaled gradients is expected now and then;
+            # Keras' LossScaleOptimizer skips that step and halves its scale, so it is not
+            # a non-finite *loss* and must reach the optimizer (else the scale never drops).
             self.optimizer.apply(grads, self.trainable_variables)
+            self.nonfinite_tracker.update_state(0.0)
+            applied = finite
         else:
-            if not self.optimizer.built:  # variables cannot be created inside the cond
-                self.optimizer.build(self.trainable_variables)
-
-            def update() -> tf.Tensor:
-                self.optimizer.apply(grads, self.trainable_variables)
-                return tf.constant(True)
-
+            self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
             # A non-finite gradient never reaches the weights or the optimizer slots.
-            tf.cond(finite, update, lambda: tf.constant(False))
+            applied = self.apply_if_finite(grads, finite)
+        adv_seconds = self._adv_seconds.total()
+        self._adv_seconds.reset()  # no graph tensors kept after tracing
+        if timing:
+            self.step_time_tracker.update_state(seconds_since(start, applied, adv_seconds))
+            self.adv_time_tracker.update_state(adv_seconds)
         return self.get_metrics_result()
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:

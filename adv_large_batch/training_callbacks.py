@@ -44,7 +44,8 @@ class LearningRateAndThroughput(keras.callbacks.Callback):
 class NonFiniteLoss(keras.callbacks.Callback):
     """Reacts to a step whose loss or gradients were not finite.
 
-    The trainer never applies such a step (outside tf.distribute). ``policy="stop"``
+    The trainer never applies such a step (on any worker or tf.distribute replica: the
+    decision is all-reduced, see ``AccumulatingTrainer.apply_if_finite``). ``policy="stop"``
     ends the run with a message naming the optimizer step, and marks the model so
     no checkpoint is written after it: the last checkpoint stays the resume point.
     ``policy="skip"`` reports the skipped step and goes on.

@@ -22,6 +22,6 @@ horovodrun -np 32 -H "$HOSTS" adv-large-batch train-images --strategy horovod \
   --model "$MODEL" --method conadv --staleness 1 --adv-eps 1 --adv-step 1 --augment flip_crop \
   --batch-size 32768 --micro-batch-size 256 --epochs 90 --warmup-epochs 5 \
   --optimizer lars --lr 0.1 --lr-scaling linear --base-batch-size 256 --schedule warmup_poly \
-  --dtype-policy mixed_float16 \
+  --precision mixed_float16 \
   --logdir "runs/conadv_${MODEL}" --checkpoint-dir "runs/conadv_${MODEL}/ckpt" \
   --metrics-out "runs/conadv_${MODEL}/metrics.json" "$@"

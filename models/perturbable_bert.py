@@ -172,8 +172,14 @@ def load_bert_backbone(preset: str) -> keras_hub.models.BertBackbone:
 
 
 def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
-    """The WordPiece tokenizer of a local preset folder (uncased, accents stripped)."""
+    """The WordPiece tokenizer of a local folder (Hugging Face: vocab.txt, uncased by default).
+
+    A keras-hub preset folder (tokenizer.json + assets, from ``save_to_preset``)
+    is loaded with its own saved settings.
+    """
     vocab = os.path.join(preset, "vocab.txt")
+    if not os.path.exists(vocab) and os.path.exists(os.path.join(preset, "tokenizer.json")):
+        return keras_hub.models.BertTokenizer.from_preset(preset)
     if not os.path.exists(vocab):
         raise ConfigError(
             f"--model {preset!r} has no vocab.txt; a BERT WordPiece vocabulary is needed"

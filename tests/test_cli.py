@@ -23,6 +23,9 @@ def test_help_on_every_subcommand():
         assert out.returncode == 0, out.stderr
         assert "usage: adv-large-batch" in out.stdout
     assert "--adv-start-epoch" in run_cli("finetune", "--help").stdout
+    out = run_cli("sharpness", "--help")
+    assert out.returncode == 0 and "usage: adv-large-batch sharpness" in out.stdout
+    assert "--checkpoint" in out.stdout and "--iterations" in out.stdout
 
 
 def test_unknown_subcommand_and_flag_exit_nonzero_with_usage():
@@ -81,3 +84,23 @@ def test_trust_ratio_logging_needs_a_layerwise_optimizer(capsys):
     assert (
         "--log-trust-ratios needs --optimizer lamb or lars, got 'adamw'" in capsys.readouterr().err
     )
+
+
+def test_precision_is_one_flag_and_dtype_policy_a_deprecated_alias(capsys):
+    from adv_large_batch.config import from_args
+    from adv_large_batch.finetune import FinetuneConfig
+    from adv_large_batch.train_images import ImageTrainConfig
+
+    parser = cli.build_parser()
+    for command, config in (("finetune", FinetuneConfig), ("train-images", ImageTrainConfig)):
+        assert from_args(config, parser.parse_args([command])).precision == "float32"
+        args = parser.parse_args([command, "--precision", "mixed_bfloat16"])
+        assert from_args(config, args).precision == "mixed_bfloat16"
+    assert capsys.readouterr().err == ""
+    args = parser.parse_args(["train-images", "--dtype-policy", "mixed_float16"])
+    assert from_args(ImageTrainConfig, args).precision == "mixed_float16"
+    assert "--dtype-policy is deprecated, use --precision" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # same choices as --precision
+        parser.parse_args(["train-images", "--dtype-policy", "float64"])
+    with pytest.raises(SystemExit):  # finetune never had it
+        parser.parse_args(["finetune", "--dtype-policy", "mixed_float16"])

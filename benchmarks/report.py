@@ -131,6 +131,17 @@ def plot_sharpness(results: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def subtract_pauses(records: list[dict[str, Any]], pauses: dict[str, float]) -> list[str]:
+    """Take out of ``wall_time_s`` the seconds a run spent stopped (``kill -STOP``) while
+    the speed benchmarks had the machine; returns the keys corrected."""
+    fixed = []
+    for r in records:
+        if r["key"] in pauses:
+            r["wall_time_s"] -= pauses[r["key"]]
+            fixed.append(f"{r['key']} (-{pauses[r['key']]:.0f} s)")
+    return fixed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs")
@@ -138,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.docs, exist_ok=True)
 
+    pauses_path = os.path.join(args.runs, "repro/pauses.json")
+    pauses = {}
+    if os.path.exists(pauses_path):
+        with open(pauses_path) as f:
+            pauses = json.load(f)
     scala = read_log(os.path.join(args.runs, "repro/scala.jsonl"))
+    fixed = subtract_pauses(scala, pauses.get("scala.jsonl", {}))
     if scala:
         rows = summarise(scala)
         print("## ScaLA reproduction (Rotten Tomatoes, validation accuracy)\n")
         print(markdown_table(rows))
+        if fixed:
+            print("\nWall times corrected for a pause: " + ", ".join(fixed))
         small = min(r["batch_size"] for r in rows)
         reference = next((r for r in rows if r["batch_size"] == small), None)
         plot_accuracy_vs_batch(
@@ -171,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\nWhole fit (PGA-1 from half-way) / LAMB fit, wall time, per (batch, seed):")
             print(", ".join(f"{b}/s{s}: {x:.2f}" for b, s, x in ratios))
     conadv = read_log(os.path.join(args.runs, "repro/conadv.jsonl"))
+    fixed = subtract_pauses(conadv, pauses.get("conadv.jsonl", {}))
     if conadv:
         rows = summarise(conadv)
         print("\n## ConAdv reproduction (Fashion-MNIST, test top-1)\n")
         print(markdown_table(rows))
+        if fixed:
+            print("\nWall times corrected for a pause: " + ", ".join(fixed))
         plot_accuracy_vs_batch(
             rows,
             CONADV_METHODS,

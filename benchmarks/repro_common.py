@@ -80,7 +80,8 @@ def execute(
 
 
 def summarise(records: list[dict[str, Any]], field: str = "score") -> list[dict[str, Any]]:
-    """Mean, sample std, min and max of ``field`` per (method, batch), in first-seen order."""
+    """Mean, sample std, min and max of ``field`` per (method, batch); by batch, then the
+    order methods first appear in."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], r["batch_size"]), []).append(r)
@@ -101,6 +102,7 @@ def summarise(records: list[dict[str, Any]], field: str = "score") -> list[dict[
                 "seeds": sorted(r["seed"] for r in rs),
             }
         )
+    rows.sort(key=lambda r: r["batch_size"])  # stable: methods keep their order
     return rows
 
 

@@ -37,11 +37,11 @@ METHODS: dict[str, tuple[str, str]] = {
 
 
 def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
-    """Seed-major order: after each seed the log holds one complete table."""
+    """Seed-major; within a seed the largest batch (what the targets compare) first."""
     return [
         PlannedRun(method, batch, seed)
         for seed in args.seeds
-        for batch in args.batches
+        for batch in sorted(args.batches, reverse=True)
         for method in args.methods
     ]
 

@@ -47,16 +47,19 @@ ABLATIONS = ("scala-gt", "gaussian", "scala-no-delay")
 
 
 def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
-    """Seed-major order: after each seed the log holds one complete table."""
+    """Seed-major; within a seed the runs the targets compare come first (the small batch,
+    the methods at the largest batch, the ablations there), then the smaller batches."""
     largest = max(args.batches)
     plan = []
     for seed in args.seeds:
         plan.append(PlannedRun("adam", args.small_batch, seed))
-        for batch in args.batches:
-            for method in SWEEP_METHODS:
-                plan.append(PlannedRun(method, batch, seed))
+        for method in SWEEP_METHODS:
+            plan.append(PlannedRun(method, largest, seed))
         for method in ABLATIONS:
             plan.append(PlannedRun(method, largest, seed))
+        for batch in sorted(args.batches, reverse=True)[1:]:
+            for method in SWEEP_METHODS:
+                plan.append(PlannedRun(method, batch, seed))
     return plan
 
 

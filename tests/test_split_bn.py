@@ -199,3 +199,53 @@ def test_too_small_images_are_rejected_before_building(name):
         ConfigError, match=f"--model {name} needs images of at least 32x32, got 28x28"
     ):
         build_image_model(name, (28, 28, 1), 10)
+
+
+def test_one_pass_split_equals_the_two_sublayers_on_the_halves_with_gradients():
+    """The equal-halves fast path (one op over [2, B/2, ...]) gives what slicing the batch
+    into the two BNs gives: outputs, input and gamma/beta gradients, moving averages."""
+    import tensorflow as tf
+
+    clean, adv = two_populations(n_clean=6, n_adv=6, seed=3)
+    batch = tf.constant(np.concatenate([clean, adv]).astype("float32"))
+    rng = np.random.default_rng(7)
+
+    def make():
+        layer = SplitBatchNormalization(momentum=MOMENTUM, epsilon=EPS)
+        layer.build(batch.shape)
+        for bn, shift in ((layer.main_norm, 0.0), (layer.aux_norm, 1.0)):
+            bn.gamma.assign(rng.uniform(0.5, 1.5, 2).astype("float32") + shift)
+            bn.beta.assign(rng.normal(0.0, 1.0, 2).astype("float32"))
+        return layer
+
+    fast, ref = make(), make()
+    for a, b in zip(ref.weights, fast.weights):
+        a.assign(b)
+    weight = tf.constant(rng.normal(size=batch.shape).astype("float32"))
+
+    def run(fn, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            out = fn(layer)
+            loss = tf.reduce_sum(out * weight)
+        params = [layer.main_norm.gamma, layer.main_norm.beta, layer.aux_norm.gamma]
+        return out, tape.gradient(loss, [batch, *params])
+
+    def grouped(layer):
+        assert layer._can_group(batch)
+        with split_bn_route(layer, "split"):
+            return layer(batch, training=True)
+
+    def sliced(layer):
+        return tf.concat(
+            [layer.main_norm(batch[:6], training=True), layer.aux_norm(batch[6:], training=True)],
+            axis=0,
+        )
+
+    out_fast, grads_fast = run(grouped, fast)
+    out_ref, grads_ref = run(sliced, ref)
+    np.testing.assert_allclose(to_numpy(out_fast), to_numpy(out_ref), rtol=1e-5, atol=1e-5)
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        np.testing.assert_allclose(to_numpy(g_fast), to_numpy(g_ref), rtol=1e-4, atol=1e-5)
+    for a, b in zip(fast.weights, ref.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)

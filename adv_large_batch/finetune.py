@@ -10,14 +10,12 @@ Every value is validated (``FinetuneConfig``, ``ScaLAConfig``,
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any
 
 from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.optimizers import OptimizerConfig
-from adv_large_batch.run_config import RunConfig, split_batch
+from adv_large_batch.run_config import RunConfig, run_record, split_batch, write_metrics
 from adv_large_batch.scala import ScaLAConfig
 from adv_large_batch.text_data import TASKS
 
@@ -268,22 +266,13 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         "steps": total_steps,
         "examples_per_s": examples / wall,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "config": {
-            "run": dataclasses.asdict(run_cfg),
-            "adversarial": dataclasses.asdict(adv),
-            "optimizer": dataclasses.asdict(opt),
-            "workers": backend.size,
-            "backend": backend.name,
-        },
+        "config": run_record(run_cfg, adv, opt, backend),
     }
     say(
         f"[finetune] validation {after} (untrained head {before}); "
         f"{wall:.1f}s, {examples / wall:.1f} examples/s"
     )
-    if run_cfg.metrics_out and backend.is_chief:
-        os.makedirs(os.path.dirname(os.path.abspath(run_cfg.metrics_out)), exist_ok=True)
-        with open(run_cfg.metrics_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_metrics(run_cfg, result, backend.is_chief)
     return result
 
 

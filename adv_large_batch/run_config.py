@@ -8,6 +8,9 @@ place that turns the global batch into per-worker and per-replica batches.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from typing import Any
 
 from adv_large_batch.config import cli_field, require
 
@@ -102,3 +105,23 @@ def split_batch(run: RunConfig, workers: int, replicas: int = 1) -> tuple[int, i
         f"{workers} worker(s) x {replicas} replica(s) = {micro * parts}",
     )
     return run.batch_size // max(workers, 1), micro
+
+
+def run_record(run: RunConfig, adversarial: Any, optimizer: Any, backend: Any) -> dict[str, Any]:
+    """The ``config`` part of a run's metrics: every flag's value and where it ran."""
+    return {
+        "run": dataclasses.asdict(run),
+        "adversarial": dataclasses.asdict(adversarial),
+        "optimizer": dataclasses.asdict(optimizer),
+        "workers": backend.size,
+        "backend": backend.name,
+    }
+
+
+def write_metrics(run: RunConfig, result: dict[str, Any], is_chief: bool) -> None:
+    """Write ``result`` as JSON to ``--metrics-out`` (the chief only; nothing if unset)."""
+    if not run.metrics_out or not is_chief:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(run.metrics_out)), exist_ok=True)
+    with open(run.metrics_out, "w") as f:
+        json.dump(result, f, indent=2)

@@ -21,7 +21,6 @@ checked against the model before training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -35,7 +34,7 @@ from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.image_data import DATASETS
 from adv_large_batch.models.resnet import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
-from adv_large_batch.run_config import RunConfig, split_batch
+from adv_large_batch.run_config import RunConfig, run_record, split_batch, write_metrics
 
 # keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
 _KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
@@ -300,23 +299,14 @@ def _train(
         "images_per_s": last_steps * run_cfg.batch_size / last_seconds if last_steps else 0.0,
         "images_per_s_overall": images / wall if steps_run else 0.0,
         "history": logs,
-        "config": {
-            "run": dataclasses.asdict(run_cfg),
-            "adversarial": dataclasses.asdict(adv),
-            "optimizer": dataclasses.asdict(opt),
-            "workers": backend.size,
-            "backend": backend.name,
-        },
+        "config": run_record(run_cfg, adv, opt, backend),
     }
     say(
         f"[train-images] test top-1 {result['top1']:.4f}; fit {wall:.1f}s; "
         f"{result['images_per_s']:.1f} images/s (training steps of the last epoch), "
         f"{result['images_per_s_overall']:.1f} images/s overall (with tracing and validation)"
     )
-    if run_cfg.metrics_out and backend.is_chief:
-        os.makedirs(os.path.dirname(os.path.abspath(run_cfg.metrics_out)), exist_ok=True)
-        with open(run_cfg.metrics_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_metrics(run_cfg, result, backend.is_chief)
     return result
 
 

@@ -76,36 +76,20 @@ def text_side(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
 
 
 def image_side(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
-    import keras
+    from bench_images import augmented_stream, conadv_trainer, stepper
 
     from adv_large_batch import image_data
-    from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-    from adv_large_batch.models.resnet import build_image_model
-    from adv_large_batch.optimizers import LARS
 
     data = image_data.load_image_dataset("fashion_mnist").limit(args.image_examples, None)
     arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
-    augment = image_data.seeded_augmenter("flip_crop", data.image_shape, 0)
     b = args.image_batch
-
-    def stream() -> Any:
-        s = image_data.train_stream(data.train, data.num_train, b, 0, augment, arrays=arrays)
-        return pair_with_future(s, 1)
-
-    pipe_it, train_it = iter(stream()), iter(stream())
-    network = build_image_model("cifar_resnet20", data.image_shape, 10, split_bn=True)
-    model = ConAdv(network, ConAdvConfig(method="conadv"), batch_size=b)
-    model.compile(
-        optimizer=LARS(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    model.make_train_function()
-
-    def step() -> Any:
-        return np.asarray(model.train_function(train_it)["loss"])
-
-    step()
-    step()
-    return {"image pipeline": lambda: next(pipe_it), "image conadv step": step}
+    pipe_it = iter(augmented_stream(data.train, arrays, b))
+    train_it = iter(augmented_stream(data.train, arrays, b))
+    trainer = conadv_trainer("conadv", data.image_shape, b, "cifar_resnet20", 16)
+    return {
+        "image pipeline": lambda: next(pipe_it),
+        "image conadv step": stepper(trainer, train_it, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

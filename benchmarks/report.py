@@ -44,12 +44,11 @@ def plot_accuracy_vs_batch(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in methods:
+        skip = None if reference is None else reference["batch_size"]  # drawn as a line
         pts = sorted(
-            (r for r in rows if r["method"] == method and r is not reference),
+            (r for r in rows if r["method"] == method and r["batch_size"] != skip),
             key=lambda r: r["batch_size"],
         )
-        if reference is not None:
-            pts = [r for r in pts if r["batch_size"] != reference["batch_size"]]
         if not pts:
             continue
         xs = [r["batch_size"] for r in pts]
@@ -142,6 +141,54 @@ def subtract_pauses(records: list[dict[str, Any]], pauses: dict[str, float]) -> 
     return fixed
 
 
+def report_sweep(
+    args: argparse.Namespace,
+    pauses: dict[str, dict[str, float]],
+    name: str,
+    heading: str,
+    methods: tuple[str, ...],
+    title: str,
+    curves_title: str,
+    with_reference: bool = False,
+) -> list[dict[str, Any]]:
+    """Table, accuracy-vs-batch plot and largest-batch curves of ``runs/repro/<name>.jsonl``."""
+    records = read_log(os.path.join(args.runs, f"repro/{name}.jsonl"))
+    if not records:
+        return records
+    fixed = subtract_pauses(records, pauses.get(f"{name}.jsonl", {}))
+    rows = summarise(records)
+    print(f"\n## {heading}\n")
+    print(markdown_table(rows))
+    if fixed:
+        print("\nWall times corrected for a pause: " + ", ".join(fixed))
+    reference = None
+    if with_reference:  # the small-batch row, drawn as a line
+        reference = min(rows, key=lambda r: r["batch_size"])
+    plot_accuracy_vs_batch(
+        rows, methods, os.path.join(args.docs, f"{name}_accuracy_vs_batch.png"), title, reference
+    )
+    largest = max(r["batch_size"] for r in rows)
+    plot_curves(
+        records,
+        largest,
+        os.path.join(args.docs, f"{name}_curves.png"),
+        f"{curves_title}, batch {largest}",
+    )
+    return records
+
+
+def whole_fit_ratios(records: list[dict[str, Any]]) -> list[tuple[int, int, float]]:
+    """(batch, seed, ScaLA fit wall / LAMB fit wall) for every pair the log holds."""
+    pairs: dict[tuple[int, int], dict[str, float]] = {}
+    for r in records:
+        pairs.setdefault((r["batch_size"], r["seed"]), {})[r["method"]] = r["wall_time_s"]
+    return [
+        (b, s, v["scala"] / v["lamb"])
+        for (b, s), v in sorted(pairs.items())
+        if "scala" in v and "lamb" in v
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs")
@@ -154,62 +201,29 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(pauses_path):
         with open(pauses_path) as f:
             pauses = json.load(f)
-    scala = read_log(os.path.join(args.runs, "repro/scala.jsonl"))
-    fixed = subtract_pauses(scala, pauses.get("scala.jsonl", {}))
-    if scala:
-        rows = summarise(scala)
-        print("## ScaLA reproduction (Rotten Tomatoes, validation accuracy)\n")
-        print(markdown_table(rows))
-        if fixed:
-            print("\nWall times corrected for a pause: " + ", ".join(fixed))
-        small = min(r["batch_size"] for r in rows)
-        reference = next((r for r in rows if r["batch_size"] == small), None)
-        plot_accuracy_vs_batch(
-            rows,
-            SCALA_SWEEP,
-            os.path.join(args.docs, "scala_accuracy_vs_batch.png"),
-            "MiniLM-L6 on Rotten Tomatoes",
-            reference,
-        )
-        largest = max(r["batch_size"] for r in rows)
-        plot_curves(
-            scala,
-            largest,
-            os.path.join(args.docs, "scala_curves.png"),
-            f"validation accuracy per epoch, batch {largest}",
-        )
-        pairs = {}
-        for r in scala:
-            pairs.setdefault((r["batch_size"], r["seed"]), {})[r["method"]] = r["wall_time_s"]
-        ratios = [
-            (b, s, v["scala"] / v["lamb"])
-            for (b, s), v in sorted(pairs.items())
-            if "scala" in v and "lamb" in v
-        ]
-        if ratios:
-            print("\nWhole fit (PGA-1 from half-way) / LAMB fit, wall time, per (batch, seed):")
-            print(", ".join(f"{b}/s{s}: {x:.2f}" for b, s, x in ratios))
-    conadv = read_log(os.path.join(args.runs, "repro/conadv.jsonl"))
-    fixed = subtract_pauses(conadv, pauses.get("conadv.jsonl", {}))
-    if conadv:
-        rows = summarise(conadv)
-        print("\n## ConAdv reproduction (Fashion-MNIST, test top-1)\n")
-        print(markdown_table(rows))
-        if fixed:
-            print("\nWall times corrected for a pause: " + ", ".join(fixed))
-        plot_accuracy_vs_batch(
-            rows,
-            CONADV_METHODS,
-            os.path.join(args.docs, "conadv_accuracy_vs_batch.png"),
-            "small ResNet on Fashion-MNIST, LARS",
-        )
-        largest = max(r["batch_size"] for r in rows)
-        plot_curves(
-            conadv,
-            largest,
-            os.path.join(args.docs, "conadv_curves.png"),
-            f"test accuracy per epoch, batch {largest}",
-        )
+    scala = report_sweep(
+        args,
+        pauses,
+        "scala",
+        "ScaLA reproduction (Rotten Tomatoes, validation accuracy)",
+        SCALA_SWEEP,
+        "MiniLM-L6 on Rotten Tomatoes",
+        "validation accuracy per epoch",
+        with_reference=True,
+    )
+    ratios = whole_fit_ratios(scala)
+    if ratios:
+        print("\nWhole fit (PGA-1 from half-way) / LAMB fit, wall time, per (batch, seed):")
+        print(", ".join(f"{b}/s{s}: {x:.2f}" for b, s, x in ratios))
+    report_sweep(
+        args,
+        pauses,
+        "conadv",
+        "ConAdv reproduction (Fashion-MNIST, test top-1)",
+        CONADV_METHODS,
+        "small ResNet on Fashion-MNIST, LARS",
+        "test accuracy per epoch",
+    )
     breakdown = os.path.join(args.runs, "bench/time_breakdown.json")
     if os.path.exists(breakdown):
         with open(breakdown) as f:

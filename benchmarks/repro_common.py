@@ -79,6 +79,30 @@ def execute(
     return read_log(log_path)
 
 
+def add_sweep_arguments(parser: Any, log: str) -> None:
+    """The flags every sweep shares: its log, its seeds, summary only."""
+    parser.add_argument("--log", default=log)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--summary-only", action="store_true")
+
+
+def run_sweep(
+    parser: Any,
+    args: Any,
+    batches: list[int],
+    plan: Callable[[], list[PlannedRun]],
+    train: Callable[[PlannedRun], dict[str, Any]],
+) -> int:
+    """Refuse batches without one full step, run what the log lacks, print the table."""
+    bad = [b for b in batches if args.train_limit // b < 1]
+    if bad:
+        parser.error(f"--batches {bad} exceed --train-limit {args.train_limit}: no full step")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    records = read_log(args.log) if args.summary_only else execute(plan(), args.log, train)
+    print(markdown_table(summarise(records)))
+    return 0
+
+
 def summarise(records: list[dict[str, Any]], field: str = "score") -> list[dict[str, Any]]:
     """Mean, sample std, min and max of ``field`` per (method, batch); by batch, then the
     order methods first appear in."""

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from repro_common import PlannedRun, execute, markdown_table, read_log, summarise  # noqa: E402
+from repro_common import PlannedRun, add_sweep_arguments, run_sweep  # noqa: E402
 
 # Method label -> (ConAdv --method, --augment).
 METHODS: dict[str, tuple[str, str]] = {
@@ -78,9 +78,10 @@ def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adv_large_batch.optimizers.schedules import LR_SCALING_RULES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--log", default="runs/repro/conadv.jsonl")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_sweep_arguments(p, "runs/repro/conadv.jsonl")
     p.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 2048])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--train-limit", type=int, default=8192)
@@ -93,20 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lr-scaling",
         default="sqrt",
+        choices=LR_SCALING_RULES,
         help="LR rule from batch 256 (linear diverged at 2048 and 4096 here, see docs/results.md)",
     )
-    p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
-    bad = [b for b in args.batches if args.train_limit // b < 1]
-    if bad:
-        p.error(f"--batches {bad} exceed --train-limit {args.train_limit}: no full step")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.summary_only:
-        records = read_log(args.log)
-    else:
-        records = execute(plan_runs(args), args.log, lambda r: train(args, r))
-    print(markdown_table(summarise(records)))
-    return 0
+    return run_sweep(p, args, args.batches, lambda: plan_runs(args), lambda r: train(args, r))
 
 
 if __name__ == "__main__":

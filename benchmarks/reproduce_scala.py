@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from repro_common import PlannedRun, execute, markdown_table, read_log, summarise  # noqa: E402
+from repro_common import PlannedRun, add_sweep_arguments, run_sweep  # noqa: E402
 
 # Method label -> (optimizer, ScaLA method, adv target, injected from half-way).
 METHODS: dict[str, dict[str, Any]] = {
@@ -119,8 +119,7 @@ def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--log", default="runs/repro/scala.jsonl")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_sweep_arguments(p, "runs/repro/scala.jsonl")
     p.add_argument("--small-batch", type=int, default=32)
     p.add_argument("--batches", type=int, nargs="+", default=[256, 512])
     p.add_argument("--train-limit", type=int, default=2048)
@@ -131,18 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adam-lr", type=float, default=1e-4, help="AdamW LR at the small batch")
     p.add_argument("--lamb-lr", type=float, default=2e-3, help="LAMB LR at the small batch")
     p.add_argument("--checkpoints", default="runs/repro/scala_checkpoints")
-    p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
-    bad = [b for b in [args.small_batch, *args.batches] if args.train_limit // b < 1]
-    if bad:
-        p.error(f"--batches {bad} exceed --train-limit {args.train_limit}: no full step")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.summary_only:
-        records = read_log(args.log)
-    else:
-        records = execute(plan_runs(args), args.log, lambda r: train(args, r))
-    print(markdown_table(summarise(records)))
-    return 0
+    return run_sweep(
+        p,
+        args,
+        [args.small_batch, *args.batches],
+        lambda: plan_runs(args),
+        lambda r: train(args, r),
+    )
 
 
 if __name__ == "__main__":

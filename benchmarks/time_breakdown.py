@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -48,21 +47,18 @@ def floor_ratio(k: int) -> float:
     return (6 + 2 * k) / 3
 
 
-def breakdown(t: dict[str, float], k_label: str) -> dict[str, float]:
-    """Per-part seconds of a step from the measured medians (see the module docstring)."""
+def breakdown(t: dict[str, float], k: int) -> dict[str, float]:
+    """Per-part seconds of a step from the measured medians (see the module docstring);
+    ``k`` = 0 for the baseline step, else the K of the ScaLA PGA-K step."""
     parts = {
         "forward": t["forward"],
         "backward": t["forward_backward"] - t["forward"],
         "optimizer": t["baseline"] - t["forward_backward"],
     }
-    if k_label is None:
+    if k == 0:
         return parts
-    ascent = t[f"ascent_{k_label}"] - t["forward"]
-    return {
-        **parts,
-        "ascent": ascent,
-        "adversarial_pass": t[f"scala_{k_label}"] - t["baseline"] - ascent,
-    }
+    ascent = t[f"ascent_{k}"] - t["forward"]
+    return {**parts, "ascent": ascent, "adversarial_pass": t[f"scala_{k}"] - t["baseline"] - ascent}
 
 
 def build(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
@@ -207,35 +203,27 @@ def main(argv: list[str] | None = None) -> int:
             f"x{row['run_halfway/run_lamb']:.2f} (others {row['others']:.0%})"
         )
     med = {k: rounds.stat(k)["median"] for k in rounds.used()[0] if k != "others"}
-    table = {
-        "baseline": breakdown(med, None),
-        "scala PGA-1": breakdown(med, "1"),
-        f"scala PGA-{args.k}": breakdown(med, str(args.k)),
-    }
-    totals = {"baseline": med["baseline"], "scala PGA-1": med["scala_1"]}
-    totals[f"scala PGA-{args.k}"] = med[f"scala_{args.k}"]
+    steps = {"baseline": 0, "scala PGA-1": 1, f"scala PGA-{args.k}": args.k}
+    table = {label: breakdown(med, k) for label, k in steps.items()}
     print(f"\nbatch {args.batch_size}, max length {args.max_length}, {rounds.count()} rounds")
     print(
         "| step | forward s | backward s | optimizer s | ascent s | adversarial pass s |"
         " total s | / baseline [min, max] | arithmetic floor |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, parts in table.items():
-        key = {"baseline": None, "scala PGA-1": "scala_1/baseline"}.get(
-            label, f"scala_{args.k}/baseline"
-        )
-        k = 0 if key is None else (1 if "PGA-1" in label else args.k)
-        ratio = (
-            "1.00"
-            if key is None
-            else ("{median:.2f} [{min:.2f}, {max:.2f}]".format(**rounds.stat(key)))
-        )
+    for label, k in steps.items():
         cells = [
-            f"{parts.get(p, 0.0):.3f}" if p in parts else "-"
+            f"{table[label][p]:.3f}" if p in table[label] else "-"
             for p in ("forward", "backward", "optimizer", "ascent", "adversarial_pass")
         ]
-        floor = "1.00" if k == 0 else f"{floor_ratio(k):.2f}"
-        print(f"| {label} | {' | '.join(cells)} | {totals[label]:.3f} | {ratio} | {floor} |")
+        if k == 0:
+            total, ratio, floor = med["baseline"], "1.00", 1.0
+        else:
+            total, floor = med[f"scala_{k}"], floor_ratio(k)
+            ratio = "{median:.2f} [{min:.2f}, {max:.2f}]".format(
+                **rounds.stat(f"scala_{k}/baseline")
+            )
+        print(f"| {label} | {' | '.join(cells)} | {total:.3f} | {ratio} | {floor:.2f} |")
     run = rounds.stat("run_halfway/run_lamb")
     print(
         f"\nwhole run of {args.run_steps} steps, PGA-1 on from half-way / LAMB run: "
@@ -254,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
                     "breakdown_s": table,
                     "ratios": {k: rounds.stat(k) for k in med if "/" in k},
                     "rounds": rounds.rows,
-                    "median_spread": statistics.pstdev([r["baseline"] for r in rounds.used()]),
                 },
                 f,
                 indent=1,

@@ -17,9 +17,10 @@ where it stopped.  ``benchmarks/report.py`` turns the log into tables and plots.
 
 The defaults are a small scale that fits 2 CPU cores: 2,048 training snippets,
 3 epochs, 32 tokens, micro-batches of 32, the whole validation split (1,275);
-batches 32 (192 steps), 256 (24 steps) and 512 (12 steps).  At 1,024 (6 steps,
-measured with seed 0) every method is near the majority class, so the largest
-batch of the comparison is 512.
+batches 32 (192 steps), 256 (24 steps) and 512 (12 steps).  ``--probe-batches``
+(default 1,024: 6 steps) are swept with Adam, LAMB and ScaLA after everything else,
+to show where the runs stop learning at all: there every method is near the
+majority class, so the largest batch of the comparison (and its ablations) is 512.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ ABLATIONS = ("scala-gt", "gaussian", "scala-no-delay")
 
 def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
     """Seed-major; within a seed the runs the targets compare come first (the small batch,
-    the methods at the largest batch, the ablations there), then the smaller batches."""
+    the methods at the largest batch, the ablations there), then the smaller batches;
+    the probe batches of every seed come last.  ``--methods`` keeps only the methods it names."""
     largest = max(args.batches)
-    plan = []
+    plan: list[PlannedRun] = []
     for seed in args.seeds:
         plan.append(PlannedRun("adam", args.small_batch, seed))
         for method in SWEEP_METHODS:
@@ -60,7 +62,11 @@ def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
         for batch in sorted(args.batches, reverse=True)[1:]:
             for method in SWEEP_METHODS:
                 plan.append(PlannedRun(method, batch, seed))
-    return plan
+    for seed in args.seeds:
+        for batch in args.probe_batches:
+            for method in SWEEP_METHODS:
+                plan.append(PlannedRun(method, batch, seed))
+    return [run for run in plan if run.method in args.methods]
 
 
 def checkpoint_dir(args: argparse.Namespace, run: PlannedRun) -> str | None:
@@ -122,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_arguments(p, "runs/repro/scala.jsonl")
     p.add_argument("--small-batch", type=int, default=32)
     p.add_argument("--batches", type=int, nargs="+", default=[256, 512])
+    p.add_argument(
+        "--probe-batches",
+        type=int,
+        nargs="*",
+        default=[1024],
+        help="batches beyond the comparison, swept last (Adam, LAMB, ScaLA only)",
+    )
     p.add_argument("--train-limit", type=int, default=2048)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--epochs", type=int, default=3)
@@ -130,11 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adam-lr", type=float, default=1e-4, help="AdamW LR at the small batch")
     p.add_argument("--lamb-lr", type=float, default=2e-3, help="LAMB LR at the small batch")
     p.add_argument("--checkpoints", default="runs/repro/scala_checkpoints")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="run only these methods (default: all)",
+    )
     args = p.parse_args(argv)
     return run_sweep(
         p,
         args,
-        [args.small_batch, *args.batches],
+        [args.small_batch, *args.batches, *args.probe_batches],
         lambda: plan_runs(args),
         lambda r: train(args, r),
     )

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from adv_large_batch.config import ConfigError
 from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier, trim_to_longest
-from adv_large_batch.scala import ScaLA, ScaLAConfig
+from adv_large_batch.scala import DelayedInjection, ScaLA, ScaLAConfig
 from tests.tiny_bert import SingleProcess, tiny_classifier, token_batch
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -89,6 +89,48 @@ def test_delayed_injection_turns_on_exactly_at_t_s():
     assert reg[0] == 0.0 and reg[2] > 0.0
     assert linf[0] == 0.0 and linf[2] == pytest.approx(1e-5, rel=1e-3)
     assert seen[:2] == [0.0, 0.0]  # running means inside epoch 0
+
+
+def test_start_step_in_steps_is_not_overridden_by_the_epoch_callback(capsys):
+    """``finetune`` always adds ``DelayedInjection(start_epoch)``; it used to reset an
+    explicit ``--adv-start-step`` to ``start_epoch * steps`` (0), injecting from step 0."""
+    x, y = token_batch(64)
+    model = compiled(
+        ScaLA(
+            tiny_classifier(),
+            ScaLAConfig(start_step=3),
+            micro_batch_size=16,
+            backend=SingleProcess(),
+        ),
+        lr=0.01,
+    )
+    history = model.fit(
+        x, y, batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[DelayedInjection(0, 2)]
+    )
+    assert int(model.adv_start_step.numpy()) == 3
+    assert history.history["adv_on"] == [0.0, 0.5, 1.0]
+    assert "epoch 1: adversarial perturbation ON from optimizer step 3" in capsys.readouterr().out
+
+
+def test_finetune_honours_adv_start_step():
+    from adv_large_batch import finetune
+    from adv_large_batch.optimizers import OptimizerConfig
+
+    run_cfg = finetune.FinetuneConfig(
+        model="tiny-random",
+        train_limit=64,
+        eval_limit=32,
+        batch_size=32,
+        micro_batch_size=16,
+        epochs=2,
+        max_seq_length=16,
+        verbose=0,
+    )
+    result = finetune.run(
+        run_cfg, ScaLAConfig(method="scala", start_step=3), OptimizerConfig(optimizer="lamb")
+    )
+    # 2 steps per epoch, on from step 3: epoch means of adv_on 0 and 0.5 (was 1 and 1).
+    assert result["history"]["adv_on"] == [0.0, 0.5]
 
 
 def test_delayed_injection_by_epoch_prints_the_switch(capsys):

@@ -33,5 +33,10 @@ if [[ "$part" == all || "$part" == repro ]]; then
     .venv/bin/adv-large-batch sharpness --checkpoint "$run" --batch-size 128 \
       --iterations 30 --json-out "runs/sharpness/$name.json"
   done
+  # What ScaLA's regulariser is made of at eps 1e-5 (dropout vs the perturbation).
+  for run in lamb-512 adam-32; do
+    $PY benchmarks/regulariser_magnitude.py --checkpoint "runs/repro/scala_checkpoints/$run" \
+      --draws 8 --json-out "runs/bench/regulariser_magnitude_$run.json"
+  done
   $PY benchmarks/report.py
 fi

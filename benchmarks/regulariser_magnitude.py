@@ -67,8 +67,8 @@ def measure(checkpoint: str, batch_size: int, draws: int, seed: int) -> dict[str
         )
         return r_between(target, net.logits_from_embeddings(e + delta, x, training=training))
 
-    rows: dict[str, list[float]] = {k: [] for k in ("task", "dropout only", "scala (train)")}
-    rows["scala (no dropout)"] = []
+    names = ("task", "dropout only", "scala (train)", "scala (no dropout)")
+    rows: dict[str, list[float]] = {name: [] for name in names}
     xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     for draw in range(draws):
         a = net.logits_from_embeddings(e, x, training=True)
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--draws", args.draws)):
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     result = measure(args.checkpoint, args.batch_size, args.draws, args.seed)
     print(f"checkpoint {result['checkpoint']}, batch {args.batch_size}, {args.draws} draws")
     print(f"eps {result['eps']}, step {result['step_size']}, K {result['steps']}")

@@ -62,17 +62,16 @@ def test_perturbation_changes_the_update():
     assert max(np.abs(a - b).max() for a, b in zip(base, scala)) > 1e-6
 
 
+def injected_from_step_3() -> ScaLA:
+    """A compiled tiny ScaLA whose perturbation is on from optimizer step 3."""
+    network = tiny_classifier()
+    config = ScaLAConfig(start_step=3)
+    return compiled(ScaLA(network, config, micro_batch_size=16, backend=SingleProcess()), lr=0.01)
+
+
 def test_delayed_injection_turns_on_exactly_at_t_s():
     x, y = token_batch(64)
-    model = compiled(
-        ScaLA(
-            tiny_classifier(),
-            ScaLAConfig(start_step=3),
-            micro_batch_size=16,
-            backend=SingleProcess(),
-        ),
-        lr=0.01,
-    )
+    model = injected_from_step_3()
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -95,15 +94,7 @@ def test_start_step_in_steps_is_not_overridden_by_the_epoch_callback(capsys):
     """``finetune`` always adds ``DelayedInjection(start_epoch)``; it used to reset an
     explicit ``--adv-start-step`` to ``start_epoch * steps`` (0), injecting from step 0."""
     x, y = token_batch(64)
-    model = compiled(
-        ScaLA(
-            tiny_classifier(),
-            ScaLAConfig(start_step=3),
-            micro_batch_size=16,
-            backend=SingleProcess(),
-        ),
-        lr=0.01,
-    )
+    model = injected_from_step_3()
     history = model.fit(
         x, y, batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[DelayedInjection(0, 2)]
     )

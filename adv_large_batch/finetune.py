@@ -54,6 +54,12 @@ class FinetuneConfig(RunConfig):
     profile: bool = cli_field(
         False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
     )
+    test_each_epoch: bool = cli_field(
+        False,
+        "--test-each-epoch",
+        "also evaluate the labelled test split (rotten_tomatoes) at every epoch end "
+        "(logged as test_<metric>)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,7 +144,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     from adv_large_batch import checkpointing, distributed, glue_metrics, text_data
     from adv_large_batch.optimizers import build_optimizer
     from adv_large_batch.scala import DelayedInjection, ScaLA
-    from adv_large_batch.training_callbacks import standard_callbacks
+    from adv_large_batch.training_callbacks import EpochClock, EvaluateSplits, standard_callbacks
 
     backend = distributed.get_backend(run_cfg.strategy)
     per_worker_batch = validate_run(run_cfg, adv, backend.size, backend.num_replicas_in_sync)
@@ -168,6 +174,11 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     train_x = text_data.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
     val_x = text_data.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
     val_ds = text_data.make_eval_dataset(val_x, val_split.labels, 256)
+    test_split = task.test.take(run_cfg.eval_limit) if task.test is not None else None
+    test_ds = None
+    if test_split is not None:
+        test_x = text_data.tokenize(test_split, tokenizer, run_cfg.max_seq_length)
+        test_ds = text_data.make_eval_dataset(test_x, test_split.labels, 256)
     steps_per_epoch = (len(train_split) // backend.size) // per_worker_batch
     total_steps = steps_per_epoch * run_cfg.epochs
 
@@ -218,7 +229,16 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     say(f"[finetune] untrained head on validation: {before}")
 
     start_step = checkpointing.resume_step(run_cfg, model, backend, say, "finetune")
-    callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch)] + standard_callbacks(
+
+    def metrics_of(labels: Any, outputs: Any) -> dict[str, float]:
+        return glue_metrics.task_metrics(task.metrics, labels, outputs)
+
+    callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch), EpochClock()]
+    if run_cfg.test_each_epoch and test_ds is not None:
+        callbacks.append(
+            EvaluateSplits(network, {"test": (test_ds, test_split.labels, metrics_of)})
+        )
+    callbacks += standard_callbacks(
         backend,
         run_cfg.logdir,
         run_cfg.checkpoint_dir,
@@ -256,6 +276,9 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     result = {
         "task": task.name,
         "validation": after,
+        "test": None
+        if test_ds is None
+        else metrics_of(test_split.labels, network.predict(test_ds, verbose=0)),
         "validation_untrained_head": before,
         "majority_class_accuracy": None
         if regression

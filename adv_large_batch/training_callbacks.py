@@ -41,6 +41,51 @@ class LearningRateAndThroughput(keras.callbacks.Callback):
             )
 
 
+class EpochClock(keras.callbacks.Callback):
+    """Adds ``elapsed_s`` (wall seconds since training began) and ``elapsed_cpu_s`` (this
+    process's CPU seconds since then, all threads) to the epoch logs.
+
+    CPU seconds measure the cost of the run even when other work shares the cores
+    (wall time does not); on an otherwise idle machine ``elapsed_cpu_s / cores`` is
+    close to ``elapsed_s``.  Validation at the epoch end is included in both.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wall0 = self._cpu0 = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._wall0, self._cpu0 = time.time(), time.process_time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["elapsed_s"] = time.time() - self._wall0
+            logs["elapsed_cpu_s"] = time.process_time() - self._cpu0
+
+
+class EvaluateSplits(keras.callbacks.Callback):
+    """Task metrics of extra evaluation splits at every epoch end, into the logs.
+
+    ``splits`` maps a prefix to ``(dataset, labels, metric_fn)``; ``metric_fn(labels,
+    outputs) -> {name: value}``.  Logged as ``<prefix>_<name>`` (e.g. ``test_accuracy``,
+    ``val_mismatched_accuracy``), so TensorBoard and the history get them like
+    ``val_*``.  The network is the trainer's ``network`` (inference, no dropout).
+    """
+
+    def __init__(self, network: Any, splits: dict[str, tuple[Any, Any, Any]]) -> None:
+        super().__init__()
+        self.network = network
+        self.splits = splits
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        for prefix, (dataset, labels, metric_fn) in self.splits.items():
+            outputs = self.network.predict(dataset, verbose=0)
+            for name, value in metric_fn(labels, outputs).items():
+                logs[f"{prefix}_{name}"] = float(value)
+
+
 class NonFiniteLoss(keras.callbacks.Callback):
     """Reacts to a step whose loss or gradients were not finite.
 

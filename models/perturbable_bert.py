@@ -171,11 +171,59 @@ def load_bert_backbone(preset: str) -> keras_hub.models.BertBackbone:
         ) from exc
 
 
-def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
-    """The WordPiece tokenizer of a local folder (Hugging Face: vocab.txt, uncased by default).
+def bert_tokenizer_settings(preset: str) -> dict[str, bool]:
+    """``lowercase`` and ``strip_accents`` as a Hugging Face folder's tokenizer_config.json says.
 
-    A keras-hub preset folder (tokenizer.json + assets, from ``save_to_preset``)
-    is loaded with its own saved settings.
+    Hugging Face's ``BertTokenizer`` convention: ``do_lower_case`` defaults to true;
+    ``strip_accents`` null (or absent) means "strip when lower-casing", true/false
+    force it.  A folder without tokenizer_config.json is uncased (lower-case, strip).
+
+    Example: ``{"do_lower_case": false}`` (bert-base-cased) ->
+    ``{"lowercase": False, "strip_accents": False}``: case and accents kept.
+    """
+    config_path = os.path.join(preset, "tokenizer_config.json")
+    config: Any = {}
+    if os.path.exists(config_path):
+        import json
+
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--model {preset!r}: tokenizer_config.json is not readable JSON ({exc})"
+            ) from exc
+        if not isinstance(config, dict):
+            raise ConfigError(
+                f"--model {preset!r}: tokenizer_config.json must be a JSON object, "
+                f"got {type(config).__name__}"
+            )
+    lowercase = config.get("do_lower_case", True)
+    strip_accents = config.get("strip_accents")
+    if not isinstance(lowercase, bool):
+        raise ConfigError(
+            f"--model {preset!r}: tokenizer_config.json has do_lower_case {lowercase!r}; "
+            "allowed: true or false"
+        )
+    if strip_accents is not None and not isinstance(strip_accents, bool):
+        raise ConfigError(
+            f"--model {preset!r}: tokenizer_config.json has strip_accents {strip_accents!r}; "
+            "allowed: true, false or null (strip when lower-casing)"
+        )
+    return {
+        "lowercase": lowercase,
+        "strip_accents": lowercase if strip_accents is None else strip_accents,
+    }
+
+
+def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
+    """The WordPiece tokenizer of a local folder.
+
+    A Hugging Face folder (vocab.txt) follows its tokenizer_config.json
+    (``bert_tokenizer_settings``): uncased checkpoints lower-case and strip
+    accents, cased ones (``do_lower_case: false``) keep both.  A keras-hub preset
+    folder (tokenizer.json + assets, from ``save_to_preset``) is loaded with its
+    own saved settings.
     """
     vocab = os.path.join(preset, "vocab.txt")
     if not os.path.exists(vocab) and os.path.exists(os.path.join(preset, "tokenizer.json")):
@@ -184,11 +232,4 @@ def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
         raise ConfigError(
             f"--model {preset!r} has no vocab.txt; a BERT WordPiece vocabulary is needed"
         )
-    lowercase = True
-    config_path = os.path.join(preset, "tokenizer_config.json")
-    if os.path.exists(config_path):
-        import json
-
-        with open(config_path) as f:
-            lowercase = bool(json.load(f).get("do_lower_case", True))
-    return keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=lowercase, strip_accents=True)
+    return keras_hub.models.BertTokenizer(vocabulary=vocab, **bert_tokenizer_settings(preset))

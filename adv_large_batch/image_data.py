@@ -13,10 +13,26 @@ folder         ``data_dir/<class>/*.png|jpg|...`` (or ``data_dir/train/<class>/`
                each class (in name order) is held out for testing
 
 Every loader returns an ``ImageSplits`` of unbatched ``(uint8 HxWxC image,
-int32 label)`` datasets of one fixed image shape (``image_size`` resizes:
-shorter side to ``size / 0.875``, then a central crop, as for ImageNet
-evaluation).  ``train_batches`` / ``eval_batches`` scale to ``[0, 1]`` floats,
-shuffle, shard, augment (``adv_large_batch.augment``) and batch.
+int32 label)`` datasets.  Two kinds:
+
+* **Small, fixed-size images** (Fashion-MNIST, CIFAR-10, a folder at its native
+  size): both splits at one shape; ``image_size`` resizes both (``resize_central``).
+* **ImageNet-scale images** (``imagenet2012``, a folder at an ``image_size``;
+  ``LARGE_IMAGE_DATASETS``): ``variable_size`` is set and the *training* split keeps
+  every image at its own size (decoded, not resized) so that the training crop
+  (``augment.inception_crop``, drawn per example by ``seeded_augmenter``) sees the
+  whole image; the *test* split is the evaluation crop (``resize_central``: shorter
+  side to ``size / 0.875``, central ``size x size``).  ``image_shape`` is the
+  model's input, ``(size, size, 3)``; ``resolve_image_size`` picks ``size`` from the
+  model when ``--image-size`` is unset (ResNets 224, EfficientNet-B0 224, -B2 260).
+
+An image folder whose training images would take more than ``IN_MEMORY_BYTES``
+(estimated as files x ``size^2 x 3``, or files x the first image's bytes at the
+native size; then counted while decoding) is not decoded into memory: its
+splits read and decode each file when an example is needed (``source ==
+"files"``).  ``train_stream`` turns any split into the resumable training stream
+(global per-epoch shuffle for in-memory and file-backed splits, see there);
+``eval_batches`` scales to ``[0, 1]`` floats and batches in order.
 """
 
 from __future__ import annotations
@@ -24,15 +40,20 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from adv_large_batch.augment import CENTRAL_FRACTION, central_crop
 from adv_large_batch.config import ConfigError
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet2012", "folder")
+#: Datasets whose training images keep their own sizes at an ``image_size`` (see above).
+LARGE_IMAGE_DATASETS = ("imagenet2012", "folder")
+#: ``imagenet2012``'s resolution when neither ``--image-size`` nor the model gives one.
+IMAGENET_DEFAULT_SIZE = 224
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "t-shirt/top",
@@ -48,13 +69,22 @@ FASHION_MNIST_CLASSES = (
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFDS_SPLITS = {"cifar10": ("train", "test"), "imagenet2012": ("train", "validation")}
-CENTRAL_FRACTION = 0.875
 HOLDOUT_EVERY = 10
+#: Training sets up to this size (uint8 pixels) are held in memory (read at call time,
+#: so a test may lower it).
+IN_MEMORY_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSplits:
     """Train and test splits of one image classification dataset.
+
+    ``image_shape`` is the model's input.  With ``variable_size`` (ImageNet-scale
+    data) the training images keep their own sizes and ``seeded_augmenter`` crops
+    them to ``image_shape``; ``train_for_eval()`` gives them the evaluation crop.
+    ``source`` says where the training examples come from: ``"memory"``,
+    ``"files"`` (an image folder too large for memory, read per example) or
+    ``"tfds"``.
 
     ```python
     data = load_image_dataset("fashion_mnist")
@@ -71,6 +101,8 @@ class ImageSplits:
     num_classes: int
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...] = ()
+    variable_size: bool = False
+    source: str = "memory"
 
     def limit(self, train: int | None = None, test: int | None = None) -> "ImageSplits":
         """The first ``train`` / ``test`` examples of each split (``None``: all)."""
@@ -83,6 +115,55 @@ class ImageSplits:
             num_train=num_train,
             num_test=num_test,
         )
+
+    def train_for_eval(self) -> tf.data.Dataset:
+        """The training images as evaluation sees them (``image_shape``, no randomness).
+
+        The training split itself, or for ``variable_size`` data its evaluation crops.
+        """
+        if not self.variable_size:
+            return self.train
+        shape = self.image_shape
+
+        def crop(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return tf.ensure_shape(resize_central(image, shape[:2]), shape), label
+
+        return self.train.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def resolve_image_size(
+    dataset: str, model: str | None = None, image_size: int | None = None
+) -> int | None:
+    """The ``--image-size`` a run uses: ``image_size`` if given, else a default.
+
+    The default is the model's resolution (``models.resnet.default_image_size``:
+    ``resnet*`` 224, ``efficientnet_b0`` 224, ``efficientnet_b2`` 260) for the
+    ImageNet-scale datasets (``LARGE_IMAGE_DATASETS``), where ``imagenet2012`` falls
+    back to 224 for models without one (``cifar_resnet*``); None (the dataset's own
+    size) otherwise.
+
+    ```python
+    resolve_image_size("imagenet2012", "efficientnet_b2")        # 260
+    resolve_image_size("imagenet2012", "efficientnet_b2", 224)   # 224: explicit wins
+    resolve_image_size("cifar10", "resnet50")                    # None: 32 x 32
+    ```
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"--image-size must be an integer >= 1, got {image_size!r}")
+        return image_size
+    if dataset not in LARGE_IMAGE_DATASETS:
+        return None
+    size = None
+    if model is not None:
+        from adv_large_batch.models.resnet import default_image_size
+
+        size = default_image_size(model)
+    if size is None and dataset == "imagenet2012":
+        size = IMAGENET_DEFAULT_SIZE
+    return size
 
 
 # ---- Fashion-MNIST (Debian files) -----------------------------------------------------------
@@ -132,15 +213,10 @@ def load_fashion_mnist(data_dir: str | None = None) -> ImageSplits:
 
 
 # ---- tensorflow-datasets ----------------------------------------------------------------------
-def resize_central(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Resize the shorter side to ``size / 0.875`` and crop the central ``size x size``."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = (size / CENTRAL_FRACTION) / tf.reduce_min(shape)
-    new = tf.cast(tf.round(shape * scale), tf.int32)
-    new = tf.maximum(new, size)
-    resized = tf.image.resize(image, new, antialias=True)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    crop = resized[top : top + size, left : left + size]
+def resize_central(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
+    """The evaluation crop as uint8: resize the shorter side to ``size / 0.875`` (bilinear,
+    antialiased) and crop the central ``size x size`` (``augment.central_crop``, rounded)."""
+    crop = central_crop(image, size)
     return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
 
 
@@ -172,14 +248,18 @@ def load_tfds(
 
     ``data_dir`` is the tfds data folder; with ``manual_dir`` (ImageNet: the folder
     of ``ILSVRC2012_img_train.tar`` / ``ILSVRC2012_img_val.tar``) the dataset is
-    prepared from those files first.  ImageNet needs an ``image_size`` (224 if None).
+    prepared from those files first.  ``cifar10``: ``image_size`` resizes both
+    splits.  ``imagenet2012`` (``image_size``: 224 if None) is ImageNet-scale: the
+    training images keep their sizes (``variable_size``), the validation images are
+    evaluation crops.
     """
     import tensorflow_datasets as tfds
 
     if name not in TFDS_SPLITS:
         raise ConfigError(f"tfds dataset must be one of {tuple(TFDS_SPLITS)}, got {name!r}")
-    if name == "imagenet2012" and image_size is None:
-        image_size = 224
+    large = name in LARGE_IMAGE_DATASETS
+    if large and image_size is None:
+        image_size = IMAGENET_DEFAULT_SIZE
     train_split, test_split = TFDS_SPLITS[name]
     kwargs: dict = {"data_dir": data_dir, "as_supervised": True, "with_info": True}
     if manual_dir:
@@ -206,7 +286,9 @@ def load_tfds(
     def cast(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return image, tf.cast(label, tf.int32)
 
-    train = _with_size(train.map(cast), image_size, channels)
+    train = train.map(cast)
+    if not large:
+        train = _with_size(train, image_size, channels)
     test = _with_size(test.map(cast), image_size, channels)
     shape = info.features["image"].shape
     height, width = (image_size, image_size) if image_size else shape[:2]
@@ -219,6 +301,8 @@ def load_tfds(
         int(labels.num_classes),
         (int(height), int(width), channels),
         tuple(labels.names),
+        variable_size=large,
+        source="tfds",
     )
 
 
@@ -238,30 +322,115 @@ def _class_files(root: str) -> dict[str, list[str]]:
     return {c: fs for c, fs in files.items() if fs}
 
 
+def _decode(path: Any, channels: int = 0) -> tf.Tensor:
+    """One image file as uint8 HxWxC (``channels=0``: as stored)."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+
+
+def _mixed_sizes(first: tuple[str, tuple], path: str, shape: tuple) -> ConfigError:
+    return ConfigError(
+        f"images of mixed sizes: {first[0]} is {'x'.join(map(str, first[1]))} but "
+        f"{path} is {'x'.join(map(str, shape))} (HxWxC); resize them to one size "
+        "or pass --image-size"
+    )
+
+
 def _decode_all(paths: list[str]) -> np.ndarray:
     images, first = [], None
     for path in paths:
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
+        image = _decode(path).numpy()
         if first is None:
             first = (path, image.shape)
         elif image.shape != first[1]:
-            raise ConfigError(
-                f"images of mixed sizes: {first[0]} is {'x'.join(map(str, first[1]))} but "
-                f"{path} is {'x'.join(map(str, image.shape))} (HxWxC); resize them to one size "
-                "or pass --image-size"
-            )
+            raise _mixed_sizes(first, path, image.shape)
         images.append(image)
     return np.stack(images)
 
 
-def load_folder(root: str, image_size: int | None = None) -> ImageSplits:
-    """Images in class subfolders (see the module docstring), decoded into memory.
+def _decode_originals(
+    paths: list[str], max_bytes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """RGB images of any sizes packed as ``(pixels, offsets, shapes)``; None past ``max_bytes``."""
+    images, total = [], 0
+    for path in paths:
+        image = _decode(path, 3).numpy()
+        total += image.size
+        if total > max_bytes:
+            return None
+        images.append(image)
+    offsets = np.cumsum([0] + [image.size for image in images], dtype=np.int64)
+    shapes = np.array([image.shape for image in images], np.int32)
+    return np.concatenate([image.ravel() for image in images]), offsets, shapes
 
-    With ``image_size`` every image is decoded as RGB and resized (``resize_central``).
+
+def _packed_split(
+    packed: tuple[np.ndarray, np.ndarray, np.ndarray], labels: np.ndarray
+) -> tf.data.Dataset:
+    """In-memory images of different sizes, one example per (offset, shape); random access."""
+    pixels, offsets, shapes = packed
+    flat = tf.constant(pixels)
+
+    def unpack(begin: tf.Tensor, end: tf.Tensor, shape: tf.Tensor, label: tf.Tensor) -> Any:
+        return tf.ensure_shape(tf.reshape(flat[begin:end], shape), (None, None, 3)), label
+
+    rows = (offsets[:-1], offsets[1:], shapes, labels)
+    return tf.data.Dataset.from_tensor_slices(rows).map(unpack)
+
+
+def _file_split(
+    paths: Sequence[str], labels: np.ndarray, decode: Callable[[tf.Tensor], tf.Tensor]
+) -> tf.data.Dataset:
+    """Images read and decoded from ``paths`` when needed (random access, in file order)."""
+    rows = (tf.constant(list(paths), tf.string), tf.constant(labels, tf.int32))
+    return tf.data.Dataset.from_tensor_slices(rows).map(
+        lambda path, label: (decode(path), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _fixed_decoder(first: tuple[str, tuple]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Decode a file that must have the first image's shape (checked when read)."""
+    shape = tuple(int(d) for d in first[1])
+    message = (
+        f"images of mixed sizes: {first[0]} is {'x'.join(map(str, shape))} (HxWxC) but this "
+        "file differs; resize them to one size or pass --image-size:"
+    )
+
+    def decode(path: tf.Tensor) -> tf.Tensor:
+        image = _decode(path, shape[-1])
+        same = tf.reduce_all(tf.equal(tf.shape(image), shape))
+        with tf.control_dependencies([tf.debugging.Assert(same, [message, path, tf.shape(image)])]):
+            image = tf.identity(image)
+        return tf.ensure_shape(image, shape)
+
+    return decode
+
+
+def load_folder(
+    root: str, image_size: int | None = None, in_memory_bytes: int | None = None
+) -> ImageSplits:
+    """Images in class subfolders (see the module docstring).
+
+    Without ``image_size`` every image must have one shape (the native size:
+    small, fixed-size data).  With ``image_size`` the data is ImageNet-scale: the
+    training images are decoded as RGB at their own sizes (``variable_size``), the
+    test images are evaluation crops (``resize_central``).
+
+    Held in memory when the training images take at most ``in_memory_bytes``
+    (default ``IN_MEMORY_BYTES``; estimated as files x ``image_size^2 x 3`` or files
+    x the first image's bytes, then counted while decoding); otherwise both
+    splits read and decode their files per example (``source == "files"``; a
+    native-size image of another shape is an error when it is read).
 
     Raises ``FileNotFoundError`` when there are no images and ``ConfigError`` when
-    they differ in size (unless ``image_size`` resizes them all).
+    they differ in size (unless ``image_size`` is given).
     """
+    max_bytes = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ConfigError(f"in_memory_bytes must be an integer >= 0, got {in_memory_bytes!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(f"--image-size must be an integer >= 1, got {image_size!r}")
     has_split = os.path.isdir(os.path.join(root, "train"))
     test_dir = None
     for name in ("test", "val", "validation") if has_split else ():
@@ -290,34 +459,56 @@ def load_folder(root: str, image_size: int | None = None) -> ImageSplits:
                 (test_pairs if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else train_pairs).append(
                     (f, index[c])
                 )
-    paths = [p for p, _ in train_pairs + test_pairs]
-    if image_size is None:
-        images = _decode_all(paths)
-    else:
-        images = np.stack(
-            [
-                resize_central(
-                    tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False),
-                    image_size,
-                ).numpy()
-                for p in paths
-            ]
-        )
-    labels = np.array([label for _, label in train_pairs + test_pairs], np.int32)
+    train_paths = [p for p, _ in train_pairs]
+    test_paths = [p for p, _ in test_pairs]
+    train_labels = np.array([label for _, label in train_pairs], np.int32)
+    test_labels = np.array([label for _, label in test_pairs], np.int32)
     n = len(train_pairs)
+    common = {"num_train": n, "num_test": len(test_pairs), "num_classes": len(classes)}
+    common["class_names"] = tuple(classes)
 
-    def split(lo: int, hi: int) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((images[lo:hi], labels[lo:hi]))
+    if image_size is None:  # small, fixed-size images at their native size
+        first_image = _decode(train_paths[0]).numpy()
+        first = (train_paths[0], first_image.shape)
+        if n * first_image.size <= max_bytes:
+            images = _decode_all(train_paths + test_paths)
+            train = tf.data.Dataset.from_tensor_slices((images[:n], train_labels))
+            test = tf.data.Dataset.from_tensor_slices((images[n:], test_labels))
+            source = "memory"
+        else:
+            decode = _fixed_decoder(first)
+            train = _file_split(train_paths, train_labels, decode)
+            test = _file_split(test_paths, test_labels, decode)
+            source = "files"
+        shape = tuple(int(d) for d in first_image.shape)
+        return ImageSplits("folder", train, test, image_shape=shape, source=source, **common)
 
+    size = image_size
+    packed = None
+    if n * size * size * 3 <= max_bytes:
+        packed = _decode_originals(train_paths, max_bytes)
+    if packed is not None:
+        train = _packed_split(packed, train_labels)
+        crops = [resize_central(_decode(p, 3), size).numpy() for p in test_paths]
+        crops = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+        test = tf.data.Dataset.from_tensor_slices((crops, test_labels))
+        source = "memory"
+    else:
+        train = _file_split(train_paths, train_labels, lambda path: _decode(path, 3))
+        test = _file_split(
+            test_paths,
+            test_labels,
+            lambda path: tf.ensure_shape(resize_central(_decode(path, 3), size), (size, size, 3)),
+        )
+        source = "files"
     return ImageSplits(
         "folder",
-        split(0, n),
-        split(n, len(paths)),
-        n,
-        len(paths) - n,
-        len(classes),
-        tuple(int(d) for d in images.shape[1:]),
-        tuple(classes),
+        train,
+        test,
+        image_shape=(size, size, 3),
+        variable_size=True,
+        source=source,
+        **common,
     )
 
 
@@ -326,8 +517,13 @@ def load_image_dataset(
     data_dir: str | None = None,
     manual_dir: str | None = None,
     image_size: int | None = None,
+    in_memory_bytes: int | None = None,
 ) -> ImageSplits:
-    """Dispatch to the loader of ``name`` (one of ``DATASETS``)."""
+    """Dispatch to the loader of ``name`` (one of ``DATASETS``).
+
+    ``image_size`` is the resolution (see ``resolve_image_size`` for the per-model
+    default); ``in_memory_bytes`` is ``load_folder``'s memory limit.
+    """
     if name == "fashion_mnist":
         data = load_fashion_mnist(data_dir)
         if image_size is not None:
@@ -342,7 +538,7 @@ def load_image_dataset(
     if name == "folder":
         if not data_dir:
             raise ConfigError("--dataset folder needs --data-dir <folder of class subfolders>")
-        return load_folder(data_dir, image_size)
+        return load_folder(data_dir, image_size, in_memory_bytes)
     raise ConfigError(f"--dataset must be one of {DATASETS}, got {name!r}")
 
 
@@ -350,6 +546,10 @@ def load_image_dataset(
 def to_unit_range(image: tf.Tensor) -> tf.Tensor:
     """uint8 pixels -> float32 in ``[0, 1]``."""
     return tf.cast(image, tf.float32) / 255.0
+
+
+def _fixed_size(split: tf.data.Dataset) -> bool:
+    return split.element_spec[0].shape.is_fully_defined()
 
 
 def train_batches(
@@ -363,7 +563,9 @@ def train_batches(
     """An endless stream of shuffled, augmented ``[0, 1]`` batches of ``batch_size``.
 
     Reshuffled every pass; ``fit`` runs it by ``steps_per_epoch``.  ``shard`` is the
-    backend's (each worker its own examples, sharded before shuffling).
+    backend's (each worker its own examples, sharded before shuffling).  For
+    fixed-size splits, or an ``augment`` that crops to one size; the resumable
+    ``train_stream`` is the training runs' stream.
     """
     if shard is not None:
         split = shard(split)
@@ -382,10 +584,8 @@ def train_batches(
 
 
 # ---- the resumable training stream ---------------------------------------------------------
-#: Training sets up to this size (uint8 pixels) are held in memory and shuffled by index.
-IN_MEMORY_BYTES = 512 * 2**20
 #: ``--augment`` policies whose randomness is a pure function of (seed, epoch, example).
-SEEDED_POLICIES = ("none", "flip_crop")
+SEEDED_POLICIES = ("none", "flip_crop", "inception_crop")
 
 #: ``(image in [0, 1], stateless seed of shape [2]) -> augmented image``.
 SeededAugment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -395,10 +595,16 @@ def materialize(
     split: tf.data.Dataset,
     num_examples: int,
     image_shape: tuple[int, ...],
-    max_bytes: int = IN_MEMORY_BYTES,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(images, labels)`` of a split as arrays, or None if it is larger than ``max_bytes``."""
-    if num_examples * int(np.prod(image_shape)) > max_bytes:
+    """``(images, labels)`` of a split as arrays, or None.
+
+    None when the split is larger than ``max_bytes`` (default ``IN_MEMORY_BYTES``)
+    or its images have different sizes (ImageNet-scale training splits: they are
+    cropped per example; an image folder's keeps its own in-memory copy when small).
+    """
+    max_bytes = IN_MEMORY_BYTES if max_bytes is None else max_bytes
+    if not _fixed_size(split) or num_examples * int(np.prod(image_shape)) > max_bytes:
         return None
     images, labels = [], []
     for x, y in split.batch(4096).as_numpy_iterator():
@@ -412,39 +618,64 @@ def seeded_augmenter(
 ) -> SeededAugment:
     """``augment(image, seed)`` for ``train_stream``: stateless for ``SEEDED_POLICIES``.
 
-    ``flip_crop`` is ``augment.build_augmenter``'s (random horizontal flip, pad by
-    ``crop_padding`` and crop back) drawn with ``tf.image.stateless_random_*`` from the
-    per-example seed, so an example's augmentation depends only on (seed, epoch, example).
-    ``randaugment`` / ``augmix`` use Keras' layers, which draw from their own stateful
-    seed generators: they ignore the seed and are *not* reproduced by a resumed run.
+    What a policy does depends on the image (``adv_large_batch.augment``'s table):
+    an image already of ``image_shape`` (small, fixed-size data) gets the CIFAR
+    augmentation (``flip_crop``: random flip, zero-pad by 1/8, random crop back);
+    an image of any other or unknown size (ImageNet-scale data) gets the Inception
+    crop to ``image_shape`` plus a random flip (``none``: the evaluation crop).
+    ``inception_crop`` takes the Inception crop for both.  Every draw is
+    ``tf.image.stateless_*`` from the per-example seed, so an example's augmentation
+    depends only on (seed, epoch, example).  ``randaugment`` / ``augmix`` then apply
+    Keras' layers, which draw from their own stateful seed generators: those ops
+    are *not* reproduced by a resumed run.
     """
-    from adv_large_batch.augment import POLICIES, build_augmenter, crop_padding
+    from adv_large_batch.augment import POLICIES, build_augmenter, inception_crop_flip, pad_crop
 
     if policy not in POLICIES:
         raise ConfigError(f"--augment must be one of {POLICIES}, got {policy!r}")
-    if policy == "none":
-        return lambda image, _seed: image
-    if policy not in SEEDED_POLICIES:
-        stateful = build_augmenter(policy, image_shape, seed)
-        return lambda image, _seed: stateful(image)
+    image_shape = tuple(int(d) for d in image_shape)
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ConfigError(f"image_shape must be (height, width, channels) >= 1, got {image_shape}")
     height, width, _ = image_shape
-    pad_h, pad_w = crop_padding(height), crop_padding(width)
+    mixed = policy not in SEEDED_POLICIES
+    whole = build_augmenter(policy, image_shape, seed) if mixed else None
+    mixer = build_augmenter(policy, image_shape, seed, crop=False) if mixed else None
 
-    def flip_crop(image: tf.Tensor, example_seed: tf.Tensor) -> tf.Tensor:
-        flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        padded = tf.pad(image, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-        return tf.ensure_shape(
-            tf.image.stateless_random_crop(padded, image_shape, crop_seed), image_shape
-        )
+    def augment(image: tf.Tensor, example_seed: tf.Tensor) -> tf.Tensor:
+        small = image.shape.is_fully_defined() and tuple(image.shape) == image_shape
+        if policy == "none":
+            out = image if small else tf.clip_by_value(central_crop(image, (height, width)), 0, 1)
+        elif small and policy == "flip_crop":
+            out = pad_crop(image, example_seed)
+        elif small and mixed:
+            out = whole(image)
+        else:
+            out = inception_crop_flip(image, (height, width), example_seed)
+            if mixed:
+                out = mixer(out)
+        return tf.ensure_shape(out, image_shape)
 
-    return flip_crop
+    return augment
 
 
 def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """The stateless seed of example ``index``'s augmentation in ``epoch``."""
     base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
     return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def random_access(split: tf.data.Dataset) -> bool:
+    """True if ``tf.data.experimental.at`` can read example i of ``split`` directly.
+
+    True for ``from_tensor_slices`` / ``range`` followed by ``map`` / ``take`` /
+    ``skip`` (in-memory arrays, an image folder's file list); False for record
+    files read in sequence (tfds) or after ``filter`` / ``unbatch``.
+    """
+    try:
+        tf.data.experimental.at(split, 0)
+    except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError):
+        return False
+    return True
 
 
 def train_stream(
@@ -461,27 +692,41 @@ def train_stream(
 ) -> tf.data.Dataset:
     """The endless training stream of one worker, from global step ``start_step`` on.
 
-    Batches of ``batch_size`` ``[0, 1]`` images (float32) and int32 labels.  Epoch
-    ``e`` is global steps ``[e S, (e + 1) S)`` with ``S = num_examples // (batch_size
-    x size)``; the remainder of each epoch is dropped.  Everything is a pure function
-    of (``seed``, epoch, example), so a run resumed at step g sees exactly the batches
-    an uninterrupted run sees from g on (``start_step=g``), and example ``i``'s
-    augmentation in epoch ``e`` is ``augment(image_i, example_seed(seed, e, i))``.
+    Batches of ``batch_size`` ``[0, 1]`` images (float32, ``augment``'s shape) and
+    int32 labels.  Epoch ``e`` is global steps ``[e S, (e + 1) S)`` with ``S =
+    num_examples // (batch_size x size)``; the remainder of each epoch is dropped.
+    Everything is a pure function of (``seed``, epoch, example), so a run resumed at
+    step g sees exactly the batches an uninterrupted run sees from g on
+    (``start_step=g``), and example ``i``'s augmentation in epoch ``e`` is
+    ``augment(image_i, example_seed(seed, e, i))``.
 
-    * With ``arrays`` (the split in memory, see ``materialize``): epoch ``e``'s order
-      is the stateless permutation ``index_shuffle(., [seed, e])`` of all examples and
-      global step ``s`` of the epoch takes positions ``[s B size, (s + 1) B size)`` of
-      it, rank ``r`` the contiguous slice ``r B .. (r + 1) B``.  The global batch of a
-      step is therefore the same for any number of workers (``size``) -- and the
-      workers' slices are the micro-batches of one process that accumulates
-      micro-batches of ``batch_size``, or MirroredStrategy's replica slices.
-    * Without (a streamed split, e.g. ImageNet): each worker takes every ``size``-th
-      example (``shard``, before shuffling, so no worker reads the others' examples),
-      shuffles it in blocks of ``shuffle_buffer`` with stateless permutations keyed by
-      (seed, epoch, block), independent of TensorFlow's global seed,
-      and skips the batches already consumed.  Exact for the same number
-      of workers; batches differ from a different worker count's.
+    * With ``arrays`` (the split in memory, see ``materialize``), or a split with
+      random access (``random_access``: an image folder's in-memory images or file
+      list, read with ``tf.data.experimental.at``): epoch ``e``'s order is the
+      stateless permutation ``index_shuffle(., [seed, e])`` of all examples and
+      global step ``s`` of the epoch takes positions ``[s B size, (s + 1) B size)``
+      of it, rank ``r`` the contiguous slice ``r B .. (r + 1) B``.  The global batch
+      of a step is therefore the same for any number of workers (``size``) -- and
+      the workers' slices are the micro-batches of one process that accumulates
+      micro-batches of ``batch_size``, or MirroredStrategy's replica slices.  Both
+      give the same batches for the same examples.
+    * Otherwise (a sequential split: tfds record files, e.g. ImageNet): each worker
+      takes every ``size``-th example (``shard``, before shuffling, so no worker
+      reads the others' examples), shuffles it in blocks of ``shuffle_buffer``
+      (ragged blocks for images of different sizes) with stateless permutations
+      keyed by (seed, epoch, block), independent of TensorFlow's global seed, and
+      skips the batches already consumed.  Exact for the same number of workers;
+      batches differ from a different worker count's.
     """
+    for value, name, low in ((batch_size, "batch_size", 1), (size, "size", 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if not 0 <= rank < size:
+        raise ConfigError(f"rank must be in [0, {size}), got {rank}")
+    if start_step < 0 or shuffle_buffer < 1:
+        raise ConfigError(
+            f"start_step must be >= 0 and shuffle_buffer >= 1, got {start_step}, {shuffle_buffer}"
+        )
     global_batch = batch_size * size
     steps = num_examples // global_batch
     if steps < 1:
@@ -492,9 +737,20 @@ def train_stream(
     augment = augment or (lambda image, _seed: image)
     first_epoch, in_epoch = divmod(start_step, steps)
 
-    if arrays is not None:
-        images = tf.constant(arrays[0])
-        labels = tf.constant(arrays[1], tf.int32)
+    if arrays is not None or random_access(split):
+        if arrays is not None:
+            images = tf.constant(arrays[0])
+            labels = tf.constant(arrays[1], tf.int32)
+
+            def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return tf.gather(images, index), tf.gather(labels, index)
+
+        else:
+
+            def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                image, label = tf.data.experimental.at(split, index)
+                return image, tf.cast(label, tf.int32)
+
         order_seed = tf.constant(seed, tf.int64)
 
         def step_rows(step: tf.Tensor) -> tf.data.Dataset:
@@ -507,14 +763,15 @@ def train_stream(
             return tf.data.Dataset.from_tensor_slices((tf.fill([batch_size], epoch), index))
 
         def load(epoch: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = to_unit_range(tf.gather(images, index))
-            return augment(image, example_seed(seed, epoch, index)), tf.gather(labels, index)
+            image, label = fetch(index)
+            return augment(to_unit_range(image), example_seed(seed, epoch, index)), label
 
         rows = tf.data.Dataset.counter(start_step).flat_map(step_rows)
     else:
         shard = split.enumerate()
         if size > 1:
             shard = shard.shard(size, rank)
+        fixed = _fixed_size(split)
 
         def epoch_rows(epoch: tf.Tensor) -> tf.data.Dataset:
             # A block shuffle with stateless permutations keyed by (seed, epoch, block):
@@ -526,13 +783,16 @@ def train_stream(
                 order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
                 return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
 
-            blocks = shard.batch(shuffle_buffer).enumerate().map(permute).unbatch()
+            blocked = shard.batch(shuffle_buffer) if fixed else shard.ragged_batch(shuffle_buffer)
+            blocks = blocked.enumerate().map(permute).unbatch()
             return blocks.take(steps * batch_size).map(
                 lambda index, example: (epoch, index, example)
             )
 
         def load(epoch: tf.Tensor, index: tf.Tensor, example: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             image, label = example
+            if isinstance(image, tf.RaggedTensor):
+                image = image.to_tensor()
             image = to_unit_range(image)
             return augment(image, example_seed(seed, epoch, index)), tf.cast(label, tf.int32)
 
@@ -546,6 +806,12 @@ def train_stream(
 
 def eval_batches(split: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """``[0, 1]`` batches of the whole split, in order (the last one may be smaller)."""
+    if not _fixed_size(split):
+        raise ConfigError(
+            f"eval_batches needs images of one size, got {split.element_spec[0].shape}: an "
+            "ImageNet-scale training split keeps its images' own sizes; evaluate "
+            "ImageSplits.train_for_eval() (evaluation crops) or the test split"
+        )
 
     def prepare(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return to_unit_range(image), tf.cast(label, tf.int32)
@@ -554,9 +820,12 @@ def eval_batches(split: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
 
 
 __all__ = [
+    "CENTRAL_FRACTION",
     "DATASETS",
     "FASHION_MNIST_DIR",
+    "IMAGENET_DEFAULT_SIZE",
     "IN_MEMORY_BYTES",
+    "LARGE_IMAGE_DATASETS",
     "SEEDED_POLICIES",
     "ImageSplits",
     "eval_batches",
@@ -566,8 +835,10 @@ __all__ = [
     "load_image_dataset",
     "load_tfds",
     "materialize",
+    "random_access",
     "read_idx",
     "resize_central",
+    "resolve_image_size",
     "seeded_augmenter",
     "to_unit_range",
     "train_batches",

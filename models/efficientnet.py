@@ -20,6 +20,9 @@ import keras
 from adv_large_batch.models.split_batchnorm import convert_to_split_bn
 
 VARIANTS = {"b0": keras.applications.EfficientNetB0, "b2": keras.applications.EfficientNetB2}
+#: Each variant's resolution: keras.applications' ``default_size`` (the EfficientNet
+#: paper's B0 224, B2 260), the default ``--image-size`` on ImageNet-scale data.
+DEFAULT_SIZES = {"b0": 224, "b2": 260}
 
 
 def efficientnet(
@@ -54,4 +57,4 @@ def efficientnet(
     return convert_to_split_bn(model) if split_bn else model
 
 
-__all__ = ["VARIANTS", "efficientnet"]
+__all__ = ["DEFAULT_SIZES", "VARIANTS", "efficientnet"]

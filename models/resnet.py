@@ -48,11 +48,31 @@ IMAGENET_STAGES = {
     101: ("bottleneck", (3, 4, 23, 3)),
 }
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+#: The ImageNet ResNets' training resolution (He et al.; MLPerf ResNet-50).
+RESNET_IMAGE_SIZE = 224
 
 
 def min_input_size(name: str) -> int:
     """The smallest height/width ``name`` takes (its total down-sampling)."""
     return 8 if name.startswith("cifar_resnet") else 32
+
+
+def default_image_size(name: str) -> int | None:
+    """The resolution model ``name`` trains at on ImageNet-scale data (``--image-size`` unset).
+
+    ``resnet*`` 224; ``efficientnet_b0`` 224 and ``efficientnet_b2`` 260 (keras.applications'
+    default input sizes, ``efficientnet.DEFAULT_SIZES``); None for ``cifar_resnet*``,
+    which keep the dataset's own size.
+    """
+    if name not in IMAGE_MODELS:
+        raise ConfigError(f"--model must be one of {IMAGE_MODELS}, got {name!r}")
+    if name.startswith("cifar_resnet"):
+        return None
+    if name.startswith("efficientnet_"):
+        from adv_large_batch.models.efficientnet import DEFAULT_SIZES
+
+        return DEFAULT_SIZES[name.split("_")[1]]
+    return RESNET_IMAGE_SIZE
 
 
 def check_input_shape(name: str, input_shape: tuple[int, ...]) -> None:
@@ -230,11 +250,13 @@ def build_image_model(
 
 __all__ = [
     "IMAGE_MODELS",
+    "RESNET_IMAGE_SIZE",
     "basic_block",
     "bottleneck_block",
     "build_image_model",
     "check_input_shape",
     "cifar_resnet",
+    "default_image_size",
     "min_input_size",
     "resnet",
 ]

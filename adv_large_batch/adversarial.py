@@ -27,34 +27,51 @@ STEP_NORMS = ("none", "linf", "l2")
 START_KINDS = ("uniform", "normal", "zero")
 
 
+Radius = float | tf.Tensor  # a number, or a tensor broadcastable to y (per example)
+
+
 def random_start(
     shape: tf.Tensor | tuple[int, ...],
-    eps: float,
+    eps: Radius,
     kind: str = "uniform",
-    scale: float | None = None,
+    scale: Radius | None = None,
     seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """y0: uniform in [-eps, eps], normal with stddev ``scale`` (default eps), or zero.
 
-    ``seed`` is an optional shape-[2] int tensor for stateless sampling.
+    ``eps`` and ``scale`` may be tensors broadcastable to ``shape`` (a radius per
+    example); ``seed`` is an optional shape-[2] int tensor for stateless sampling.
     """
     if kind == "zero":
         return tf.zeros(shape, tf.float32)
     if kind == "uniform":
         if seed is None:
-            return tf.random.uniform(shape, -eps, eps, dtype=tf.float32)
-        return tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=tf.float32)
+            unit = tf.random.uniform(shape, -1.0, 1.0, dtype=tf.float32)
+        else:
+            unit = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=tf.float32)
+        return unit * tf.cast(eps, tf.float32)
     if kind == "normal":
-        std = eps if scale is None else scale
+        std = tf.cast(eps if scale is None else scale, tf.float32)
         if seed is None:
-            return tf.random.normal(shape, stddev=std, dtype=tf.float32)
-        return tf.random.stateless_normal(shape, seed, stddev=std, dtype=tf.float32)
+            return tf.random.normal(shape, dtype=tf.float32) * std
+        return tf.random.stateless_normal(shape, seed, dtype=tf.float32) * std
     raise ValueError(f"random start kind must be one of {START_KINDS}, got {kind!r}")
 
 
-def project_linf(y: tf.Tensor, eps: float) -> tf.Tensor:
+def project_linf(y: tf.Tensor, eps: Radius) -> tf.Tensor:
     """Pi_eps: the Euclidean projection onto the l-inf ball of radius eps (a clip)."""
+    eps = tf.cast(eps, y.dtype)
     return tf.clip_by_value(y, -eps, eps)
+
+
+def embedding_rms(e: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+    """Root-mean-square of each example's token embeddings over its real tokens and the
+    hidden units: ``[B, 1, 1]`` (the scale of ``--adv-radius relative``)."""
+    e = tf.cast(e, tf.float32)
+    mask = tf.cast(padding_mask, tf.float32)[..., tf.newaxis]
+    squares = tf.reduce_sum(tf.square(e) * mask, axis=[1, 2], keepdims=True)
+    count = tf.reduce_sum(mask, axis=[1, 2], keepdims=True) * tf.cast(tf.shape(e)[-1], tf.float32)
+    return tf.sqrt(squares / tf.maximum(count, 1.0))
 
 
 def mask_padding(y: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
@@ -84,13 +101,13 @@ def normalize_gradient(grad: tf.Tensor, norm: str = "none", tiny: float = 1e-12)
 def ascent_step(
     y: tf.Tensor,
     grad: tf.Tensor,
-    step_size: float,
-    eps: float,
+    step_size: Radius,
+    eps: Radius,
     norm: str = "none",
     padding_mask: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """One projected gradient-ascent step: Pi_eps(y + rho * step(grad))."""
-    y = project_linf(y + step_size * normalize_gradient(grad, norm), eps)
+    y = project_linf(y + tf.cast(step_size, y.dtype) * normalize_gradient(grad, norm), eps)
     return y if padding_mask is None else mask_padding(y, padding_mask)
 
 
@@ -145,26 +162,31 @@ def adversarial_regulariser(
 def projected_gradient_ascent(
     regulariser_of: Callable[[tf.Tensor], tf.Tensor],
     y0: tf.Tensor,
-    step_size: float,
-    eps: float,
+    step_size: Radius,
+    eps: Radius,
     steps: int = 1,
     norm: str = "none",
     padding_mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """PGA-K on ``r = regulariser_of(y)``; returns (y_K, r(y0)).
 
-    ``regulariser_of`` maps a perturbation to the scalar r; the returned y_K is
-    detached (it is an input to the outer problem, not a function of x).
+    ``regulariser_of`` maps a perturbation to the scalar r, a mean over the batch; the
+    ascent follows the gradient of the per-example *sum* (batch size x r), so with the
+    raw gradient (``norm="none"``) each example's step does not shrink as the
+    micro-batch grows (the normalised steps are scale-free anyway).  The returned y_K
+    is detached (it is an input to the outer problem, not a function of x).
     """
     y = y0 if padding_mask is None else mask_padding(y0, padding_mask)
+    rows = tf.cast(tf.shape(y)[0], tf.float32)
     r_start = None
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(y)
             r = regulariser_of(y)
+            total = r * rows  # the per-example sum
         if r_start is None:
             r_start = r
-        grad = tape.gradient(r, y)
+        grad = tape.gradient(total, y)
         y = ascent_step(y, grad, step_size, eps, norm, padding_mask)
     if r_start is None:
         r_start = regulariser_of(y)

@@ -12,22 +12,30 @@ A checkpoint is a folder ``ckpt-<global step, 8 digits>/`` holding
 
 It is written as ``ckpt-N.partial/`` and renamed only when complete (a rename is
 atomic on one filesystem), so a run killed while writing leaves a ``.partial``
-folder that ``latest_checkpoint`` never picks.  Only the chief writes; every
-rank reads (the folder must be on a filesystem all ranks see, as Horovod's own
-examples assume), and ``BroadcastCallback`` makes the ranks identical anyway.
+folder that ``latest_checkpoint`` never picks.  ``meta.json`` records the size and
+SHA-256 of ``state.npz``; a checkpoint whose meta does not parse or whose state does
+not match (truncated, corrupted, half-copied) is not *intact*: ``--resume`` warns and
+falls back to the newest intact one, and says clearly when there is none.  Only the
+chief writes; every rank reads (the folder must be on a filesystem all ranks see, as
+Horovod's own examples assume), and ``BroadcastCallback`` makes the ranks identical.
 
-The data position is the global step: the input pipeline is a deterministic
-function of (seed, epoch), so a resumed run skips exactly the batches already
-consumed (``text_data.make_epoch_stream``).
+The data position, the ``N`` of ``ckpt-N`` and ``global_step`` in the meta, is the
+trainer's batch counter ``batches_seen``: every training step advances it, whether its
+update was applied or skipped (a non-finite loss, a mixed_float16 overflow), so a run
+resumed at step N continues with batch N even after skipped steps.  The input pipeline
+is a deterministic function of (seed, epoch), so a resumed run skips exactly the
+batches already consumed (``text_data.make_epoch_stream``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import shutil
+import warnings
 from typing import Any, Sequence
 
 import keras
@@ -38,9 +46,27 @@ from adv_large_batch.config import ConfigError
 _NAME = re.compile(r"^ckpt-(\d{8})$")
 
 
+STATE_FILE = "state.npz"
+
+
 def state_variables(model: keras.Model) -> list[Any]:
     """Model variables then optimizer variables, in a fixed order."""
     return list(model.variables) + list(model.optimizer.variables)
+
+
+def data_position(model: keras.Model) -> int:
+    """The global step a run has reached: the batch counter (see the module docstring)."""
+    counter = getattr(model, "batches_seen", None)
+    return int((counter if counter is not None else model.optimizer.iterations).numpy())
+
+
+def file_digest(path: str) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], keep: int = 2) -> str:
@@ -51,12 +77,11 @@ def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], ke
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     variables = state_variables(model)
-    np.savez(
-        os.path.join(partial, "state.npz"),
-        **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)},
-    )
+    state = os.path.join(partial, STATE_FILE)
+    np.savez(state, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+    files = {STATE_FILE: file_digest(state)}
     with open(os.path.join(partial, "meta.json"), "w") as f:
-        json.dump({**meta, "paths": [v.path for v in variables]}, f, indent=1)
+        json.dump({**meta, "paths": [v.path for v in variables], "files": files}, f, indent=1)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     for old in complete_checkpoints(directory)[:-keep]:
@@ -76,9 +101,55 @@ def complete_checkpoints(directory: str) -> list[str]:
     ]
 
 
-def latest_checkpoint(directory: str) -> str | None:
-    found = complete_checkpoints(directory)
-    return found[-1] if found else None
+def integrity_problem(path: str) -> str | None:
+    """Why the checkpoint folder ``path`` is not intact, or None when it is.
+
+    Intact: ``meta.json`` parses and names its variables, and ``state.npz`` has the size
+    and SHA-256 recorded in it (checkpoints written before checksums existed: the file
+    must at least open as an archive with one array per variable).
+    """
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError) as err:
+        return f"meta.json is unreadable ({type(err).__name__}: {err})"
+    if not isinstance(meta, dict) or "paths" not in meta or "global_step" not in meta:
+        return "meta.json lacks the variable paths or the step"
+    state = os.path.join(path, STATE_FILE)
+    if not os.path.exists(state):
+        return f"{STATE_FILE} is missing"
+    recorded = (meta.get("files") or {}).get(STATE_FILE)
+    if recorded is not None:
+        actual = file_digest(state)
+        if actual != recorded:
+            return (
+                f"{STATE_FILE} has {actual['bytes']} bytes / sha256 {actual['sha256'][:12]}, "
+                f"meta.json recorded {recorded['bytes']} / {recorded['sha256'][:12]}"
+            )
+        return None
+    try:
+        with np.load(state) as data:
+            if len(data.files) != len(meta["paths"]):
+                return f"{STATE_FILE} holds {len(data.files)} arrays for {len(meta['paths'])} paths"
+    except Exception as err:  # noqa: BLE001 -- any failure to open means "not intact"
+        return f"{STATE_FILE} does not open ({type(err).__name__}: {err})"
+    return None
+
+
+def latest_checkpoint(directory: str, warn: bool = True) -> str | None:
+    """The newest *intact* checkpoint in ``directory`` (None: there is none).
+
+    A newer one that is not intact is skipped with a warning naming it and why.
+    """
+    for path in reversed(complete_checkpoints(directory)):
+        problem = integrity_problem(path)
+        if problem is None:
+            return path
+        if warn:
+            warnings.warn(
+                f"checkpoint {path} is not intact ({problem}); falling back to an older one",
+                stacklevel=2,
+            )
+    return None
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -93,9 +164,18 @@ def resolve_checkpoint(path: str) -> str:
         ]
         if missing:
             raise ConfigError(f"{path!r} is not a complete checkpoint (no {' or '.join(missing)})")
+        problem = integrity_problem(path)
+        if problem is not None:
+            raise ConfigError(f"checkpoint {path!r} is not intact: {problem}")
         return path
     found = latest_checkpoint(path)
     if found is None:
+        broken = complete_checkpoints(path)
+        if broken:
+            raise ConfigError(
+                f"{path!r} holds no intact checkpoint: "
+                + "; ".join(f"{os.path.basename(p)}: {integrity_problem(p)}" for p in broken)
+            )
         raise ConfigError(
             f"{path!r} holds no complete checkpoint (a ckpt-<step>/ folder with meta.json; "
             "ckpt-<step>.partial/ folders are ignored)"
@@ -204,7 +284,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.keep = keep
 
     def _save(self, step: int) -> None:
-        if getattr(self.model, "nonfinite_step", None) is not None:
+        if getattr(self.model, "stopped_nonfinite_at", None) is not None:
             return  # stopped on a non-finite step: keep the last good checkpoint the newest
         if not self.is_chief or os.path.isdir(os.path.join(self.directory, f"ckpt-{step:08d}")):
             return
@@ -217,23 +297,24 @@ class StepCheckpoint(keras.callbacks.Callback):
         save_checkpoint(self.directory, self.model, meta, self.keep)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = int(self.model.optimizer.iterations.numpy())
+        step = data_position(self.model)
         if step % self.every == 0:
             self._save(step)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self._save(int(self.model.optimizer.iterations.numpy()))
+        self._save(data_position(self.model))
 
 
 class StopAtStep(keras.callbacks.Callback):
-    """Ends training once ``step`` optimizer steps are done (a budgeted or interrupted run)."""
+    """Ends training once ``step`` training steps (batches) are done (a budgeted or
+    interrupted run)."""
 
     def __init__(self, step: int) -> None:
         super().__init__()
         self.step = step
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+        if data_position(self.model) >= self.step:
             self.model.stop_training = True
 
 
@@ -284,13 +365,13 @@ def resume_step(run_cfg: Any, model: keras.Model, backend: Any, say: Any, tag: s
     """
     if not run_cfg.resume:
         return 0
-    path = latest_checkpoint(run_cfg.checkpoint_dir)
-    if path is None:
+    if not complete_checkpoints(run_cfg.checkpoint_dir):
         say(
             f"[{tag}] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
             "starting from scratch"
         )
         return 0
+    path = resolve_checkpoint(run_cfg.checkpoint_dir)  # newest intact; ConfigError if none
     with backend.scope():
         meta = restore_checkpoint(path, model)
     step = int(meta["global_step"])

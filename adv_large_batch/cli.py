@@ -6,6 +6,14 @@ baseline image training) and ``sharpness`` (top Hessian eigenvalue of a
 checkpoint's training loss).  Every flag comes from a config
 dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
+
+Exit status (what a launcher, ``horovodrun`` or a scheduler sees):
+
+* 0 (``EXIT_OK``): the command finished;
+* 2 (``EXIT_BAD_INPUT``): a bad flag value, a missing file or folder, no intact
+  checkpoint to resume from; nothing was trained;
+* 3 (``EXIT_NONFINITE``): training stopped at a non-finite loss/gradient
+  (``--on-nonfinite stop``); the newest checkpoint is from before that step.
 """
 
 from __future__ import annotations
@@ -18,6 +26,13 @@ from typing import Sequence
 
 from adv_large_batch import __version__
 from adv_large_batch.config import ConfigError, add_arguments, add_deprecated_alias, from_args
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 2, 3
+
+
+def _status(result: dict) -> int:
+    """The exit status of a training command's result."""
+    return EXIT_NONFINITE if result.get("stopped_nonfinite_at") is not None else EXIT_OK
 
 
 def _quiet_tensorflow() -> None:
@@ -93,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_cfg = from_args(finetune.FinetuneConfig, args)
             adv = from_args(ScaLAConfig, args)
             opt = from_args(OptimizerConfig, args)
-            finetune.run(run_cfg, adv, opt)
-            return 0
+            return _status(finetune.run(run_cfg, adv, opt))
         if args.command == "train-images":
             from adv_large_batch import train_images
             from adv_large_batch.conadv import ConAdvConfig
@@ -103,8 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_cfg = from_args(train_images.ImageTrainConfig, args)
             conadv = from_args(ConAdvConfig, args)
             opt = from_args(OptimizerConfig, args)
-            train_images.run(image_cfg, conadv, opt)
-            return 0
+            return _status(train_images.run(image_cfg, conadv, opt))
         if args.command == "sharpness":
             from adv_large_batch import sharpness
 
@@ -112,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     except (ConfigError, FileNotFoundError) as exc:
         print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -71,7 +71,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch import pgd
+from adv_large_batch import pgd, randomness
 from adv_large_batch.config import cli_field, require
 from adv_large_batch.models.split_batchnorm import split_bn_route
 from adv_large_batch.trainer import (
@@ -83,8 +83,8 @@ from adv_large_batch.trainer import (
 
 METHODS = ("baseline", "disadv", "conadv")
 IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
-# Offsets that keep the random starts of the two attacks of a step apart.
-_CURRENT, _FUTURE = 0, 1
+# The random-draw streams of the two attacks of a step (current batch, future batch).
+_CURRENT, _FUTURE = randomness.CONADV_CURRENT, randomness.CONADV_FUTURE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,19 +238,18 @@ class ConAdv(AccumulatingTrainer):
         batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(network, micro_batch_size=micro_batch_size, backend=backend, **kwargs)
+        super().__init__(
+            network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
+        )
         if isinstance(config, dict):
             config = ConAdvConfig(**config)
         self.config = config or ConAdvConfig()
-        self.seed = seed
         self.batch_size = batch_size
-        self._seed = int(seed or 0)
         if self.config.adversarial:
             self.clean_loss_tracker = self.add_tracker("clean_loss")
             self.adv_loss_tracker = self.add_tracker("adv_loss")
             self.adv_accuracy_tracker = self.add_tracker("adv_accuracy")
             self.linf_tracker = self.add_tracker("perturbation_linf_px")
-        self.adv_step = keras.Variable(0, dtype="int64", trainable=False, name="adv_step")
         if self.config.buffered:
             if batch_size is None:
                 raise ValueError(
@@ -273,6 +272,18 @@ class ConAdv(AccumulatingTrainer):
         # Every variable exists now (the network is built): saving and loading weights work
         # before the first call.
         self.built = network.built
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        """The network on the images (of a paired ``pair_with_future`` element too)."""
+        if isinstance(inputs, dict) and IMAGES in inputs:
+            inputs = inputs[IMAGES]
+        return self.network(inputs, training=training)
+
+    def per_worker_variables(self) -> list[Any]:
+        """The buffer of this worker's (and replica's) own adversarial batches."""
+        if not self.config.buffered:
+            return []
+        return [self.buffer_images, self.buffer_labels]
 
     # ---- the attack ------------------------------------------------------------------
     def weights_snapshot(self) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
@@ -306,23 +317,24 @@ class ConAdv(AccumulatingTrainer):
     def adversarial_batch(
         self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, purpose: int
     ) -> tf.Tensor:
-        """PGD examples of a per-worker batch, one micro-batch at a time."""
-        step = read(self.adv_step)
+        """PGD examples of a per-replica batch, one micro-batch at a time.
+
+        The random start of micro-batch i is drawn from (seed, purpose, step, its index in
+        the global batch): 2 workers x n micro-batches draw what 1 process x 2n draws.
+        """
         m = self.micro_batch_size
         if m is None:
-            first = self._first_micro_batch(1)
-            return self.attack(x, y, snapshot, self._attack_seed(step, purpose, first))
+            key = self.draw_key(purpose, micro=self.global_micro_index(0, 1))
+            return self.attack(x, y, snapshot, key)
         batch = batch_size_of(x)
         n = batch // m
-        first = self._first_micro_batch(n)
         xs = tf.reshape(x, tf.concat([[n, m], tf.shape(x)[1:]], axis=0))
         ys = tf.reshape(y, tf.concat([[n, m], tf.shape(y)[1:]], axis=0))
 
         def one(args: tuple) -> tf.Tensor:
             i, xi, yi = args
-            return self.attack(
-                xi, yi, snapshot, self._attack_seed(step, purpose, first + tf.cast(i, tf.int64))
-            )
+            key = self.draw_key(purpose, micro=self.global_micro_index(i, n))
+            return self.attack(xi, yi, snapshot, key)
 
         out = tf.map_fn(
             one,
@@ -337,25 +349,6 @@ class ConAdv(AccumulatingTrainer):
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """``(adversarial_batch(...), seconds)``: the attack's wall time (``adv_time_s``)."""
         return timed(lambda xs, ys: self.adversarial_batch(xs, ys, snapshot, purpose), x, y)
-
-    def _first_micro_batch(self, per_replica: Any) -> tf.Tensor:
-        """Index of this replica's first micro-batch among all micro-batches of the step.
-
-        Workers (Horovod ranks) and tf.distribute replicas hold consecutive slices of
-        the global batch, so the random start of a micro-batch depends on its place in
-        the global batch, not on how the batch is spread: 2 workers x n micro-batches
-        draw what 1 process x 2n micro-batches draws, and no two workers share noise.
-        """
-        context = tf.distribute.get_replica_context()
-        replica = 0 if context is None else context.replica_id_in_sync_group
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        worker = int(getattr(self.backend, "rank", 0))
-        slot = worker * replicas + tf.cast(replica, tf.int64)
-        return slot * tf.cast(per_replica, tf.int64)
-
-    def _attack_seed(self, step: tf.Tensor, purpose: int, micro: Any) -> tf.Tensor:
-        counter = tf.cast(step, tf.int64) * 65536 + tf.cast(micro, tf.int64)
-        return tf.stack([tf.constant(2 * self._seed + purpose, tf.int64), counter])
 
     # ---- the step ----------------------------------------------------------------------
     def prepare_batch(self, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
@@ -377,7 +370,7 @@ class ConAdv(AccumulatingTrainer):
             )
         if sample_weight is not None:
             raise ValueError("ConAdv with staleness >= 1 does not support sample weights")
-        step = read(self.adv_step)
+        step = self._step  # the batch counter: every step advances it, applied or skipped
         slot, ready = step % cfg.staleness, step >= cfg.staleness
         buffered_images = tf.gather(self.buffer_images.value, slot)
         buffered_labels = tf.gather(self.buffer_labels.value, slot)
@@ -405,7 +398,7 @@ class ConAdv(AccumulatingTrainer):
             adv, seconds = self.timed_attack(x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE)
         self.record_adv_seconds(seconds)  # the step's end waits for it; the update does not
         with tf.name_scope("adv_buffer_write"):
-            slot = read(self.adv_step) % self.config.staleness
+            slot = self._step % self.config.staleness
             index = tf.reshape(slot, [1, 1])
             self.buffer_images.assign(
                 tf.tensor_scatter_nd_update(self.buffer_images.value, index, adv[None])
@@ -420,6 +413,7 @@ class ConAdv(AccumulatingTrainer):
             return super().micro_batch_gradients(x, y, sample_weight)
         (clean, adv), (y_clean, y_adv) = x, y
         m = batch_size_of(clean)
+        self.reseed_dropout()
         with tf.GradientTape() as tape:
             with split_bn_route(self.network, "split"):
                 logits = self.network(tf.concat([clean, adv], axis=0), training=True)
@@ -440,17 +434,11 @@ class ConAdv(AccumulatingTrainer):
         self.linf_tracker.update_state(pgd.linf_distance(adv, clean) * pgd.PIXEL_SCALE)
         return grads
 
-    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        logs = super().train_step(data)
-        self.adv_step.assign_add(1)
-        return logs
-
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
                 "config": dataclasses.asdict(self.config),
-                "seed": self.seed,
                 "batch_size": self.batch_size,
             }
         )

@@ -15,7 +15,7 @@ class Trainer(keras.Model):
             loss = my_loss(y, self(x, training=True))        # a hand-written loss term
             scaled = loss * backend.loss_scale()             # 1 / replicas under tf.distribute
         grads = tape.gradient(scaled, self.trainable_variables)
-        grads = backend.allreduce_gradients(grads)           # Horovod: average over workers
+        grads = backend.allreduce_gradients(grads)           # the mean over workers/replicas
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss)  # Keras 3 logs self.metrics, not this dict
         return {"loss": self.loss_tracker.result()}
@@ -23,6 +23,7 @@ class Trainer(keras.Model):
 with backend.scope():  # model AND optimizer
     model = Trainer(...)
     model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=backend.jit_compile)
+backend.prepare_optimizer(model.optimizer)  # tf.distribute: the gradients come reduced
 model.fit(backend.shard(dataset), callbacks=[BroadcastCallback(), MetricAverageCallback()])
 ```
 
@@ -37,14 +38,17 @@ What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
   :meth:`HorovodBackend.broadcast_variables` broadcasts each ``v.value`` and assigns by hand.
   Horovod's ops have no XLA kernels in this build (``xla_mpi_ops.cc`` is dropped for TF 2.21)
   and Keras' ``jit_compile="auto"`` turns XLA on whenever a GPU is visible: compile with
-  ``jit_compile=backend.jit_compile`` (False for Horovod).
+  ``jit_compile=backend.jit_compile`` (False; see below).
 * ``tf.distribute`` (MirroredStrategy on 2 logical CPU devices): the Keras 3 TF optimizer
   all-reduces replica gradients with ``ReduceOp.SUM`` (``_all_reduce_sum_gradients``), so each
   replica's loss must be pre-multiplied by ``1 / num_replicas_in_sync``. Keras already does that
   for losses it computes itself -- ``compile(loss=...)`` via ``Loss.__call__`` and ``add_loss``
   terms (``scale_loss_for_distribution``) -- so only *hand-written* terms take
   :meth:`Backend.loss_scale`; multiplying ``self.compute_loss(...)`` again would divide twice.
-  With that, the weights match a single-device run of the same global batches.
+  :meth:`StrategyBackend.allreduce_gradients` does that SUM itself, in replica context, so
+  that every replica holds the applied gradient (its norm and finiteness are then the same
+  everywhere), and :meth:`Backend.prepare_optimizer` turns the optimizer's own reduction
+  off.  With that, the weights match a single-device run of the same global batches.
 * Create the optimizer inside ``backend.scope()``, not just compile there: an optimizer built
   outside has a plain ``iterations`` variable that every replica increments (12 after 6 steps
   on 2 replicas; Keras does not complain), which skews schedules and Adam/LAMB bias correction.
@@ -52,7 +56,18 @@ What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
   mirrors over all logical GPUs, else all logical CPU devices (so logical CPU devices configured
   with ``tf.config.set_logical_device_configuration`` become replicas).
 
-"tpu" (TPUStrategy) and "multiworker" (MultiWorkerMirroredStrategy) are untested here.
+* XLA is off by default on every backend (``jit_compile=False``), also for one process on
+  a GPU, where Keras' ``"auto"`` would turn it on: the text pipeline trims every micro-batch
+  to its longest sequence (dynamic padding), and XLA compiles a new program for every
+  length -- measured here, 6.6 s per step against 0.39 s without XLA -- and the step timers
+  need ``tf.timestamp``, which has no XLA kernel.  Image runs have static shapes; pass
+  ``jit_compile=True`` to ``compile`` yourself to try XLA there.
+
+"tpu" (TPUStrategy) is selectable but untested here.  "multiworker"
+(MultiWorkerMirroredStrategy) is refused: Keras 3.15's ``fit`` fails under it with more than
+one worker ("Invalid reduction dimension 0 for input with 0 dimensions": its
+``reduce_per_replica`` reduces scalar logs with ``axis=0``; keras-team/keras#20585, open,
+unchanged up to Keras HEAD); launch multi-node runs with ``horovodrun`` instead.
 """
 
 from __future__ import annotations
@@ -66,7 +81,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-BACKEND_KINDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+from adv_large_batch.config import ConfigError
+from adv_large_batch.run_config import BACKENDS as BACKEND_KINDS
+from adv_large_batch.run_config import MULTIWORKER_REFUSED
+
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "
     "with: PYTHON={python} bash horovodrun_scripts/build_horovod.sh"
@@ -128,7 +146,7 @@ class Backend:
     """Single process: every collective is the identity. Base class of the others."""
 
     name = "single"
-    jit_compile: bool | str = "auto"  # pass to ``model.compile(jit_compile=...)``
+    jit_compile: bool | str = False  # pass to ``model.compile(jit_compile=...)``; see above
 
     def __init__(self) -> None:
         self.rank = 0
@@ -146,8 +164,14 @@ class Backend:
         return 1.0 / self.num_replicas_in_sync
 
     def allreduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
-        """Gradients averaged over workers (inside ``train_step``); identity here."""
+        """Gradients averaged over workers and replicas (inside ``train_step``); identity here.
+
+        Afterwards every worker and replica holds the gradient the optimizer applies.
+        """
         return list(grads)
+
+    def prepare_optimizer(self, optimizer: Any) -> None:
+        """Adapt a compiled optimizer to gradients this backend already reduced (no-op)."""
 
     def allreduce_mean(self, value: Any) -> Any:
         """``value`` averaged over workers (metrics); identity here."""
@@ -178,7 +202,6 @@ class HorovodBackend(Backend):
     """One process per worker launched by ``horovodrun``; collectives over Gloo (or NCCL)."""
 
     name = "horovod"
-    jit_compile = False  # Horovod ops have no XLA kernels in the TF 2.21 build
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,24 +246,45 @@ class StrategyBackend(Backend):
         self.name = name
         self.strategy = strategy
         self.num_replicas_in_sync = strategy.num_replicas_in_sync
-        resolver = getattr(strategy, "cluster_resolver", None)
-        if name == "multiworker" and resolver is not None and resolver.cluster_spec().jobs:
-            spec = resolver.cluster_spec().as_dict()
-            self.rank = resolver.task_id or 0
-            self.size = len(spec.get("worker", [])) + len(spec.get("chief", []))
-            if "chief" in spec:  # the chief is rank 0, workers follow
-                self.rank = 0 if resolver.task_type == "chief" else self.rank + 1
 
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
 
+    def allreduce_gradients(self, grads: Sequence[Any]) -> list[Any]:
+        """One all-reduce (SUM of the 1/replicas-scaled replica gradients = their mean) in
+        replica context, so every replica holds the applied gradient: its norm and
+        finiteness are then the same everywhere (``prepare_optimizer`` stops the Keras
+        optimizer from summing it a second time)."""
+        context = tf.distribute.get_replica_context()
+        grads = list(grads)
+        if context is None or self.num_replicas_in_sync == 1:
+            return grads
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(grads[i]) for i in present]
+        )
+        for i, g in zip(present, reduced):
+            grads[i] = g
+        return grads
+
+    def prepare_optimizer(self, optimizer: Any) -> None:
+        """The Keras 3 TF optimizer all-reduces (sums) replica gradients inside ``apply``
+        (``_all_reduce_sum_gradients``); the trainer hands it gradients already reduced
+        by ``allreduce_gradients``, so that step becomes the identity, on the optimizer and
+        on the inner optimizer of a ``LossScaleOptimizer``.  (Private Keras API: the
+        MirroredStrategy equivalence tests fail loudly if Keras stops calling it.)"""
+        for opt in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+            if opt is not None and hasattr(opt, "_all_reduce_sum_gradients"):
+                opt._all_reduce_sum_gradients = _already_reduced
+
     def scope(self) -> contextlib.AbstractContextManager[Any]:
         return self.strategy.scope()
 
-    def barrier(self) -> None:
-        if self.size > 1:  # multi-worker: a cross-worker all-reduce blocks until all arrive
-            self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(0.0)), axis=None)
+
+
+def _already_reduced(grads_and_vars: Any) -> list[Any]:
+    return list(grads_and_vars)
 
 
 def _mirrored_devices() -> list[str]:
@@ -260,8 +304,8 @@ def _make_backend(kind: str) -> Backend:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return StrategyBackend(kind, tf.distribute.TPUStrategy(resolver))
-    if kind == "multiworker":  # untested here; reads TF_CONFIG
-        return StrategyBackend(kind, tf.distribute.MultiWorkerMirroredStrategy())
+    if kind == "multiworker":
+        raise ConfigError(MULTIWORKER_REFUSED)
     raise AssertionError(kind)
 
 
@@ -309,8 +353,18 @@ class BroadcastCallback(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        variables = list(self.model.variables) + list(optimizer.variables)
+        variables = broadcast_set(self.model)
         backend.broadcast_variables(variables, root_rank=self.root_rank)
+
+
+def broadcast_set(model: keras.Model) -> list[Any]:
+    """Model and optimizer variables that rank 0 broadcasts: all but the model's
+    ``per_worker_variables()`` (e.g. ConAdv's buffer of this worker's own adversarial
+    batches), which every worker keeps."""
+    own = getattr(model, "per_worker_variables", lambda: [])()
+    excluded = {id(v) for v in own}
+    variables = list(model.variables) + list(model.optimizer.variables)
+    return [v for v in variables if id(v) not in excluded]
 
 
 class MetricAverageCallback(keras.callbacks.Callback):

@@ -272,7 +272,8 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     wall = time.time() - start
     outputs = network.predict(val_ds, verbose=0)
     after = glue_metrics.task_metrics(task.metrics, val_split.labels, outputs)
-    examples = total_steps * run_cfg.batch_size
+    steps_run = checkpointing.data_position(model) - start_step  # fewer when resumed/stopped
+    examples = steps_run * run_cfg.batch_size
     result = {
         "task": task.name,
         "validation": after,
@@ -287,13 +288,19 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         ),
         "wall_time_s": wall,
         "steps": total_steps,
-        "examples_per_s": examples / wall,
+        "steps_run": steps_run,
+        "examples_per_s": examples / wall if steps_run else 0.0,
+        "stopped_nonfinite_at": model.stopped_nonfinite_at,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "config": run_record(run_cfg, adv, opt, backend),
     }
     say(
         f"[finetune] validation {after} (untrained head {before}); "
-        f"{wall:.1f}s, {examples / wall:.1f} examples/s"
+        + (
+            f"{wall:.1f}s, {examples / wall:.1f} examples/s"
+            if steps_run
+            else "no training step left to run (the checkpoint is at the end of the run)"
+        )
     )
     write_metrics(run_cfg, result, backend.is_chief)
     return result

@@ -14,7 +14,16 @@ from typing import Any
 
 from adv_large_batch.config import cli_field, require
 
+#: ``--strategy`` values (``adv_large_batch.distributed.get_backend``'s kinds).
 BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+MULTIWORKER_REFUSED = (
+    "--strategy multiworker (tf.distribute.MultiWorkerMirroredStrategy) is not supported: "
+    "Keras 3.15's model.fit fails under it with more than one worker (keras-team/keras#20585, "
+    "'Invalid reduction dimension 0 for input with 0 dimensions'); run one process per GPU "
+    "with horovodrun and --strategy horovod (see horovodrun_scripts/), or --strategy mirrored "
+    "for the GPUs of one machine"
+)
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -86,6 +95,7 @@ class RunConfig:
             ("--stop-at-step", self.stop_at_step),
         ):
             require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+        require(self.strategy != "multiworker", MULTIWORKER_REFUSED)
         require(
             not self.resume or self.checkpoint_dir is not None,
             "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",

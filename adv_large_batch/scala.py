@@ -42,7 +42,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch import adversarial
+from adv_large_batch import adversarial, randomness
 from adv_large_batch.config import cli_field, require
 from adv_large_batch.models.perturbable_bert import (
     PADDING_MASK,
@@ -52,7 +52,9 @@ from adv_large_batch.models.perturbable_bert import (
 )
 from adv_large_batch.trainer import AccumulatingTrainer, distribution_loss_scale, timed
 
-METHODS = ("baseline", "scala", "gaussian")
+METHODS = ("baseline", "scala", "gaussian", "rdrop")
+DROPOUT_MODES = ("independent", "shared")
+RADII = ("absolute", "relative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,9 @@ class ScaLAConfig:
         "scala",
         "--method",
         "baseline: no perturbation; scala: PGA-K ascent on the embeddings; "
-        "gaussian: Gaussian noise instead of the ascent (the paper's ablation)",
+        "gaussian: Gaussian noise instead of the ascent (the paper's ablation); "
+        "rdrop: the regulariser between two dropout passes of the same input, no "
+        "perturbation (R-Drop-like; what ScaLA's r mostly is at eps 1e-5)",
         METHODS,
     )
     adv_target: str = cli_field(
@@ -93,6 +97,21 @@ class ScaLAConfig:
     noise_scale: float | None = cli_field(
         None, "--adv-noise-scale", "stddev of a normal start / the Gaussian method (default eps)"
     )
+    dropout: str = cli_field(
+        "independent",
+        "--adv-dropout",
+        "dropout masks of the clean, ascent and adversarial passes: independent (the "
+        "paper, SMART: each pass draws its own, so r also measures mask disagreement) or "
+        "shared (one mask for all passes of a micro-batch: r measures the perturbation only)",
+        DROPOUT_MODES,
+    )
+    radius: str = cli_field(
+        "absolute",
+        "--adv-radius",
+        "absolute: --adv-eps/--adv-step/--adv-noise-scale are values (the paper); relative: "
+        "they are multiples of each example's token-embedding RMS (FreeLB-like magnitudes)",
+        RADII,
+    )
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
@@ -100,6 +119,11 @@ class ScaLAConfig:
         require(self.step_size > 0, f"--adv-step must be > 0, got {self.step_size}")
         require(self.weight > 0, f"--adv-lambda must be > 0, got {self.weight}")
         require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
+        require(
+            self.dropout in DROPOUT_MODES,
+            f"--adv-dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}",
+        )
+        require(self.radius in RADII, f"--adv-radius must be one of {RADII}, got {self.radius!r}")
         require(self.start_epoch >= 0, f"--adv-start-epoch must be >= 0, got {self.start_epoch}")
         require(
             self.start_step is None or self.start_step >= 0,
@@ -150,13 +174,13 @@ class ScaLA(AccumulatingTrainer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(network, micro_batch_size=micro_batch_size, backend=backend, **kwargs)
+        super().__init__(
+            network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
+        )
         if isinstance(config, dict):
             config = ScaLAConfig(**config)
         self.config = config or ScaLAConfig()
         self.regression = network.num_classes == 1
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed, name="scala_seed")
         # t_s in optimizer steps; DelayedInjection sets it from the epoch at fit time.
         start = self.config.start_step if self.config.start_step is not None else 0
         self.adv_start_step = keras.Variable(
@@ -186,21 +210,38 @@ class ScaLA(AccumulatingTrainer):
             return y
         return tf.stop_gradient(tf.cast(clean_logits, tf.float32))
 
+    def _pass(self, index: int) -> int:
+        """The dropout key of forward pass ``index`` of a micro-batch (0 = clean)."""
+        return 0 if self.config.dropout == "shared" else index
+
+    def _radius(self, e: tf.Tensor, x: dict[str, tf.Tensor]) -> tuple[Any, Any, Any]:
+        """(eps, rho, noise scale): numbers, or ``[B, 1, 1]`` tensors for ``relative``."""
+        cfg = self.config
+        noise = cfg.eps if cfg.noise_scale is None else cfg.noise_scale
+        if cfg.radius == "absolute":
+            return cfg.eps, cfg.step_size, noise
+        rms = tf.stop_gradient(adversarial.embedding_rms(e, x[PADDING_MASK]))
+        return cfg.eps * rms, cfg.step_size * rms, noise * rms
+
     def _perturbation(
         self, e: tf.Tensor, x: dict[str, tf.Tensor], target: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """(y_K, r(y0)): the perturbation fed to the final adversarial pass."""
         cfg = self.config
-        seed = tf.cast(self._seed_generator.next(), tf.int64)
         shape = tf.shape(e)
+        if cfg.method == "rdrop":
+            return tf.zeros(shape, tf.float32), tf.constant(0.0)
+        eps, step, noise = self._radius(e, x)
+        seed = self.draw_key(randomness.SCALA_START)
         if cfg.method == "gaussian":
-            y = adversarial.random_start(shape, cfg.eps, "normal", cfg.noise_scale, seed)
-            y = adversarial.mask_padding(y, x[PADDING_MASK])
-            return y, tf.constant(0.0)
-        y0 = adversarial.random_start(shape, cfg.eps, cfg.init, cfg.noise_scale, seed)
+            y = adversarial.random_start(shape, eps, "normal", noise, seed)
+            return adversarial.mask_padding(y, x[PADDING_MASK]), tf.constant(0.0)
+        y0 = adversarial.random_start(shape, eps, cfg.init, noise, seed)
         e_fixed = tf.stop_gradient(tf.cast(e, tf.float32))
+        passes = iter(range(1, cfg.steps + 1))
 
         def regulariser_of(y: tf.Tensor) -> tf.Tensor:
+            self.reseed_dropout(self._pass(next(passes)))
             logits = self.network.logits_from_embeddings(
                 tf.cast(e_fixed + y, e.dtype), x, training=True
             )
@@ -209,13 +250,7 @@ class ScaLA(AccumulatingTrainer):
             )
 
         return adversarial.projected_gradient_ascent(
-            regulariser_of,
-            y0,
-            cfg.step_size,
-            cfg.eps,
-            cfg.steps,
-            cfg.step_norm,
-            x[PADDING_MASK],
+            regulariser_of, y0, step, eps, cfg.steps, cfg.step_norm, x[PADDING_MASK]
         )
 
     def micro_batch_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
@@ -223,14 +258,17 @@ class ScaLA(AccumulatingTrainer):
         cfg = self.config
         active = self.adversarial_active()
         with tf.GradientTape() as tape:
+            self.reseed_dropout(self._pass(0))
             e = self.network.embed_tokens(x[TOKEN_IDS])
             clean_logits = self.network.logits_from_embeddings(e, x, training=True)
             task = self.task_loss(x, y, clean_logits, sample_weight)
             target = self._target(clean_logits, y)
 
             def with_perturbation() -> tuple[tf.Tensor, ...]:
-                with tape.stop_recording():  # adv_time_s: random start + PGA-K ascent
+                # adv_time_s: random start + PGA-K ascent
+                with tape.stop_recording(), tf.name_scope("perturbation"):
                     (delta, r_start), seconds = timed(self._perturbation, e, x, target)
+                self.reseed_dropout(self._pass(cfg.steps + 1))
                 adv_logits = self.network.logits_from_embeddings(
                     e + tf.cast(delta, e.dtype), x, training=True
                 )
@@ -271,7 +309,7 @@ class ScaLA(AccumulatingTrainer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"config": dataclasses.asdict(self.config), "seed": self.seed})
+        config.update({"config": dataclasses.asdict(self.config)})
         return config
 
 

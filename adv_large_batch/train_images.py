@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from adv_large_batch import checkpointing
 from adv_large_batch.augment import POLICIES
 from adv_large_batch.conadv import ConAdvConfig
 from adv_large_batch.config import ConfigError, cli_field, require
@@ -75,7 +76,12 @@ class ImageTrainConfig(RunConfig):
         None, "--manual-dir", "imagenet2012: folder of the ILSVRC2012 tarballs to prepare from"
     )
     image_size: int | None = cli_field(
-        None, "--image-size", "resize images to SIZE x SIZE (imagenet2012: 224 by default)"
+        None,
+        "--image-size",
+        "model resolution SIZE x SIZE; imagenet2012 and folder train on Inception crops "
+        "of the full images and test on center crops (default: the model's, resnet*/"
+        "efficientnet_b0 224, efficientnet_b2 260; cifar_resnet* keep the native size), "
+        "fashion_mnist/cifar10 resize both splits",
     )
     model: str = cli_field("cifar_resnet20", "--model", "image model", IMAGE_MODELS)
     width: int = cli_field(16, "--width", "base width of the cifar_resnet* models")
@@ -111,13 +117,17 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
     per_worker_batch = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)[0]
     say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
 
+    hint = "" if run_cfg.image_size else " (or resize them with --image-size)"
+    # --image-size unset: the model's resolution on ImageNet-scale data (ResNet 224,
+    # EfficientNet-B2 260); recorded in the config (metrics, checkpoints' meta.json).
+    image_size = image_data.resolve_image_size(run_cfg.dataset, run_cfg.model, run_cfg.image_size)
+    run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
     data = image_data.load_image_dataset(
-        run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, run_cfg.image_size
+        run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, image_size
     ).limit(run_cfg.train_limit, run_cfg.eval_limit)
     try:
         check_input_shape(run_cfg.model, data.image_shape)
     except ConfigError as err:
-        hint = "" if run_cfg.image_size else " (or resize them with --image-size)"
         raise ConfigError(f"{err}{hint}") from None
     steps_per_epoch = (data.num_train // backend.size) // per_worker_batch
     require(
@@ -147,7 +157,7 @@ def _train(
     steps_per_epoch: int,
     say: Any,
 ) -> dict[str, Any]:
-    from adv_large_batch import checkpointing, image_data
+    from adv_large_batch import image_data
     from adv_large_batch.conadv import ConAdv, pair_with_future
     from adv_large_batch.models.resnet import build_image_model
     from adv_large_batch.optimizers import build_optimizer
@@ -282,7 +292,7 @@ def _train(
     )
     wall = time.time() - start
     evaluation = model.evaluate(test_ds, verbose=0, return_dict=True)
-    steps_run = int(model.optimizer.iterations.numpy()) - start_step
+    steps_run = checkpointing.data_position(model) - start_step
     images = steps_run * run_cfg.batch_size
     logs = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     last_steps, last_seconds = timer.last_epoch()
@@ -299,6 +309,7 @@ def _train(
         "images_per_s": last_steps * run_cfg.batch_size / last_seconds if last_steps else 0.0,
         "images_per_s_overall": images / wall if steps_run else 0.0,
         "history": logs,
+        "stopped_nonfinite_at": model.stopped_nonfinite_at,
         "config": run_record(run_cfg, adv, opt, backend),
     }
     say(
@@ -316,17 +327,15 @@ def _replica_components(variable: Any) -> list[Any]:
 
 
 class WorkerBuffers(keras.callbacks.Callback):
-    """Keeps ConAdv's buffer per worker across checkpoints and ``fit`` phases.
+    """Keeps ConAdv's buffer per worker across checkpoints.
 
-    The buffer holds each worker's (and each tf.distribute replica's) own
-    adversarial batch, but the checkpoint holds rank 0's replica 0's, and
-    ``BroadcastCallback`` copies rank 0's to every rank whenever a ``fit`` begins
-    (``fit_from_step`` runs two fits when resumed mid-epoch).  So every worker also
-    writes its own buffer, all replicas, to
+    The buffer holds each worker's (and each tf.distribute replica's) own adversarial
+    batch (``BroadcastCallback`` leaves it alone: it is one of the trainer's
+    ``per_worker_variables``), but the checkpoint holds rank 0's replica 0's.  So every
+    worker also writes its own buffer, all replicas, to
     ``<checkpoint-dir>/worker-buffers/ckpt-<step>-rank<r>.npz`` (atomically, at the
-    steps ``StepCheckpoint`` saves, newest two kept), ``load`` reads it on resume, and
-    the worker's own values are put back at the first batch of every ``fit`` (after
-    the broadcast).
+    steps ``StepCheckpoint`` saves, newest two kept); ``load`` reads it on resume and
+    the values are put back at the first batch of the resumed ``fit``.
     """
 
     def __init__(
@@ -355,7 +364,7 @@ class WorkerBuffers(keras.callbacks.Callback):
         return True
 
     def _save(self, step: int) -> None:
-        if getattr(self.model, "nonfinite_step", None) is not None:
+        if self.model.stopped_nonfinite_at is not None:
             return  # StepCheckpoint writes nothing after a non-finite stop either
         if self.folder is None or os.path.exists(self._path(step)):
             return
@@ -383,13 +392,12 @@ class WorkerBuffers(keras.callbacks.Callback):
         self._pending = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = int(self.model.optimizer.iterations.numpy())
+        step = checkpointing.data_position(self.model)
         if step % self.every == 0:
             self._save(step)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self._save(int(self.model.optimizer.iterations.numpy()))
-        self._pending = self._values()  # undo the next fit's broadcast
+        self._save(checkpointing.data_position(self.model))
 
 
 class _StepTimer(keras.callbacks.Callback):

@@ -4,28 +4,46 @@ Every method of this library (plain fine-tuning, ScaLA, ConAdv) is a subclass
 that only says how to get *the gradients of one micro-batch*
 (``micro_batch_gradients``).  This class owns the rest of ``train_step``:
 
-1. split the per-worker batch into ``n = batch / micro_batch_size`` equal
-   micro-batches (ScaLA Algorithm 1, line 11: "local gradients using
-   accumulation"), and sum their gradients in a ``tf.while_loop`` so only one
-   micro-batch's activations are alive at a time;
-2. divide by ``n``: with equal micro-batches the mean of the micro-batch means is
-   the mean over the whole batch, the same rule as one big batch;
-3. average across workers with the backend (Horovod: one grouped allreduce;
-   tf.distribute: the Keras optimizer sums replicas, the loss is pre-scaled);
-4. one ``optimizer.apply`` — skipped when any gradient is non-finite on any
-   worker or replica (counted in the ``nonfinite_steps`` metric; ``NonFiniteLoss``
-   then stops the run, or lets it go on, as configured).  The decision is the same
-   everywhere: Horovod averages the gradients first, and under tf.distribute the
-   replicas all-reduce their finite flags and the conditional apply runs in
-   cross-replica context (``apply_if_finite``), so no replica ever updates alone.
+1. split the per-replica batch into micro-batches of ``micro_batch_size`` rows
+   (ScaLA Algorithm 1, line 11: "local gradients using accumulation") and sum their
+   gradients in a ``tf.while_loop``, so only one micro-batch's activations are alive
+   at a time.  Micro-batch i of N rows is weighted by ``rows_i / N``: the result is
+   the gradient of the mean loss over the batch, also when the last micro-batch is
+   shorter (a batch that is not a multiple of ``micro_batch_size``, e.g. the last
+   batch of a dataset batched without ``drop_remainder``);
+2. average across workers and replicas with the backend: Horovod's grouped allreduce,
+   or under tf.distribute one all-reduce in replica context (each replica's loss is
+   pre-scaled by ``1 / replicas``), after which every replica holds the applied
+   gradient and the optimizer is told not to reduce it again;
+3. one ``optimizer.apply`` — skipped when the loss of any micro-batch on any worker
+   or replica was not finite, or when the gradient is not finite (counted in the
+   ``nonfinite_steps`` metric; ``NonFiniteLoss`` then stops the run, or lets it go on).
+   The decision is made from reduced values, so it is the same everywhere.  Under
+   ``mixed_float16`` (Keras' ``LossScaleOptimizer``) a gradient overflow with a finite
+   loss is the loss scale's business: the optimizer skips the step and halves its scale
+   (``loss_scale_skips``); only a non-finite loss, or an overflow at a scale that
+   has collapsed to <= 1, counts as non-finite;
+4. ``batches_seen`` += 1: the checkpointed batch counter, advanced by every step,
+   applied or skipped.  It is the data position (a resumed run continues from it) and
+   the key of every random draw (``adv_large_batch.randomness``).  The learning-rate
+   schedule, t_s of ScaLA and Adam's bias correction follow ``optimizer.iterations``,
+   the number of applied updates (a skipped step does not advance them).
 
 A method can also run work *beside* the update (``concurrent_work``, ConAdv
 §3.3: the adversarial examples of a future batch): it is traced after
 ``prepare_batch`` and before the accumulation, and nothing of the update
 consumes its results, so in the traced graph the update never waits for it.
 
+Randomness: before each micro-batch the dropout seed generators of the network are
+reseeded from (seed, ``batches_seen``, global micro-batch index); methods with several
+forward passes per micro-batch reseed per pass (``reseed_dropout``) and draw their
+random starts from ``draw_key``.  So workers and replicas draw different masks, and P
+workers x n micro-batches draw exactly what one process with P x n micro-batches draws.
+
 Metrics: ``loss`` (the total objective) and the compiled metrics are updated
 per micro-batch; subclasses add trackers with ``self.add_tracker``.
+``grad_norm`` is the l2 norm of the gradient that is applied (all workers'
+and replicas' mean, in loss units: without the loss scale).
 
 Timing (per-epoch means, in the logs and TensorBoard like every tracker):
 
@@ -42,9 +60,13 @@ Timing (per-epoch means, in the logs and TensorBoard like every tracker):
   the update, so there adv + update != step: the two add up to more than
   ``step_time_s`` by the overlap obtained (perfect overlap: the step takes the
   longer of the two).
-* Both are 0 under XLA (``jit_compile=True``, Keras' default for one process on
-  a GPU): ``tf.timestamp`` has no XLA kernel.  Cost otherwise: two timestamps, a
-  few identities and a subtraction per timed region; no host round trip.
+* The timestamps are taken out of TensorFlow's automatic control dependencies
+  (``timestamp``): as stateful ops without a resource input they would otherwise be
+  chained in program order, also across MirroredStrategy replicas traced one after
+  the other, and replica 1's step would wait for replica 0's.
+* Both are 0 under XLA (``jit_compile=True``): ``tf.timestamp`` has no XLA kernel.
+  Cost otherwise: two timestamps, a few identities and a subtraction per timed
+  region; no host round trip.
 """
 
 from __future__ import annotations
@@ -55,6 +77,8 @@ from typing import Any, TypeVar
 
 import keras
 import tensorflow as tf
+
+from adv_large_batch import randomness
 
 T = TypeVar("T")
 
@@ -69,20 +93,36 @@ def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
-def all_replicas(flag: tf.Tensor) -> tf.Tensor:
-    """``flag`` AND-ed over the replicas of the tf.distribute strategy (one scalar
-    all-reduce), so every replica gets the same answer; ``flag`` itself outside one."""
-    context = tf.distribute.get_replica_context()
-    if not tf.distribute.has_strategy() or context is None:
-        return flag
-    failed = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(flag, tf.float32))
-    return tf.equal(failed, 0.0)
+def dense(gradient: Any, variable: Any) -> tf.Tensor:
+    """A gradient as a dense tensor: zeros for None, IndexedSlices (embeddings) densified."""
+    if gradient is None:
+        return tf.zeros_like(variable)
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 # ---- timing inside the compiled step ---------------------------------------------------------
 def can_time() -> bool:
     """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing)."""
     return tf.__internal__.get_enclosing_xla_context() is None
+
+
+def timestamp() -> tf.Tensor:
+    """``tf.timestamp()`` outside TensorFlow's automatic control-dependency chain.
+
+    A timestamp is a stateful op without a resource input, and inside ``tf.function``
+    such ops are chained in program order -- across MirroredStrategy replicas too, which
+    are traced one after the other, so replica 1's step would wait for replica 0's
+    timestamps and so for its whole step.  ``run_independently`` takes the op out of
+    that chain (it still runs); its order comes only from the explicit control
+    dependencies of ``released_after`` / ``seconds_since``.
+    """
+    stamp = tf.timestamp()
+    manager = getattr(tf.compat.v1.get_default_graph(), "experimental_acd_manager", None)
+    if manager is not None:
+        manager.run_independently(stamp.op)
+    return stamp
 
 
 def released_after(start: tf.Tensor, structure: Any) -> Any:
@@ -99,7 +139,7 @@ def seconds_since(start: tf.Tensor, *after: Any) -> tf.Tensor:
     tensor in ``after`` exists."""
     done = [t for t in tf.nest.flatten(after) if tf.is_tensor(t)]
     with tf.control_dependencies(done):
-        end = tf.timestamp()
+        end = timestamp()
     return tf.cast(end - start, tf.float32)
 
 
@@ -112,60 +152,111 @@ def uses_dynamic_loss_scale(optimizer: Any) -> bool:
 
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, tf.Tensor]:
     """``(fn(*args), seconds)``: the wall time from before ``args`` are released to
-    ``fn`` until every tensor it returns exists (0 under XLA).
+    ``fn`` until every tensor it returns exists (0 where ``can_time`` is False).
 
     Only work reached from ``args`` is inside the bracket: pass the region's data
     inputs as ``args`` (cheap identities) and close over the rest.
     """
     if not can_time():
         return fn(*args), tf.constant(0.0)
-    start = tf.timestamp()
+    start = timestamp()
     out = fn(*released_after(start, args))
     return out, seconds_since(start, out)
 
 
-class SecondsLog:
-    """Seconds of adversarial work recorded while one ``train_step`` is traced.
+class StepLog:
+    """Per-step scalars recorded while one ``train_step`` is traced: seconds of
+    adversarial work and the count of micro-batches whose loss was not finite.
 
-    Per graph: a ``tf.while_loop`` body opens its own ``scope`` and its total
-    leaves the loop as a loop variable.
+    Per graph: a ``tf.while_loop`` body opens its own ``scope`` and its totals leave
+    the loop as loop variables (``totals``).
     """
 
-    def __init__(self) -> None:
-        self._open: list[list[tf.Tensor]] = [[]]
+    FIELDS = ("adv_seconds", "nonfinite_losses")
 
-    def record(self, seconds: tf.Tensor) -> None:
-        self._open[-1].append(tf.cast(seconds, tf.float32))
+    def __init__(self) -> None:
+        self._open: list[dict[str, list[tf.Tensor]]] = [self._empty()]
+
+    def _empty(self) -> dict[str, list[tf.Tensor]]:
+        return {name: [] for name in self.FIELDS}
+
+    def record(self, name: str, value: tf.Tensor) -> None:
+        self._open[-1][name].append(tf.cast(value, tf.float32))
 
     @contextlib.contextmanager
-    def scope(self) -> Iterator[list[tf.Tensor]]:
-        self._open.append([])
+    def scope(self) -> Iterator[dict[str, list[tf.Tensor]]]:
+        self._open.append(self._empty())
         try:
             yield self._open[-1]
         finally:
             self._open.pop()
 
     def reset(self) -> None:
-        self._open = [[]]
+        self._open = [self._empty()]
 
-    def total(self) -> tf.Tensor:
-        return total_seconds(self._open[-1])
+    def total(self, name: str) -> tf.Tensor:
+        return sum_of(self._open[-1][name])
 
 
-def total_seconds(entries: list[tf.Tensor]) -> tf.Tensor:
+def sum_of(entries: list[tf.Tensor]) -> tf.Tensor:
     return tf.add_n(entries) if entries else tf.constant(0.0)
 
 
-def slice_batch(structure: Any, start: tf.Tensor, size: int) -> Any:
+def totals(recorded: dict[str, list[tf.Tensor]]) -> tuple[tf.Tensor, ...]:
+    """The recorded scalars of a scope, one sum per ``StepLog.FIELDS`` entry."""
+    return tuple(sum_of(recorded[name]) for name in StepLog.FIELDS)
+
+
+def batch_size_of(structure: Any) -> tf.Tensor:
+    first = next(t for t in tf.nest.flatten(structure) if t is not None)
+    return tf.shape(first)[0]
+
+
+def static_batch_size(structure: Any) -> int | None:
+    first = next(t for t in tf.nest.flatten(structure) if t is not None)
+    return first.shape[0]
+
+
+def slice_batch(structure: Any, start: tf.Tensor, size: Any) -> Any:
     """Rows [start, start + size) of every tensor in a nested structure (None kept)."""
     return tf.nest.map_structure(
         lambda t: None if t is None else t[start : start + size], structure
     )
 
 
-def batch_size_of(structure: Any) -> tf.Tensor:
-    first = next(t for t in tf.nest.flatten(structure) if t is not None)
-    return tf.shape(first)[0]
+def split_micro_batches(structure: Any, n: int, m: int) -> Any:
+    """Every tensor of shape [n m, ...] viewed as [n, m, ...] (micro-batch i = ``[i]``)."""
+
+    def split(t: Any) -> Any:
+        return None if t is None else tf.reshape(t, tf.concat([[n, m], tf.shape(t)[1:]], 0))
+
+    return tf.nest.map_structure(split, structure)
+
+
+def micro_batch(structure: Any, i: tf.Tensor) -> Any:
+    """Micro-batch ``i`` of a ``split_micro_batches`` structure (static shape [m, ...])."""
+    return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, i), structure)
+
+
+class FiniteMean(keras.metrics.Mean):
+    """``keras.metrics.Mean`` whose result is NaN when nothing was counted: an epoch of
+    non-finite steps (all counted with weight 0) logs ``loss = nan``, not ``0``."""
+
+    def result(self) -> tf.Tensor:
+        return tf.where(self.count > 0, super().result(), float("nan"))
+
+
+class _DropoutGenerators:
+    """The network's seed generators, found once (a plain object: Keras' attribute
+    tracking, which forbids new state on a built model, leaves it alone)."""
+
+    def __init__(self) -> None:
+        self._found: list[Any] | None = None
+
+    def of(self, network: keras.Model) -> list[Any]:
+        if self._found is None:
+            self._found = randomness.seed_generators(network)
+        return self._found
 
 
 class AccumulatingTrainer(keras.Model):
@@ -174,9 +265,10 @@ class AccumulatingTrainer(keras.Model):
     Args:
         network: the model being trained (its ``call`` is used for inference).
         micro_batch_size: rows per forward/backward pass; ``None`` = whole batch.
-            The per-worker batch must be a multiple of it.
         backend: an ``adv_large_batch.distributed`` backend; default: the one
             for this process (single, or Horovod under ``horovodrun``).
+        seed: the run seed of every random draw of the step (dropout masks, random
+            starts), combined with the batch counter and the micro-batch's place.
 
     Example:
 
@@ -193,6 +285,7 @@ class AccumulatingTrainer(keras.Model):
         network: keras.Model,
         micro_batch_size: int | None = None,
         backend: Any = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -205,24 +298,43 @@ class AccumulatingTrainer(keras.Model):
 
             backend = distributed.get_backend("auto")
         self.backend = backend
+        self.seed = seed
+        self._seed = int(seed or 0)
+        self.batches_seen = keras.Variable(0, dtype="int64", trainable=False, name="batches_seen")
+        #: The optimizer step at which ``NonFiniteLoss`` stopped the run (None: it did not).
+        self.stopped_nonfinite_at: int | None = None
         self._train_only_metric_names: set[str] = set()
         self.grad_norm_tracker = self.add_tracker("grad_norm")
         self.nonfinite_tracker = self.add_tracker("nonfinite_steps")
+        self.loss_scale_skip_tracker = self.add_tracker("loss_scale_skips")
         self.step_time_tracker = self.add_tracker("step_time_s")
         self.adv_time_tracker = self.add_tracker("adv_time_s")
-        self._adv_seconds = SecondsLog()
+        self._log = StepLog()
+        self._dropout = _DropoutGenerators()
+        self._step: tf.Tensor | None = None  # the batch counter, while tracing a step
+        self._micro: tf.Tensor | None = None  # global micro-batch index, while tracing one
 
     # ---- plumbing -----------------------------------------------------------------
     def add_tracker(self, name: str) -> keras.metrics.Mean:
-        """A per-epoch mean of a train-only scalar (shown in logs and TensorBoard)."""
+        """A per-epoch mean of a train-only scalar (shown in logs and TensorBoard); NaN
+        for an epoch that counted nothing (e.g. ``grad_norm`` when no step was applied)."""
         self._train_only_metric_names.add(name)
-        return keras.metrics.Mean(name=name)
+        return FiniteMean(name=name)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        super().compile(*args, **kwargs)
+        self._loss_tracker = FiniteMean(name="loss")
+        self.backend.prepare_optimizer(self.optimizer)
+
+    def per_worker_variables(self) -> list[Any]:
+        """Variables that hold this worker's own state (never broadcast from rank 0)."""
+        return []
 
     def record_adv_seconds(self, seconds: tf.Tensor) -> None:
         """Add ``seconds`` (from ``timed``) to this step's ``adv_time_s``; call while tracing
         ``prepare_batch``, ``concurrent_work`` or ``micro_batch_gradients``, outside any
         ``tf.cond`` branch (return the seconds from the branch instead)."""
-        self._adv_seconds.record(seconds)
+        self._log.record("adv_seconds", seconds)
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.network(inputs, training=training)
@@ -234,12 +346,41 @@ class AccumulatingTrainer(keras.Model):
         )
 
     def update_task_metrics(self, loss: tf.Tensor, y: Any, y_pred: Any, sample_weight: Any) -> None:
-        finite = tf.cast(tf.math.is_finite(loss), loss.dtype)  # a NaN step does not poison the mean
+        """Loss and compiled metrics of one micro-batch; call once per micro-batch.
+
+        A non-finite loss is counted (the step is then not applied) and kept out of
+        the loss mean; rows weight the mean, so a short last micro-batch counts less.
+        """
+        finite = tf.math.is_finite(loss)
+        self._log.record("nonfinite_losses", 1.0 - tf.cast(finite, tf.float32))
+        rows = tf.cast(batch_size_of(y_pred), tf.float32)
         self._loss_tracker.update_state(
-            tf.where(finite > 0, loss, 0.0) / distribution_loss_scale(), sample_weight=finite
+            tf.where(finite, loss, tf.zeros_like(loss)) / distribution_loss_scale(),
+            sample_weight=tf.cast(finite, tf.float32) * rows,
         )
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, y_pred, sample_weight)
+
+    # ---- randomness ---------------------------------------------------------------------
+    def global_micro_index(self, local_index: Any, local_count: Any) -> tf.Tensor:
+        """Index of this replica's micro-batch ``local_index`` (of ``local_count``) among all
+        micro-batches of the global batch (workers and replicas hold consecutive slices)."""
+        slot = randomness.replica_slot(getattr(self.backend, "rank", 0))
+        return slot * tf.cast(local_count, tf.int64) + tf.cast(local_index, tf.int64)
+
+    def draw_key(self, stream: int, extra: Any = 0, micro: Any = None) -> tf.Tensor:
+        """The stateless seed of a draw of this step's current micro-batch (see
+        ``adv_large_batch.randomness``); ``micro`` overrides the micro-batch index."""
+        step = self._step if self._step is not None else self.batches_seen.value
+        micro = self._micro if micro is None else micro
+        return randomness.draw_key(self._seed, stream, step, 0 if micro is None else micro, extra)
+
+    def reseed_dropout(self, forward_pass: Any = 0) -> None:
+        """Make the network's dropout masks of the next forward pass a function of
+        (seed, step, micro-batch, ``forward_pass``); the same pass index -> the same masks."""
+        generators = self._dropout.of(self.network)
+        if generators:
+            randomness.reseed(generators, self.draw_key(randomness.DROPOUT, forward_pass))
 
     # ---- what a method overrides -----------------------------------------------------
     def prepare_batch(self, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
@@ -247,7 +388,8 @@ class AccumulatingTrainer(keras.Model):
         return x, y, sample_weight
 
     def micro_batch_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
-        """Gradients of the (distribution-scaled) loss of one micro-batch."""
+        """Gradients of the (distribution-scaled) mean loss of one micro-batch."""
+        self.reseed_dropout()
         with tf.GradientTape() as tape:
             y_pred = self.network(x, training=True)
             loss = self.task_loss(x, y, y_pred, sample_weight)
@@ -267,58 +409,59 @@ class AccumulatingTrainer(keras.Model):
         """
 
     # ---- the step ------------------------------------------------------------------
-    def _dense_gradients(self, grads: list[Any]) -> list[tf.Tensor]:
-        out = []
-        for g, v in zip(grads, self.trainable_variables):
-            if g is None:
-                g = tf.zeros_like(v)
-            elif isinstance(g, tf.IndexedSlices):
-                g = tf.convert_to_tensor(g)
-            out.append(g)
-        return out
+    def _micro_batch(self, x: Any, y: Any, sample_weight: Any, index: Any, count: Any) -> Any:
+        """Dense gradients of one micro-batch, traced with its global index set."""
+        self._micro = self.global_micro_index(index, count)
+        try:
+            grads = self.micro_batch_gradients(x, y, sample_weight)
+        finally:
+            self._micro = None
+        return [dense(g, v) for g, v in zip(grads, self.trainable_variables)]
 
     def accumulated_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
-        """Mean of the micro-batch gradients over the per-worker batch."""
+        """Gradient of the mean loss over this replica's batch, one micro-batch at a time."""
         m = self.micro_batch_size
-        if m is None:
-            return self._dense_gradients(self.micro_batch_gradients(x, y, sample_weight))
-        batch = batch_size_of(x)
-        tf.debugging.assert_equal(
-            batch % m,
-            0,
-            message=f"per-worker batch must be a multiple of micro_batch_size={m}",
-        )
-        n = batch // m
-
-        def body(
-            i: tf.Tensor, acc: list[tf.Tensor], adv_seconds: tf.Tensor
-        ) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor]:
-            start = i * m
-            with self._adv_seconds.scope() as recorded:
-                grads = self.micro_batch_gradients(
-                    slice_batch(x, start, m),
-                    slice_batch(y, start, m),
-                    slice_batch(sample_weight, start, m),
-                )
-            grads = self._dense_gradients(grads)
-            return i + 1, [a + g for a, g in zip(acc, grads)], adv_seconds + total_seconds(recorded)
-
+        rows = static_batch_size(x)
+        if m is None or (rows is not None and rows <= m):
+            return self._micro_batch(x, y, sample_weight, 0, 1)
         zeros = [tf.zeros_like(v) for v in self.trainable_variables]
-        _, total, adv_seconds = tf.while_loop(
-            lambda i, *_: i < n,
-            body,
-            (tf.constant(0), zeros, tf.constant(0.0)),
-            parallel_iterations=1,
+        if rows is not None and rows % m == 0:  # static micro-batches of m rows
+            n = rows // m
+            parts = split_micro_batches((x, y, sample_weight), n, m)
+
+            def take(i: tf.Tensor) -> tuple[Any, tf.Tensor]:
+                return micro_batch(parts, i), tf.constant(1.0 / n)
+
+        else:  # a dynamic or uneven batch: the last micro-batch may be shorter
+            total = batch_size_of(x)
+            n = (total + m - 1) // m
+
+            def take(i: tf.Tensor) -> tuple[Any, tf.Tensor]:
+                part = slice_batch((x, y, sample_weight), i * m, m)
+                return part, tf.cast(batch_size_of(part[0]), tf.float32) / tf.cast(
+                    total, tf.float32
+                )
+
+        def body(i: tf.Tensor, acc: list[tf.Tensor], logged: tuple) -> tuple:
+            (xi, yi, wi), weight = take(i)
+            with self._log.scope() as recorded:
+                grads = self._micro_batch(xi, yi, wi, i, n)
+            acc = [a + tf.cast(weight, g.dtype) * g for a, g in zip(acc, grads)]
+            return i + 1, acc, tuple(a + b for a, b in zip(logged, totals(recorded)))
+
+        start = tuple(tf.constant(0.0) for _ in StepLog.FIELDS)
+        _, grads, logged = tf.while_loop(
+            lambda i, *_: i < n, body, (tf.constant(0), zeros, start), parallel_iterations=1
         )
-        self.record_adv_seconds(adv_seconds)
-        return [g / tf.cast(n, g.dtype) for g in total]
+        for name, value in zip(StepLog.FIELDS, logged):
+            self._log.record(name, value)
+        return grads
 
-    def apply_if_finite(self, grads: list[tf.Tensor], finite: tf.Tensor) -> tf.Tensor:
-        """``optimizer.apply(grads)`` unless ``finite`` is False; returns whether it applied.
+    def apply_if(self, grads: list[tf.Tensor], apply: tf.Tensor) -> None:
+        """``optimizer.apply(grads)`` when ``apply`` (the same on every worker/replica).
 
-        ``finite`` must be the same on every worker and replica.  Outside tf.distribute
-        (and where a strategy needs no merge call) this is a ``tf.cond`` in the step.
-        Otherwise (MirroredStrategy, MultiWorkerMirroredStrategy) the optimizer's apply
+        Outside tf.distribute (and where a strategy needs no merge call) this is a
+        ``tf.cond`` in the step.  Otherwise (MirroredStrategy) the optimizer's apply
         enters cross-replica context through ``merge_call``, which a ``tf.cond`` in
         replica context may not contain; so, as Keras' ``LossScaleOptimizer`` does, the
         cond runs in cross-replica context and its branch applies on every replica.
@@ -336,10 +479,11 @@ class AccumulatingTrainer(keras.Model):
             return tf.constant(False)
 
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            return tf.cond(finite, update, skip)
+            tf.cond(apply, update, skip)
+            return
 
-        def cross_replica(strategy: Any, grads: Any, finite: Any) -> tf.Tensor:
-            decided = strategy.experimental_local_results(finite)[0]  # equal on all replicas
+        def cross_replica(strategy: Any, grads: Any, apply: Any) -> tf.Tensor:
+            decided = strategy.experimental_local_results(apply)[0]  # equal on all replicas
 
             def update_every_replica() -> tf.Tensor:
                 strategy.extended.call_for_each_replica(
@@ -349,37 +493,51 @@ class AccumulatingTrainer(keras.Model):
 
             return tf.cond(decided, update_every_replica, skip)
 
-        return tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, apply))
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         timing = can_time()
         if timing:
-            start = tf.timestamp()
+            start = timestamp()
             data = released_after(start, data)
-        self._adv_seconds.reset()
+        self._log.reset()
+        self._step = tf.identity(self.batches_seen.value)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y, sample_weight = self.prepare_batch(x, y, sample_weight)
         self.concurrent_work(data)
         grads = self.accumulated_gradients(x, y, sample_weight)
-        grads = self.backend.allreduce_gradients(grads)
-        # The same on every worker (Horovod averaged the grads) and replica (all-reduced).
-        finite = all_replicas(all_finite(grads))
-        self.grad_norm_tracker.update_state(
-            tf.linalg.global_norm(grads), sample_weight=tf.cast(finite, tf.float32)
+        # One reduction for the gradients and the count of non-finite losses: afterwards
+        # every worker and replica holds the same values and takes the same decision.
+        *grads, bad_losses = self.backend.allreduce_gradients(
+            [*grads, self._log.total("nonfinite_losses")]
         )
+        loss_ok = tf.equal(bad_losses, 0.0)
+        grads_ok = all_finite(grads)
         if uses_dynamic_loss_scale(self.optimizer):
-            # mixed_float16: an overflow of the scaled gradients is expected now and then;
-            # Keras' LossScaleOptimizer skips that step and halves its scale, so it is not
-            # a non-finite *loss* and must reach the optimizer (else the scale never drops).
-            self.optimizer.apply(grads, self.trainable_variables)
-            self.nonfinite_tracker.update_state(0.0)
-            applied = finite
+            scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+            overflow = tf.logical_and(loss_ok, tf.logical_not(grads_ok))
+            collapsed = tf.logical_and(overflow, scale <= 1.0)
+            diverged = tf.logical_or(tf.logical_not(loss_ok), collapsed)
+            # A finite loss goes to the LossScaleOptimizer, which skips an overflowing
+            # step itself and halves its scale; a non-finite loss never reaches it.
+            self.apply_if(grads, loss_ok)
+            skipped_by_scale = tf.logical_and(overflow, tf.logical_not(collapsed))
         else:
-            self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
-            # A non-finite gradient never reaches the weights or the optimizer slots.
-            applied = self.apply_if_finite(grads, finite)
-        adv_seconds = self._adv_seconds.total()
-        self._adv_seconds.reset()  # no graph tensors kept after tracing
+            scale = tf.constant(1.0)
+            diverged = tf.logical_not(tf.logical_and(loss_ok, grads_ok))
+            self.apply_if(grads, tf.logical_not(diverged))
+            skipped_by_scale = tf.constant(False)
+        applied = tf.logical_and(loss_ok, grads_ok)
+        self.grad_norm_tracker.update_state(
+            tf.linalg.global_norm(grads) / scale, sample_weight=tf.cast(applied, tf.float32)
+        )
+        self.nonfinite_tracker.update_state(tf.cast(diverged, tf.float32))
+        self.loss_scale_skip_tracker.update_state(tf.cast(skipped_by_scale, tf.float32))
+        adv_seconds = self._log.total("adv_seconds")
+        self._log.reset()  # no graph tensors kept after tracing
+        self._step = None
+        with tf.control_dependencies([applied]):
+            self.batches_seen.assign_add(1)
         if timing:
             self.step_time_tracker.update_state(seconds_since(start, applied, adv_seconds))
             self.adv_time_tracker.update_state(adv_seconds)
@@ -395,8 +553,7 @@ class AccumulatingTrainer(keras.Model):
 
         Keras does this only under a distribution strategy; otherwise it creates them
         inside the first trace, and a ``tf.function`` that creates variables is traced
-        twice.  Measured on all-MiniLM-L6-v2, batch 32, 2 CPU cores: 2 traces -> 1, first
-        step 8.0 -> 5.1 s (ScaLA 17.3 -> 12.7 s), peak RSS 210 MB (ScaLA 280 MB) lower.
+        twice (measured: 2 traces -> 1; docs/results.md).
         ``data_spec``: a batch's structure, e.g. ``dataset.element_spec``.
         """
         if getattr(self, "_distribute_strategy", None) is not None:
@@ -418,6 +575,7 @@ class AccumulatingTrainer(keras.Model):
             {
                 "network": keras.saving.serialize_keras_object(self.network),
                 "micro_batch_size": self.micro_batch_size,
+                "seed": self.seed,
             }
         )
         return config

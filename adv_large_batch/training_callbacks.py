@@ -90,9 +90,10 @@ class NonFiniteLoss(keras.callbacks.Callback):
     """Reacts to a step whose loss or gradients were not finite.
 
     The trainer never applies such a step (on any worker or tf.distribute replica: the
-    decision is all-reduced, see ``AccumulatingTrainer.apply_if_finite``). ``policy="stop"``
-    ends the run with a message naming the optimizer step, and marks the model so
-    no checkpoint is written after it: the last checkpoint stays the resume point.
+    decision is taken from all-reduced values, see ``AccumulatingTrainer.train_step``).
+    ``policy="stop"`` ends the run with a message naming the step, and sets the model's
+    ``stopped_nonfinite_at``, so no checkpoint is written after it (the last checkpoint
+    stays the resume point) and the command exits with ``EXIT_NONFINITE``.
     ``policy="skip"`` reports the skipped step and goes on.
     """
 
@@ -112,13 +113,13 @@ class NonFiniteLoss(keras.callbacks.Callback):
         if total <= self._seen:
             return
         self._seen = total
-        step = int(self.model.optimizer.iterations.numpy()) + 1
+        step = int(self.model.batches_seen.numpy())  # the step just run, counted from 1
         if self.policy == "stop":
-            self.model.nonfinite_step = step
+            self.model.stopped_nonfinite_at = step
             self.model.stop_training = True
             print(
-                f"\n[train] non-finite loss/gradients at optimizer step {step} (batch {batch} of "
-                "this epoch): update skipped, run stopped; the last checkpoint is intact "
+                f"\n[train] non-finite loss/gradients at step {step} (batch {batch} of this "
+                "epoch): update skipped, run stopped; the last checkpoint is intact "
                 "(--on-nonfinite skip goes on instead)",
                 flush=True,
             )

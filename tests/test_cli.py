@@ -104,3 +104,21 @@ def test_precision_is_one_flag_and_dtype_policy_a_deprecated_alias(capsys):
         parser.parse_args(["train-images", "--dtype-policy", "float64"])
     with pytest.raises(SystemExit):  # finetune never had it
         parser.parse_args(["finetune", "--dtype-policy", "mixed_float16"])
+
+
+@pytest.mark.parametrize("command", ["finetune", "train-images"])
+def test_multiworker_is_refused_with_the_reason_before_any_work(command, capsys):
+    """Before: selectable, then it counted the workers twice and sharded the data twice."""
+    assert cli.main([command, "--strategy", "multiworker"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--strategy multiworker" in err and "keras-team/keras#20585" in err
+    assert "horovodrun" in err
+
+
+def test_no_backend_compiles_with_xla_by_default():
+    """Keras' jit_compile="auto" turns XLA on for one process on a GPU, where the dynamic
+    padding of the text runs makes it recompile every step; every backend says False."""
+    from adv_large_batch.distributed import Backend, HorovodBackend, StrategyBackend
+
+    assert Backend.jit_compile is False
+    assert HorovodBackend.jit_compile is False and StrategyBackend.jit_compile is False

@@ -125,7 +125,7 @@ def test_step_t_trains_on_the_adversarial_batch_made_at_t_minus_1():
         fresh = np_attack(w, b, xs[t + 1], ys[t + 1])  # what DisAdv would use at step t + 1
         staleness_matters |= bool(np.abs(fresh - adv_for_next).max() > 0)
     assert staleness_matters  # the check above tells theta_t from theta_t+1 apart
-    assert int(model.adv_step.numpy()) == 4
+    assert int(model.batches_seen.numpy()) == 4
 
 
 def tiny_cnn(seed=0):
@@ -262,7 +262,7 @@ def test_config_round_trip_and_the_buffer_is_checkpointed(tmp_path):
     clone.load_weights(path)
     np.testing.assert_array_equal(clone.buffer_images.numpy(), model.buffer_images.numpy())
     np.testing.assert_array_equal(clone.buffer_labels.numpy(), model.buffer_labels.numpy())
-    assert int(clone.adv_step.numpy()) == 3
+    assert int(clone.batches_seen.numpy()) == 3
 
 
 # ---- bad input --------------------------------------------------------------------------------

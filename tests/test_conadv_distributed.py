@@ -52,7 +52,7 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
     _run([sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, "--out", out])
     weights, extra = _load(out / "rank0.npz")
     assert int(extra["workers"]) == int(extra["replicas"]) == 1
-    assert int(extra["iterations"]) == int(extra["adv_step"]) == STEPS
+    assert int(extra["iterations"]) == int(extra["batches_seen"]) == STEPS
     assert float(extra["stale_fraction"]) == pytest.approx(3 / 4)  # step 0 had no buffer
     assert extra["buffer_images"].shape == (1, GLOBAL_BATCH, 28, 28, 1)
     return weights, extra
@@ -64,7 +64,7 @@ def _assert_matches(weights: list, extra: dict, reference: tuple[list, dict]) ->
     for i, (a, b) in enumerate(zip(weights, ref_weights)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"weight {i}")
     np.testing.assert_allclose(extra["slots"], ref["slots"], rtol=1e-4, atol=1e-5)  # LARS
-    assert int(extra["iterations"]) == int(extra["adv_step"]) == STEPS
+    assert int(extra["iterations"]) == int(extra["batches_seen"]) == STEPS
     assert float(extra["stale_fraction"]) == pytest.approx(3 / 4)
 
 
@@ -90,6 +90,27 @@ def test_conadv_two_horovod_ranks_equal_one_process_of_two_micro_batches(
     np.testing.assert_allclose(both, one_process[1]["buffer_images"], atol=1e-5)
     labels = np.concatenate([r0["buffer_labels"], r1["buffer_labels"]], axis=1)
     np.testing.assert_array_equal(labels, one_process[1]["buffer_labels"])
+
+
+@pytest.mark.horovod
+def test_conadv_buffers_survive_the_broadcast_of_a_second_fit(
+    horovodrun: Path, tmp_path: Path, one_process: tuple[list, dict]
+) -> None:
+    """Two ``fit`` calls of 2 steps on 2 ranks == one fit of 4.  The second fit's
+    ``BroadcastCallback`` leaves each rank's buffer of adversarial rows alone (it is one of
+    the trainer's ``per_worker_variables``); before, it overwrote rank 1's with rank 0's, so
+    rank 1 trained step 2 on rank 0's adversarial images and the weights drifted."""
+    worker = str(WORKERS / "hvd_conadv.py")
+    half = str(GLOBAL_BATCH // 2)
+    _horovodrun(
+        horovodrun, worker, "--batch", half, "--micro-batch", half, "--fits", "2",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    (w0, r0), (_, r1) = (_load(tmp_path / f"rank{r}.npz") for r in (0, 1))
+    # (the buffer carries over between the fits: only step 0 falls back to DisAdv)
+    _assert_matches(w0, r0, one_process)
+    both = np.concatenate([r0["buffer_images"], r1["buffer_images"]], axis=1)
+    np.testing.assert_allclose(both, one_process[1]["buffer_images"], atol=1e-5)
 
 
 def test_conadv_mirrored_strategy_equals_one_device_of_two_micro_batches(

@@ -58,3 +58,27 @@ def test_finetune_cli_two_ranks_rank0_alone_writes(horovodrun, tmp_path):
     ]
     # Only rank 0 prints the run summary.
     assert proc.stdout.count("[finetune] validation") == 1, proc.stdout
+
+
+def test_a_nonfinite_stop_under_horovodrun_is_a_failed_launch(horovodrun, tmp_path):
+    """Every rank returns exit status 3 (EXIT_NONFINITE), so horovodrun fails too (before:
+    0, and a launcher took the diverged run for a success)."""
+    import subprocess
+
+    from adv_large_batch.cli import EXIT_NONFINITE
+    from tests.test_distributed import REPO, _env
+
+    cli = Path(sys.executable).parent / "adv-large-batch"
+    cmd = [
+        str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo", str(cli), "finetune",
+        "--model", "tiny-random", "--strategy", "horovod", "--train-limit", "128",
+        "--eval-limit", "16", "--batch-size", "32", "--epochs", "1", "--max-seq-length", "16",
+        "--method", "baseline", "--optimizer", "sgd", "--lr", "1e25", "--lr-scaling", "none",
+        "--verbose", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    # horovodrun exits 1 and names the first failing rank's status ("Exit code: 3").
+    said = (proc.stdout + proc.stderr).lower()
+    assert f"exit code: {EXIT_NONFINITE}" in said, (proc.returncode, said[-2000:])
+    assert "run stopped" in proc.stdout

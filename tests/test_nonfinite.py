@@ -64,8 +64,9 @@ def test_stop_policy_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
         verbose=0,
         callbacks=[NonFiniteLoss("stop"), ckpt],
     )
-    assert "non-finite loss/gradients at optimizer step 3" in capsys.readouterr().out
+    assert "non-finite loss/gradients at step 3" in capsys.readouterr().out
     assert int(model.optimizer.iterations.numpy()) == 2  # steps 1, 2 applied; 3 was not
+    assert model.stopped_nonfinite_at == 3
     assert all(np.isfinite(w).all() for w in model.network.get_weights())
     assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-00000002")
 
@@ -77,10 +78,11 @@ def test_unknown_policy_is_rejected():
 
 MIRRORED_SCRIPT = textwrap.dedent(
     """
-    import json
+    import json, sys
     import numpy as np
     import tensorflow as tf
 
+    precision, bad_row = sys.argv[1], int(sys.argv[2])
     cpu = tf.config.list_physical_devices("CPU")[0]  # before TF initialises
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
@@ -88,12 +90,13 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from adv_large_batch.trainer import AccumulatingTrainer
     from adv_large_batch.training_callbacks import NonFiniteLoss
 
+    keras.mixed_precision.set_global_policy(precision)
     backend = get_backend("mirrored")
     rng = np.random.RandomState(0)
     x = rng.randn(16, 3).astype("float32")
     y = (x @ np.array([[1.0], [-2.0], [0.5]], "float32")).astype("float32")
     bad = x[8:12].copy()
-    bad[0] = np.nan  # row 0 of the global batch: replica 0's half only
+    bad[bad_row] = np.nan  # rows 0-1 of the global batch are replica 0's, rows 2-3 replica 1's
 
     def trainer():
         keras.utils.set_random_seed(0)
@@ -105,7 +108,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
         return model
 
     def state(model):
-        return [v.numpy() for v in model.network.weights + model.optimizer.variables]
+        return [np.asarray(v.numpy(), "float64")
+                for v in model.network.weights + model.optimizer.variables]
 
     def fit(model, xs, ys):
         return model.fit(xs, ys, batch_size=4, shuffle=False, verbose=0,
@@ -124,6 +128,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         "nonfinite_steps": history["nonfinite_steps"],
         "unchanged": max(float(np.max(np.abs(a - b))) for a, b in zip(before, after)),
         "iterations": int(model.optimizer.iterations.numpy()),
+        "reference_iterations": int(reference.optimizer.iterations.numpy()),
         "finite": all(bool(np.isfinite(w).all()) for w in state(model)),
         "vs_reference": max(
             float(np.max(np.abs(a - b))) for a, b in zip(state(model), state(reference))
@@ -133,8 +138,19 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged():
-    """2 replicas, NaN in one replica's half of a batch: neither replica applies it."""
+@pytest.mark.parametrize(
+    "precision, bad_row",
+    [("float32", 0), ("mixed_float16", 3)],
+    ids=["float32-replica0", "mixed_float16-replica1"],
+)
+def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged(precision, bad_row):
+    """2 replicas, NaN in one replica's half of a batch: neither replica applies it.
+
+    Under mixed_float16 with the NaN on replica 1: Keras' LossScaleOptimizer decides from
+    replica 0's gradients, which were finite, so it used to apply the step and the sum of
+    the replicas' gradients wrote NaN into every weight; the trainer now decides from the
+    all-reduced gradients and loss counts, and leaves the loss scale alone (the optimizer
+    variables compared include it)."""
     env = dict(
         os.environ,
         CUDA_VISIBLE_DEVICES="-1",
@@ -142,7 +158,7 @@ def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged():
         PYTHONPATH=str(Path(__file__).parent.parent),
     )
     done = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
+        [sys.executable, "-c", MIRRORED_SCRIPT, precision, str(bad_row)],
         capture_output=True,
         text=True,
         env=env,
@@ -153,10 +169,15 @@ def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged():
     result = json.loads(lines[-1][len("RESULT ") :])
     print(result)
     assert result["replicas"] == 2
-    assert result["nonfinite_steps"] == [1.0]  # the flag is all-reduced: both replicas count it
+    assert result["nonfinite_steps"] == [1.0]  # decided from reduced values: both replicas count it
     assert result["unchanged"] == 0.0  # weights, momentum slots and iterations
-    assert result["iterations"] == 3 and result["finite"]
-    assert result["vs_reference"] < 1e-6  # == training without the bad batch
+    assert result["finite"]
+    # float32: 3 applied steps; mixed_float16: the loss scale may also skip overflowing
+    # steps (2**15 at the start), exactly as it does without the bad batch.
+    assert result["iterations"] == result["reference_iterations"]
+    assert precision != "float32" or result["iterations"] == 3
+    tolerance = 1e-6 if precision == "float32" else 1e-3  # float16 activations
+    assert result["vs_reference"] < tolerance  # == training without the bad batch
 
 
 def test_mixed_float16_overflow_halves_the_loss_scale_instead_of_counting_as_nonfinite():
@@ -189,3 +210,107 @@ def test_mixed_float16_overflow_halves_the_loss_scale_instead_of_counting_as_non
     assert history.history["nonfinite_steps"] == [0.0]  # and the run was not stopped
     assert len(history.history["loss"]) == 1
     assert any(not np.allclose(a, b) for a, b in zip(network.get_weights(), before))
+
+
+def test_a_fully_nonfinite_epoch_logs_nan_loss_not_zero():
+    x, y = data()
+    x[:] = np.nan
+    history = trainer().fit(
+        x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[NonFiniteLoss("skip")]
+    )
+    assert history.history["nonfinite_steps"] == [1.0]
+    assert np.isnan(history.history["loss"][0])  # before: 0.0, a perfect-looking epoch
+
+
+def _fp16_trainer(initial_scale=2.0**15):
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model = AccumulatingTrainer(network, backend=SingleProcess())
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.05), initial_scale=initial_scale
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    return model, optimizer
+
+
+def test_mixed_float16_diverged_run_is_detected_and_stopped(capsys):
+    """A NaN loss under mixed_float16 is a non-finite step, not an overflow for the loss
+    scale to absorb: it is counted, the scale is left alone, and ``stop`` ends the run
+    (before: nonfinite_steps was always 0 under fp16 and the scale halved for ever)."""
+    x, y = data()
+    x[:] = np.nan
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, optimizer = _fp16_trainer()
+        history = model.fit(
+            x, y, batch_size=4, epochs=3, shuffle=False, verbose=0,
+            callbacks=[NonFiniteLoss("stop")],
+        )  # fmt: skip
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert model.stopped_nonfinite_at == 1
+    assert history.history["nonfinite_steps"] == [1.0] and len(history.history["loss"]) == 1
+    assert float(optimizer.scale_loss(1.0)) == 2.0**15  # not halved by a non-finite loss
+    assert "non-finite loss/gradients at step 1" in capsys.readouterr().out
+
+
+def test_grad_norm_is_in_loss_units_under_mixed_float16():
+    """``grad_norm`` is the applied gradient's norm without the loss scale (before: it
+    included the 2**8 scale)."""
+    x, y = data()
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, _ = _fp16_trainer(initial_scale=2.0**8)  # no overflow at this scale
+        half = model.fit(x, y, batch_size=16, shuffle=False, verbose=0).history["grad_norm"][0]
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    full = trainer().fit(x, y, batch_size=16, shuffle=False, verbose=0).history["grad_norm"][0]
+    assert half == pytest.approx(full, rel=2e-2)
+
+
+def _stream(x, y, batch):
+    """The batches from global step ``start`` on (a deterministic stream, as the CLIs')."""
+    import tensorflow as tf
+
+    def stream(start):
+        return tf.data.Dataset.from_tensor_slices((x[start * batch :], y[start * batch :])).batch(
+            batch
+        )
+
+    return stream
+
+
+def test_skipped_steps_then_stop_and_resume_equals_the_uninterrupted_run(tmp_path):
+    """Batch 2 is non-finite (skipped: no update, but its batch is consumed).  The data
+    position is the batch counter, so a run stopped after step 4 resumes with batch 4.
+    (Before, the checkpoint stored the optimizer's 3 applied steps as the position and the
+    resumed run trained on batch 3 a second time.)"""
+    rng = np.random.RandomState(1)
+    x = rng.randn(32, 3).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], "float32")).astype("float32")
+    x[2 * 4] = np.nan
+    stream = _stream(x, y, 4)
+
+    def run(directory, stop=None, resume=False):
+        model = trainer()
+        start = 0
+        if resume:
+            path = checkpointing.latest_checkpoint(str(directory))
+            start = int(checkpointing.restore_checkpoint(path, model)["global_step"])
+        callbacks = [NonFiniteLoss("skip"), checkpointing.StepCheckpoint(str(directory), 1, 8)]
+        if stop:
+            callbacks.append(checkpointing.StopAtStep(stop))
+        checkpointing.fit_from_step(model, stream, start, 8, 1, verbose=0, callbacks=callbacks)
+        return model
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "cut", stop=4)
+    meta = checkpointing.read_meta(checkpointing.latest_checkpoint(str(tmp_path / "cut")))
+    assert meta["global_step"] == 4  # 4 batches consumed, 3 updates applied
+    resumed = run(tmp_path / "cut", resume=True)
+    assert int(whole.optimizer.iterations.numpy()) == int(resumed.optimizer.iterations.numpy()) == 7
+    assert int(resumed.batches_seen.numpy()) == 8
+    for a, b in zip(whole.network.get_weights(), resumed.network.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

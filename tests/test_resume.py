@@ -70,12 +70,90 @@ def test_resumed_run_ends_with_the_same_state(tmp_path, stop_at):
     assert len(checkpointing.complete_checkpoints(str(tmp_path / "whole"))) == 2
 
 
+def small_checkpoint(directory, step):
+    """A real checkpoint of a tiny compiled trainer at ``step``."""
+    import keras
+
+    from adv_large_batch.trainer import AccumulatingTrainer
+    from tests.tiny_bert import SingleProcess
+
+    model = AccumulatingTrainer(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), backend=SingleProcess()
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return checkpointing.save_checkpoint(str(directory), model, {"global_step": step}, keep=9)
+
+
 def test_partial_checkpoint_is_never_picked(tmp_path):
     (tmp_path / "ckpt-00000009.partial").mkdir()
-    (tmp_path / "ckpt-00000004").mkdir()
-    (tmp_path / "ckpt-00000004" / "meta.json").write_text("{}")
+    small_checkpoint(tmp_path, 4)
     (tmp_path / "ckpt-00000007").mkdir()  # a folder without meta.json is not complete
     assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-00000004")
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "corrupt state", "corrupt meta"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage):
+    """Sizes and SHA-256 in meta.json: a truncated or corrupted newest checkpoint is
+    skipped with a warning (before: --resume died with a traceback)."""
+    small_checkpoint(tmp_path, 4)
+    newest = small_checkpoint(tmp_path, 8)
+    state = os.path.join(newest, "state.npz")
+    if damage == "truncated state":
+        with open(state, "r+b") as f:
+            f.truncate(os.path.getsize(state) // 2)
+    elif damage == "corrupt state":
+        with open(state, "r+b") as f:
+            f.seek(100)
+            f.write(b"\x00" * 8)
+    else:
+        with open(os.path.join(newest, "meta.json"), "w") as f:
+            f.write('{"global_step": 8, "paths": [')
+    assert checkpointing.integrity_problem(newest) is not None
+    with pytest.warns(UserWarning, match="ckpt-00000008 is not intact"):
+        assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-00000004")
+
+
+def test_resume_with_no_intact_checkpoint_exits_2_without_a_traceback(tmp_path, capsys):
+    directory = tmp_path / "ckpt"
+    assert cli.main([*RUN, "--checkpoint-dir", str(directory), "--stop-at-step", "2"]) == 0
+    for path in checkpointing.complete_checkpoints(str(directory)):
+        with open(os.path.join(path, "meta.json"), "w") as f:
+            f.write("{not json")
+    with pytest.warns(UserWarning, match="not intact"):
+        code = cli.main([*RUN, "--checkpoint-dir", str(directory), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "holds no intact checkpoint" in err and "meta.json is unreadable" in err
+    assert "Traceback" not in err
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, capsys):
+    directory = tmp_path / "ckpt"
+    out = tmp_path / "m.json"
+    assert cli.main([*RUN, "--checkpoint-dir", str(directory)]) == 0
+    resumed = [*RUN[:-2], "--verbose", "1", "--checkpoint-dir", str(directory)]
+    assert cli.main([*resumed, "--resume", "--metrics-out", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["steps_run"] == 0 and result["examples_per_s"] == 0.0  # before: ~1e6 / s
+    assert "no training step left to run" in capsys.readouterr().out
+
+
+NONFINITE = ["--optimizer", "sgd", "--lr", "1e25", "--lr-scaling", "none", "--verbose", "0"]
+
+
+def test_a_run_stopped_by_a_nonfinite_loss_exits_3(tmp_path, capsys):
+    """Before: exit status 0, so launchers and CI took a diverged run for a success."""
+    args = [a for a in RUN if a not in ("--verbose", "0")]
+    i = args.index("--optimizer")
+    args = args[:i] + args[i + 4 :]  # drop "--optimizer lamb --lr 1e-3"
+    directory = tmp_path / "ckpt"
+    assert cli.main([*args, *NONFINITE, "--checkpoint-dir", str(directory)]) == cli.EXIT_NONFINITE
+    assert "run stopped" in capsys.readouterr().out
+    meta = checkpointing.read_meta(checkpointing.latest_checkpoint(str(directory)))
+    assert meta["global_step"] < 8  # nothing written at or after the bad step
 
 
 def test_resume_needs_a_checkpoint_dir(capsys):

@@ -4,17 +4,11 @@ import keras
 import keras_hub
 import numpy as np
 
+from adv_large_batch.distributed import Backend
 from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
 
-
-class SingleProcess:
-    """The identity 'allreduce' of one process (what distributed.get_backend('single') does)."""
-
-    name = "single"
-    size = 1
-
-    def allreduce_gradients(self, grads):
-        return grads
+# The real one-process backend (``distributed.get_backend("single")`` without the cache).
+SingleProcess = Backend
 
 
 def tiny_classifier(seed=0, num_classes=2, dropout=0.0):

@@ -71,6 +71,7 @@ def build_model(
         model = DataParallelMLP(dist)
         model(np.zeros((1, FEATURES), "float32"))  # creates the variables
         model.compile(optimizer=make_optimizer(), jit_compile=dist.jit_compile)
+    dist.prepare_optimizer(model.optimizer)  # it gets gradients allreduce_gradients reduced
     return model
 
 

@@ -37,8 +37,11 @@ def per_replica(variable: Any) -> np.ndarray:
     return np.concatenate([np.asarray(v.numpy()) for v in values], axis=1)
 
 
-def train_and_dump(dist: Any, batch: int, micro_batch: int, out: Path, name: str) -> None:
-    """ConAdv on ``batch`` images per worker (per process for tf.distribute), ``STEPS`` steps."""
+def train_and_dump(
+    dist: Any, batch: int, micro_batch: int, out: Path, name: str, fits: int = 1
+) -> None:
+    """ConAdv on ``batch`` images per worker (per process for tf.distribute), ``STEPS`` steps,
+    in one ``fit`` or in ``fits`` consecutive ones (each starts with a broadcast)."""
     import keras
 
     from adv_large_batch import image_data
@@ -51,9 +54,23 @@ def train_and_dump(dist: Any, batch: int, micro_batch: int, out: Path, name: str
     data = image_data.load_fashion_mnist().limit(TRAIN_IMAGES)
     arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
     augment = image_data.seeded_augmenter("flip_crop", data.image_shape)
-    stream = image_data.train_stream(
-        data.train, data.num_train, batch, SEED, augment, dist.rank, dist.size, 0, arrays
-    )
+
+    def stream(start: int) -> Any:
+        return pair_with_future(
+            image_data.train_stream(
+                data.train,
+                data.num_train,
+                batch,
+                SEED,
+                augment,
+                dist.rank,
+                dist.size,
+                start,
+                arrays,
+            ),
+            1,
+        )
+
     replica_batch = batch // dist.num_replicas_in_sync
     keras.utils.set_random_seed(10 + dist.rank)  # ranks differ until the broadcast
     with dist.scope():
@@ -79,14 +96,18 @@ def train_and_dump(dist: Any, batch: int, micro_batch: int, out: Path, name: str
     callbacks = []
     if dist.name == "horovod":
         callbacks = [BroadcastCallback(dist), MetricAverageCallback(dist)]
-    history = model.fit(
-        pair_with_future(stream, 1),
-        epochs=1,
-        steps_per_epoch=STEPS,
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=False,
-    )
+    per_fit = STEPS // fits
+    stale = []
+    for i in range(fits):
+        history = model.fit(
+            stream(i * per_fit),
+            epochs=1,
+            steps_per_epoch=per_fit,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
+        )
+        stale += [history.history["stale_fraction"][0] * per_fit]
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / f"{name}.npz",
@@ -95,8 +116,8 @@ def train_and_dump(dist: Any, batch: int, micro_batch: int, out: Path, name: str
         buffer_images=per_replica(model.buffer_images),
         buffer_labels=per_replica(model.buffer_labels),
         iterations=int(optimizer.iterations.numpy()),
-        adv_step=int(model.adv_step.numpy()),
-        stale_fraction=history.history["stale_fraction"][0],
+        batches_seen=int(model.batches_seen.numpy()),
+        stale_fraction=sum(stale) / STEPS,
         replicas=dist.num_replicas_in_sync,
         workers=dist.size,
     )
@@ -141,6 +162,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume-check", action="store_true", help="run resume_check instead")
+    parser.add_argument("--fits", type=int, default=1, help="train in this many fit() calls")
     args = parser.parse_args()
     from adv_large_batch.distributed import get_backend
 
@@ -148,7 +170,7 @@ def main() -> None:
     if args.resume_check:
         resume_check(dist.name, args.out)
         return
-    train_and_dump(dist, args.batch, args.micro_batch, args.out, f"rank{dist.rank}")
+    train_and_dump(dist, args.batch, args.micro_batch, args.out, f"rank{dist.rank}", args.fits)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""MirroredStrategy worker for tests/test_scala_distributed.py: ScaLA on 2 logical CPUs.
+"""MirroredStrategy worker for tests/test_scala_distributed.py: ScaLA's default configuration
+(LAMB, probs target, uniform start, dropout 0.1; ``hvd_scala.CONFIG``) on 2 logical CPUs.
 
-``--backend mirrored`` makes 2 replicas; each replica's compiled loss is scaled by
-Keras and the hand-added regulariser by ``distribution_loss_scale()`` (1/2), the
-optimizer sums replica gradients, so the update must equal ``--backend single``
-on the same global batches. Writes ``{backend}.npz``.
+``--backend mirrored`` makes 2 replicas; replica r gets the contiguous half r of every
+global batch of 16 (each batch sorted by length, ``hvd_scala.scala_batches``), so its
+micro-batch j is the single device's micro-batch ``2 r + j``.  Each replica's compiled
+loss is scaled by Keras and the hand-added regulariser by ``distribution_loss_scale()``
+(1/2), the trainer all-reduces the gradients once, and every random draw is keyed by the
+batch counter and the global micro-batch index, so the update must equal ``--backend
+single`` on the same global batches, dropout masks and random starts included.
+Writes ``{backend}.npz``.
 """
 
 from __future__ import annotations
@@ -31,24 +36,15 @@ def main() -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
         )
 
-    import keras
     import numpy as np
 
     from adv_large_batch.distributed import get_backend
-    from adv_large_batch.scala import ScaLA, ScaLAConfig
-    from tests.tiny_bert import tiny_classifier, token_batch
+    from tests.workers.hvd_scala import build, scala_batches
 
     dist = get_backend(args.backend)
-    config = ScaLAConfig(
-        adv_target="labels", init="zero", step_norm="linf", eps=1e-2, step_size=1e-1, start_step=1
-    )
     with dist.scope():
-        model = ScaLA(tiny_classifier(seed=10), config, micro_batch_size=4, backend=dist)
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.1),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-    x, y = token_batch(STEPS * GLOBAL_BATCH, seed=5)
+        model = build(0, dist)
+    x, y = scala_batches(STEPS, GLOBAL_BATCH)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +54,7 @@ def main() -> None:
         replicas=dist.num_replicas_in_sync,
         iterations=int(model.optimizer.iterations.numpy()),
         regulariser=history.history["regulariser"][0],
+        grad_norm=history.history["grad_norm"][0],
     )
 
 

@@ -87,6 +87,12 @@ def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int, replicas: 
     return split_batch(run, workers, replicas)[0]
 
 
+def log_prefix(split_name: str) -> str:
+    """The log prefix of an extra validation split: ``validation_mismatched`` ->
+    ``val_mismatched`` (so MNLI-mm logs ``val_mismatched_accuracy`` beside ``val_accuracy``)."""
+    return split_name.replace("validation", "val", 1)
+
+
 def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
     """(perturbable classifier, tokenizer) for a local encoder folder or the tiny random BERT.
 
@@ -174,6 +180,14 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     train_x = text_data.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
     val_x = text_data.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
     val_ds = text_data.make_eval_dataset(val_x, val_split.labels, 256)
+    # MNLI: the mismatched validation split too (MNLI-mm), logged as val_mismatched_<metric>.
+    extra = {}
+    for name, split in task.extra_validation.items():
+        split = split.take(run_cfg.eval_limit)
+        features = text_data.tokenize(split, tokenizer, run_cfg.max_seq_length)
+        extra[name] = (text_data.make_eval_dataset(features, split.labels, 256), split.labels)
+    for split_name, count in task.skipped_rows.items():
+        say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
     test_split = task.test.take(run_cfg.eval_limit) if task.test is not None else None
     test_ds = None
     if test_split is not None:
@@ -234,10 +248,11 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         return glue_metrics.task_metrics(task.metrics, labels, outputs)
 
     callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch), EpochClock()]
+    splits = {log_prefix(name): (ds, labels, metrics_of) for name, (ds, labels) in extra.items()}
     if run_cfg.test_each_epoch and test_ds is not None:
-        callbacks.append(
-            EvaluateSplits(network, {"test": (test_ds, test_split.labels, metrics_of)})
-        )
+        splits["test"] = (test_ds, test_split.labels, metrics_of)
+    if splits:
+        callbacks.append(EvaluateSplits(network, splits))
     callbacks += standard_callbacks(
         backend,
         run_cfg.logdir,
@@ -281,6 +296,11 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
         if test_ds is None
         else metrics_of(test_split.labels, network.predict(test_ds, verbose=0)),
         "validation_untrained_head": before,
+        # MNLI: {"validation_mismatched": metrics} (MNLI-mm; "validation" is MNLI-m).
+        "validation_extra": {
+            name: metrics_of(labels, network.predict(ds, verbose=0))
+            for name, (ds, labels) in extra.items()
+        },
         "majority_class_accuracy": None
         if regression
         else float(
@@ -296,6 +316,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     }
     say(
         f"[finetune] validation {after} (untrained head {before}); "
+        + "".join(f"{name} {m}; " for name, m in result["validation_extra"].items())
         + (
             f"{wall:.1f}s, {examples / wall:.1f} examples/s"
             if steps_run

@@ -319,7 +319,7 @@ def _image_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
         labels = tf.constant(arrays[1][index])
     else:  # too large to hold (ImageNet): the first examples, in order
         batch_indices(data.num_train, cfg.batch_size, cfg.seed)  # the size check
-        images, labels = next(iter(image_data.eval_batches(data.train, cfg.batch_size)))
+        images, labels = next(iter(image_data.eval_batches(data.train_for_eval(), cfg.batch_size)))
     keras.utils.set_random_seed(run_cfg.seed)
     network = build_image_model(
         run_cfg.model,

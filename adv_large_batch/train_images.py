@@ -39,18 +39,22 @@ from adv_large_batch.run_config import RunConfig, run_record, split_batch, write
 
 # keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
 _KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
-#: The image runs' optimizer: LARS (ConAdv §4.1) with momentum 0.9, the learning
-#: rate tuned at batch 256 and scaled linearly (Goyal et al.), polynomial (power 2)
-#: decay after warm-up as in MLPerf's LARS ResNet-50.  These are the
+#: The image runs' optimizer: LARS (ConAdv §4.1) with the published large-batch recipe
+#: (``optimizers/recipes.py``: MLPerf ResNet-50 LARS and the ConAdv authors' code): no
+#: ``--lr`` -> the recipe's peak LR and warm-up for the global batch, momentum 0.9,
+#: polynomial (power 2) decay to 1e-4 after warm-up, weight decay 5e-5, BN and bias
+#: excluded.  An explicit ``--lr`` is the LR at ``--base-batch-size``, scaled by
+#: ``--lr-scaling`` (sqrt; linear scaling from 256 gave 640 at 32K).  These are the
 #: ``train-images`` defaults of ``OptimizerConfig``'s flags (one declaration).
 IMAGE_OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "optimizer": "lars",
-    "lr": 5.0,
-    "lr_scaling": "linear",
+    "lr": None,
+    "lr_scaling": "sqrt",
     "base_batch_size": 256,
     "weight_decay": 5e-5,
     "schedule": "warmup_poly",
     "poly_power": 2.0,
+    "end_lr": 1e-4,
     "no_decay_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
     "no_adapt_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
 }
@@ -89,7 +93,13 @@ class ImageTrainConfig(RunConfig):
     batch_size: int = cli_field(256, "--batch-size", "global batch size (all workers)")
     epochs: int = cli_field(2, "--epochs", "training epochs")
     warmup_epochs: float | None = cli_field(
-        None, "--warmup-epochs", "learning-rate warm-up in epochs (overrides --warmup-ratio)"
+        None,
+        "--warmup-epochs",
+        "learning-rate warm-up in epochs (overrides --warmup-ratio; default without --lr: the "
+        "LARS recipe's, max(5, batch / 2400) epochs, at most half the run)",
+    )
+    label_smoothing: float = cli_field(
+        0.1, "--label-smoothing", "label smoothing of the cross-entropy (the LARS recipes: 0.1)"
     )
 
     def __post_init__(self) -> None:
@@ -104,9 +114,83 @@ class ImageTrainConfig(RunConfig):
             f"--warmup-epochs must be >= 0, got {self.warmup_epochs}",
         )
         require(
+            0 <= self.label_smoothing < 1,
+            f"--label-smoothing must be in [0, 1), got {self.label_smoothing}",
+        )
+        require(
             self.dataset != "folder" or self.data_dir is not None,
             "--dataset folder needs --data-dir <folder of class subfolders>",
         )
+
+
+def resolve_recipe(
+    opt: OptimizerConfig, run_cfg: ImageTrainConfig, steps_per_epoch: int
+) -> OptimizerConfig:
+    """The optimizer config with the LARS recipe filled in where ``--lr`` is unset.
+
+    No ``--lr``: the recipe's peak LR for the global batch (``--lr-scaling`` then does
+    not apply) and, unless ``--warmup-epochs`` / ``--warmup-steps`` is given, its warm-up.
+    ``--warmup-epochs`` always becomes ``warmup_steps``.
+    """
+    from adv_large_batch.optimizers.recipes import lars_recipe
+
+    warmup_epochs = run_cfg.warmup_epochs  # an explicit --warmup-epochs always wins
+    if opt.lr is None:
+        require(
+            opt.optimizer == "lars",
+            f"--optimizer {opt.optimizer} needs an explicit --lr (the recipe default is LARS's)",
+        )
+        recipe = lars_recipe(run_cfg.batch_size, run_cfg.epochs)
+        opt = dataclasses.replace(
+            opt, lr=recipe.peak_lr, lr_scaling="none", base_batch_size=run_cfg.batch_size
+        )
+        if warmup_epochs is None and opt.warmup_steps is None:
+            warmup_epochs = recipe.warmup_epochs
+    if warmup_epochs is not None:
+        total = steps_per_epoch * run_cfg.epochs
+        warmup = round(warmup_epochs * steps_per_epoch)
+        opt = dataclasses.replace(opt, warmup_steps=min(total, warmup))
+    return opt
+
+
+@keras.saving.register_keras_serializable(package="adv_large_batch")
+class SmoothedSparseCrossEntropy(keras.losses.Loss):
+    """Cross-entropy of logits against integer labels smoothed by ``smoothing``: the target
+    is ``(1 - s) one_hot(y) + s / classes`` (Keras' sparse loss has no smoothing).
+
+    ```python
+    loss = SmoothedSparseCrossEntropy(num_classes=10, smoothing=0.1)
+    loss(np.array([3]), np.zeros((1, 10)))  # log(10): uniform logits
+    ```
+    """
+
+    def __init__(self, num_classes: int, smoothing: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", "smoothed_cross_entropy"), **kwargs)
+        self.num_classes = int(num_classes)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), [-1])
+        return keras.losses.categorical_crossentropy(
+            keras.ops.one_hot(labels, self.num_classes),
+            y_pred,
+            from_logits=True,
+            label_smoothing=self.smoothing,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "smoothing": self.smoothing,
+        }
+
+
+def smoothed_cross_entropy(num_classes: int, smoothing: float) -> keras.losses.Loss:
+    """The image runs' loss: plain sparse cross-entropy from logits, or smoothed."""
+    if not smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return SmoothedSparseCrossEntropy(num_classes, smoothing)
 
 
 def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
@@ -135,9 +219,7 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
         f"--batch-size {run_cfg.batch_size} is larger than the {data.num_train} training "
         "images: not one full step per epoch",
     )
-    if run_cfg.warmup_epochs is not None:
-        warmup = round(run_cfg.warmup_epochs * steps_per_epoch)
-        opt = dataclasses.replace(opt, warmup_steps=min(steps_per_epoch * run_cfg.epochs, warmup))
+    opt = resolve_recipe(opt, run_cfg, steps_per_epoch)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(run_cfg.precision)
@@ -212,7 +294,7 @@ def _train(
         )
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=smoothed_cross_entropy(data.num_classes, run_cfg.label_smoothing),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=backend.jit_compile,
         )
@@ -227,10 +309,11 @@ def _train(
         f"staleness={adv.staleness} augment={run_cfg.augment} optimizer={opt.optimizer} "
         f"base lr={opt.lr} ({opt.lr_scaling} scaling from {opt.base_batch_size})"
     )
-    if arrays is None:
+    if arrays is None and not image_data.random_access(data.train):
         say(
-            f"[train-images] {data.num_train} training images do not fit in memory: each worker "
-            "shuffles its own shard in a window (exact resume needs the same worker count)"
+            f"[train-images] {data.num_train} training images are streamed from record files: "
+            "each worker shuffles its own shard in a window (exact resume needs the same "
+            "worker count)"
         )
     if run_cfg.augment not in image_data.SEEDED_POLICIES and (
         run_cfg.checkpoint_dir or run_cfg.resume

@@ -278,3 +278,25 @@ def test_bert_tokenizer_config_with_bad_values_is_a_clear_error(tmp_path):
     Path(folder, "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="tokenizer_config.json is not readable JSON"):
         load_bert_tokenizer(folder)
+
+
+def test_finetune_reports_mnli_matched_and_mismatched(tmp_path):
+    """MNLI-m is ``validation``; MNLI-mm is evaluated too: per epoch in the logs
+    (``val_mismatched_accuracy``, also in TensorBoard) and at the end in the metrics."""
+    import json
+
+    from adv_large_batch import cli
+
+    out = tmp_path / "m.json"
+    args = [
+        "finetune", "--task", "mnli", "--data-source", "tsv",
+        "--data-dir", str(FIXTURES), "--model", "tiny-random", "--batch-size", "2",
+        "--epochs", "1", "--max-seq-length", "16", "--method", "baseline", "--verbose", "0",
+        "--metrics-out", str(out),
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    result = json.loads(out.read_text())
+    mismatched = result["validation_extra"]["validation_mismatched"]["accuracy"]
+    assert 0.0 <= mismatched <= 1.0
+    assert result["history"]["val_mismatched_accuracy"] == [mismatched]
+    assert "accuracy" in result["validation"]

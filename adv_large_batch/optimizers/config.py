@@ -57,7 +57,12 @@ class OptimizerConfig:
     optimizer: str = cli_field(
         "lamb", "--optimizer", "optimizer for the outer minimization", OPTIMIZERS
     )
-    lr: float = cli_field(5e-5, "--lr", "peak learning rate at --base-batch-size (before scaling)")
+    lr: float | None = cli_field(
+        5e-5,
+        "--lr",
+        "peak learning rate at --base-batch-size (before scaling); train-images without "
+        "--lr: the published LARS recipe for the global batch (optimizers/recipes.py)",
+    )
     lr_scaling: str = cli_field(
         "sqrt", "--lr-scaling", "rule mapping --lr to the global batch size", LR_SCALING_RULES
     )
@@ -94,6 +99,9 @@ class OptimizerConfig:
         None, "--warmup-steps", "warm-up length in optimizer steps; overrides --warmup-ratio"
     )
     poly_power: float = cli_field(2.0, "--poly-power", "power of the warmup_poly decay")
+    end_lr: float = cli_field(
+        0.0, "--end-lr", "learning rate at the end of the warmup_poly decay (MLPerf LARS: 1e-4)"
+    )
     no_decay_pattern: tuple[str, ...] = cli_field(
         DEFAULT_NO_DECAY_PATTERNS,
         "--no-decay-pattern",
@@ -127,7 +135,13 @@ class OptimizerConfig:
             self.schedule in SCHEDULES,
             f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}",
         )
-        require(_finite(self.lr) and self.lr > 0, f"--lr must be a number > 0, got {self.lr}")
+        require(
+            self.lr is None or (_finite(self.lr) and self.lr > 0),
+            f"--lr must be a number > 0, got {self.lr}",
+        )
+        require(
+            _finite(self.end_lr) and self.end_lr >= 0, f"--end-lr must be >= 0, got {self.end_lr}"
+        )
         require(
             self.base_batch_size >= 1, f"--base-batch-size must be >= 1, got {self.base_batch_size}"
         )
@@ -240,7 +254,17 @@ def build_schedule(
     )
     if config.schedule == "warmup_linear":
         return WarmupLinearDecay(peak_learning_rate, total_steps, warmup)
-    return WarmupPolynomialDecay(peak_learning_rate, total_steps, warmup, power=config.poly_power)
+    require(
+        config.end_lr <= peak_learning_rate,
+        f"--end-lr {config.end_lr} is above the peak learning rate {peak_learning_rate:g}",
+    )
+    return WarmupPolynomialDecay(
+        peak_learning_rate,
+        total_steps,
+        warmup,
+        power=config.poly_power,
+        end_learning_rate=config.end_lr,
+    )
 
 
 def build_optimizer(
@@ -256,6 +280,11 @@ def build_optimizer(
     require(
         isinstance(global_batch_size, int) and global_batch_size >= 1,
         f"global_batch_size must be an integer >= 1, got {global_batch_size!r}",
+    )
+    require(
+        config.lr is not None,
+        f"--lr is required for --optimizer {config.optimizer} (only train-images' LARS has a "
+        "recipe default)",
     )
     peak = scale_learning_rate(
         config.lr, global_batch_size, config.base_batch_size, config.lr_scaling

@@ -82,6 +82,7 @@ from adv_large_batch.trainer import (
 )
 
 METHODS = ("baseline", "disadv", "conadv")
+ATTACK_PASSES = ("separate", "shared")
 IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
 # The random-draw streams of the two attacks of a step (current batch, future batch).
 _CURRENT, _FUTURE = randomness.CONADV_CURRENT, randomness.CONADV_FUTURE
@@ -112,6 +113,15 @@ class ConAdvConfig:
     random_init: bool = cli_field(
         True, "--adv-random-start", "start PGD at a uniform random point of the ball"
     )
+    attack_pass: str = cli_field(
+        "separate",
+        "--attack-pass",
+        "conadv: separate = the next batch's PGD is its own forward + input backward beside "
+        "the update (DisAdv's FLOPs); shared = ONE forward/backward over [clean batch t+1; "
+        "adversarial batch t] gives the update's weight gradient and, from the clean rows' "
+        "input gradient, the FGSM examples of batch t+1 (no random start; --staleness 1)",
+        ATTACK_PASSES,
+    )
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
@@ -125,6 +135,25 @@ class ConAdvConfig:
         )
         require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
         require(self.staleness >= 0, f"--staleness must be >= 0, got {self.staleness}")
+        require(
+            self.attack_pass in ATTACK_PASSES,
+            f"--attack-pass must be one of {ATTACK_PASSES}, got {self.attack_pass!r}",
+        )
+        if self.attack_pass == "shared":
+            require(
+                self.method == "conadv",
+                f"--attack-pass shared is a ConAdv schedule; --method {self.method} has none",
+            )
+            require(
+                self.staleness == 1,
+                f"--attack-pass shared needs --staleness 1 (the clean rows of step t are batch "
+                f"t + 1, whose input gradient makes the adversarial batch of step t + 1), got "
+                f"{self.staleness}",
+            )
+            require(
+                self.steps == 1,
+                f"--attack-pass shared takes one gradient (FGSM), got --adv-steps {self.steps}",
+            )
 
     @property
     def adversarial(self) -> bool:
@@ -134,6 +163,11 @@ class ConAdvConfig:
     def buffered(self) -> bool:
         """True when adversarial examples are made ahead of time (ConAdv with tau >= 1)."""
         return self.method == "conadv" and self.staleness >= 1
+
+    @property
+    def shared(self) -> bool:
+        """True for ConAdv's shared-pass schedule."""
+        return self.buffered and self.attack_pass == "shared"
 
     @property
     def eps_unit(self) -> float:
@@ -184,6 +218,13 @@ def pair_with_future(dataset: tf.data.Dataset, staleness: int) -> tf.data.Datase
         return element
 
     return dataset.scan(initial, step).filter(is_ready).map(drop_flag)
+
+
+def shared_pass_examples(x: tf.Tensor, input_grad: tf.Tensor, eps: float, step: float) -> tf.Tensor:
+    """FGSM from the clean point: ``x + step sign(g)`` projected to the eps ball around
+    ``x`` and to [0, 1] (no gradient flows through the result)."""
+    x = tf.stop_gradient(x)
+    return tf.stop_gradient(pgd.project(pgd.ascent_step(x, input_grad, step), x, eps))
 
 
 def read(variable: keras.Variable) -> tf.Tensor:
@@ -370,6 +411,8 @@ class ConAdv(AccumulatingTrainer):
             )
         if sample_weight is not None:
             raise ValueError("ConAdv with staleness >= 1 does not support sample weights")
+        if cfg.shared:
+            return self._shared_batch(x, y)
         step = self._step  # the batch counter: every step advances it, applied or skipped
         slot, ready = step % cfg.staleness, step >= cfg.staleness
         buffered_images = tf.gather(self.buffer_images.value, slot)
@@ -388,9 +431,64 @@ class ConAdv(AccumulatingTrainer):
         self.stale_tracker.update_state(tf.cast(ready, tf.float32))
         return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
 
+    # ---- the shared pass ----------------------------------------------------------------
+    def fgsm_from_clean(self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple) -> tf.Tensor:
+        """``x + alpha sign(grad_x L)`` projected to the ball and [0, 1], the gradient taken
+        at the clean point through the main BN in training mode (the shared pass's rule),
+        as a stateless call: the moving statistics do not move."""
+        trainable, state, loss_scale = snapshot
+        cfg = self.config
+
+        def loss_fn(x_in: tf.Tensor) -> tf.Tensor:
+            with split_bn_route(self.network, "main"):
+                logits, _ = self.network.stateless_call(trainable, state, x_in, training=True)
+            return self.attack_loss(y, logits) * tf.cast(loss_scale, tf.float32)
+
+        grad = pgd.input_gradient(loss_fn, tf.stop_gradient(x))
+        return shared_pass_examples(x, grad, cfg.eps_unit, cfg.step_unit)
+
+    def _shared_batch(self, x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[Any, Any, None]:
+        """Step t of the shared pass: clean rows = batch t + 1, adversarial rows = the
+        buffered examples of batch t (made at step t - 1); at step 0 nothing is buffered
+        and the examples of batch 0 are made here, by ``fgsm_from_clean`` at theta_0."""
+        images = x[IMAGES]
+        ready = self._step >= 1
+
+        def fresh() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            with tf.name_scope("current_batch_attack"):
+                snapshot = self.weights_snapshot()
+                adv, seconds = timed(lambda xs: self.fgsm_from_clean(xs, y, snapshot), images)
+            return adv, tf.cast(y, tf.int32), seconds
+
+        def buffered() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return self.buffer_images.value[0], self.buffer_labels.value[0], tf.constant(0.0)
+
+        adv, adv_labels, seconds = tf.cond(ready, buffered, fresh)
+        self.record_adv_seconds(seconds)
+        self.stale_tracker.update_state(tf.cast(ready, tf.float32))
+        # The buffered rows are perturbations of this element's images (batch t).
+        self.linf_tracker.update_state(pgd.linf_distance(adv, images) * pgd.PIXEL_SCALE)
+        clean_labels = tf.cast(x[NEXT_LABELS], y.dtype)
+        return (x[NEXT_IMAGES], adv), (clean_labels, tf.cast(adv_labels, y.dtype)), None
+
+    def emitted_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
+        if not self.config.shared:
+            return {}
+        return {"next_adversarial": (tf.float32, tuple(self.network.input_shape[1:]))}
+
+    def accumulated_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
+        grads = super().accumulated_gradients(x, y, sample_weight)
+        if self.config.shared:  # the examples of batch t + 1, from this step's own backward
+            (clean, _), (clean_labels, _) = x, y
+            adv = tf.reshape(self.emitted_rows("next_adversarial"), tf.shape(clean))
+            with tf.name_scope("adv_buffer_write"):
+                self.buffer_images.assign(adv[None])
+                self.buffer_labels.assign(tf.cast(clean_labels, tf.int32)[None])
+        return grads
+
     def concurrent_work(self, data: Any) -> None:
         """ConAdv: the adversarial examples of batch t + tau, from this step's weights."""
-        if not self.config.buffered:
+        if not self.config.buffered or self.config.shared:
             return
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         snapshot = self.weights_snapshot()
@@ -414,7 +512,10 @@ class ConAdv(AccumulatingTrainer):
         (clean, adv), (y_clean, y_adv) = x, y
         m = batch_size_of(clean)
         self.reseed_dropout()
+        shared = self.config.shared
         with tf.GradientTape() as tape:
+            if shared:
+                tape.watch(clean)  # its input gradient makes the next adversarial batch
             with split_bn_route(self.network, "split"):
                 logits = self.network(tf.concat([clean, adv], axis=0), training=True)
             clean_logits, adv_logits = logits[:m], logits[m:]
@@ -422,7 +523,15 @@ class ConAdv(AccumulatingTrainer):
             adv_loss = self.task_loss(adv, y_adv, adv_logits, sample_weight)
             loss = 0.5 * (clean_loss + adv_loss)  # eq. (2) / (4)
             scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, self.trainable_variables)
+        if shared:  # one backward: the weight gradients and the clean rows' input gradient
+            *grads, input_grad = tape.gradient(scaled, [*self.trainable_variables, clean])
+            cfg = self.config
+            self.emit(
+                "next_adversarial",
+                shared_pass_examples(clean, input_grad, cfg.eps_unit, cfg.step_unit),
+            )
+        else:
+            grads = tape.gradient(scaled, self.trainable_variables)
         self.update_task_metrics(loss, y_clean, clean_logits, sample_weight)
         unscale = 1.0 / distribution_loss_scale()
         self.clean_loss_tracker.update_state(clean_loss * unscale)
@@ -431,7 +540,8 @@ class ConAdv(AccumulatingTrainer):
             tf.argmax(adv_logits, axis=-1, output_type=tf.int32), tf.cast(y_adv, tf.int32)
         )
         self.adv_accuracy_tracker.update_state(tf.reduce_mean(tf.cast(hits, tf.float32)))
-        self.linf_tracker.update_state(pgd.linf_distance(adv, clean) * pgd.PIXEL_SCALE)
+        if not shared:  # (shared: the adversarial rows perturb another batch; see above)
+            self.linf_tracker.update_state(pgd.linf_distance(adv, clean) * pgd.PIXEL_SCALE)
         return grads
 
     def get_config(self) -> dict[str, Any]:
@@ -445,4 +555,12 @@ class ConAdv(AccumulatingTrainer):
         return config
 
 
-__all__ = ["ConAdv", "ConAdvConfig", "METHODS", "mean_cross_entropy", "pair_with_future"]
+__all__ = [
+    "ATTACK_PASSES",
+    "ConAdv",
+    "ConAdvConfig",
+    "METHODS",
+    "mean_cross_entropy",
+    "pair_with_future",
+    "shared_pass_examples",
+]

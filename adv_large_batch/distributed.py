@@ -282,7 +282,6 @@ class StrategyBackend(Backend):
         return self.strategy.scope()
 
 
-
 def _already_reduced(grads_and_vars: Any) -> list[Any]:
     return list(grads_and_vars)
 

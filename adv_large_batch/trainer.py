@@ -313,6 +313,8 @@ class AccumulatingTrainer(keras.Model):
         self._dropout = _DropoutGenerators()
         self._step: tf.Tensor | None = None  # the batch counter, while tracing a step
         self._micro: tf.Tensor | None = None  # global micro-batch index, while tracing one
+        self._emitted: dict[str, tf.Tensor] = {}  # rows a micro-batch emitted (``emit``)
+        self._emitted_rows: dict[str, tf.Tensor] = {}  # ... of the whole batch, after the loop
 
     # ---- plumbing -----------------------------------------------------------------
     def add_tracker(self, name: str) -> keras.metrics.Mean:
@@ -397,6 +399,20 @@ class AccumulatingTrainer(keras.Model):
         self.update_task_metrics(loss, y, y_pred, sample_weight)
         return tape.gradient(scaled, self.trainable_variables)
 
+    def emitted_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
+        """``{name: (dtype, row shape)}`` of the per-row outputs ``micro_batch_gradients``
+        hands out with ``emit`` (none here); read them after the accumulation with
+        ``emitted_rows(name)``: one row per row of the batch, in order."""
+        return {}
+
+    def emit(self, name: str, rows: tf.Tensor) -> None:
+        """Hand out ``rows`` (one per row of the current micro-batch) under ``name``."""
+        self._emitted[name] = rows
+
+    def emitted_rows(self, name: str) -> tf.Tensor:
+        """The rows emitted under ``name`` by every micro-batch of this step, concatenated."""
+        return self._emitted_rows[name]
+
     def concurrent_work(self, data: Any) -> None:
         """Work of this step that the update must not wait for (none here).
 
@@ -409,21 +425,27 @@ class AccumulatingTrainer(keras.Model):
         """
 
     # ---- the step ------------------------------------------------------------------
-    def _micro_batch(self, x: Any, y: Any, sample_weight: Any, index: Any, count: Any) -> Any:
-        """Dense gradients of one micro-batch, traced with its global index set."""
+    def _micro_batch(
+        self, x: Any, y: Any, sample_weight: Any, index: Any, count: Any
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """Dense gradients and emitted rows of one micro-batch, traced with its index set."""
         self._micro = self.global_micro_index(index, count)
+        self._emitted = {}
         try:
             grads = self.micro_batch_gradients(x, y, sample_weight)
+            emitted = {name: self._emitted[name] for name in self.emitted_specs()}
         finally:
-            self._micro = None
-        return [dense(g, v) for g, v in zip(grads, self.trainable_variables)]
+            self._micro, self._emitted = None, {}
+        return [dense(g, v) for g, v in zip(grads, self.trainable_variables)], emitted
 
     def accumulated_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
         """Gradient of the mean loss over this replica's batch, one micro-batch at a time."""
         m = self.micro_batch_size
         rows = static_batch_size(x)
+        specs = self.emitted_specs()
         if m is None or (rows is not None and rows <= m):
-            return self._micro_batch(x, y, sample_weight, 0, 1)
+            grads, self._emitted_rows = self._micro_batch(x, y, sample_weight, 0, 1)
+            return grads
         zeros = [tf.zeros_like(v) for v in self.trainable_variables]
         if rows is not None and rows % m == 0:  # static micro-batches of m rows
             n = rows // m
@@ -442,19 +464,28 @@ class AccumulatingTrainer(keras.Model):
                     total, tf.float32
                 )
 
-        def body(i: tf.Tensor, acc: list[tf.Tensor], logged: tuple) -> tuple:
+        def body(i: tf.Tensor, acc: list[tf.Tensor], logged: tuple, outs: dict) -> tuple:
             (xi, yi, wi), weight = take(i)
             with self._log.scope() as recorded:
-                grads = self._micro_batch(xi, yi, wi, i, n)
+                grads, emitted = self._micro_batch(xi, yi, wi, i, n)
             acc = [a + tf.cast(weight, g.dtype) * g for a, g in zip(acc, grads)]
-            return i + 1, acc, tuple(a + b for a, b in zip(logged, totals(recorded)))
+            outs = {k: outs[k].write(i, tf.cast(emitted[k], outs[k].dtype)) for k in outs}
+            return i + 1, acc, tuple(a + b for a, b in zip(logged, totals(recorded))), outs
 
         start = tuple(tf.constant(0.0) for _ in StepLog.FIELDS)
-        _, grads, logged = tf.while_loop(
-            lambda i, *_: i < n, body, (tf.constant(0), zeros, start), parallel_iterations=1
+        arrays = {
+            name: tf.TensorArray(dtype, size=n, element_shape=[None, *shape], infer_shape=False)
+            for name, (dtype, shape) in specs.items()
+        }
+        _, grads, logged, arrays = tf.while_loop(
+            lambda i, *_: i < n,
+            body,
+            (tf.constant(0), zeros, start, arrays),
+            parallel_iterations=1,
         )
         for name, value in zip(StepLog.FIELDS, logged):
             self._log.record(name, value)
+        self._emitted_rows = {name: array.concat() for name, array in arrays.items()}
         return grads
 
     def apply_if(self, grads: list[tf.Tensor], apply: tf.Tensor) -> None:
@@ -535,7 +566,7 @@ class AccumulatingTrainer(keras.Model):
         self.loss_scale_skip_tracker.update_state(tf.cast(skipped_by_scale, tf.float32))
         adv_seconds = self._log.total("adv_seconds")
         self._log.reset()  # no graph tensors kept after tracing
-        self._step = None
+        self._step, self._emitted_rows = None, {}
         with tf.control_dependencies([applied]):
             self.batches_seen.assign_add(1)
         if timing:

@@ -1,13 +1,24 @@
-"""Image path speed: baseline vs DisAdv vs ConAdv steps, and the input pipeline vs the step.
+"""Image path speed: the step of every ConAdv schedule side by side, and the input pipeline.
 
 On real Fashion-MNIST (28x28x1) with the small ResNet (``cifar_resnet20``, width 16)
-and LARS, for each per-device batch size it builds the three trainers
-(``adv_large_batch.conadv.ConAdv`` with ``--method baseline|disadv|conadv``), then
-alternates them round after round, each running ``--steps`` compiled training steps
-on in-memory batches (ConAdv on the paired stream it trains on), and prints
-images/s of each and the ratios ConAdv / DisAdv and DisAdv / baseline in step time
-(medians over rounds of within-round ratios; rounds where other processes used
-more than ``--quiet-threshold`` of the cores are redone).
+and LARS, for each per-device batch size b it builds five trainers
+(``adv_large_batch.conadv.ConAdv``):
+
+* ``baseline``: clean loss on b rows;
+* ``baseline_2b``: clean loss on 2b rows (one forward/backward over as many rows as an
+  adversarial step's update: the floor of any method that trains on b clean + b
+  adversarial rows);
+* ``disadv``: attack (forward + input backward over b rows), then the update over 2b;
+* ``separate``: ConAdv, the next batch's attack beside the update (DisAdv's FLOPs);
+* ``shared``: ConAdv, one forward/backward over [clean t+1; adversarial t] (2b rows)
+  gives the update and the next attack's input gradient;
+
+then alternates them round after round, each running ``--steps`` compiled training steps
+on in-memory batches (ConAdv on the paired stream it trains on), and prints images/s
+of each and the step-time ratios shared / DisAdv, shared / baseline_2b, separate /
+DisAdv and DisAdv / baseline (medians over rounds of within-round ratios, with min
+and max; rounds where other processes used more than ``--quiet-threshold`` of the
+cores are redone).  The host's float32 matmul GFLOP/s is measured and printed with it.
 
 It also times the real training input pipeline alone (``image_data.train_stream``
 with the seeded flip-and-crop augmentation, paired with ``pair_with_future`` as
@@ -34,11 +45,46 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import Rounds, machine, timed_call, wait_for_quiet  # noqa: E402
 
-METHODS = ("baseline", "disadv", "conadv")
+#: variant -> (ConAdv method, attack pass, rows per step as a multiple of b)
+VARIANTS: dict[str, tuple[str, str, int]] = {
+    "baseline": ("baseline", "separate", 1),
+    "baseline_2b": ("baseline", "separate", 2),
+    "disadv": ("disadv", "separate", 1),
+    "separate": ("conadv", "separate", 1),
+    "shared": ("conadv", "shared", 1),
+}
+METHODS = tuple(VARIANTS)
+RATIOS = {
+    "shared/disadv": ("shared", "disadv"),
+    "shared/baseline_2b": ("shared", "baseline_2b"),
+    "separate/disadv": ("separate", "disadv"),
+    "disadv/baseline": ("disadv", "baseline"),
+}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """float32 GFLOP/s of an n x n matmul on this host (median of ``repeats``)."""
+    import statistics
+
+    import tensorflow as tf
+
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    (a @ b).numpy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        (a @ b).numpy()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def conadv_trainer(
-    method: str, image_shape: tuple[int, ...], batch: int, model: str, width: int
+    method: str,
+    image_shape: tuple[int, ...],
+    batch: int,
+    model: str,
+    width: int,
+    attack_pass: str = "separate",
 ) -> Any:
     """A compiled ``ConAdv`` trainer (``--method``) on a fresh small ResNet, LARS."""
     import keras
@@ -48,7 +94,7 @@ def conadv_trainer(
     from adv_large_batch.optimizers import LARS
 
     keras.utils.set_random_seed(0)
-    cfg = ConAdvConfig(method=method, eps=3.0)
+    cfg = ConAdvConfig(method=method, eps=3.0, attack_pass=attack_pass)
     network = build_image_model(model, image_shape, 10, split_bn=cfg.adversarial, width=width)
     trainer = ConAdv(network, cfg, batch_size=batch if cfg.buffered else None)
     trainer.compile(
@@ -92,17 +138,20 @@ def build_trainers(
     from adv_large_batch.conadv import pair_with_future
 
     images, labels = arrays[0].astype(np.float32) / 255.0, arrays[1]  # as train_stream feeds
-    n = (len(images) // batch) * batch
-    base = tf.data.Dataset.from_tensor_slices((images[:n], labels[:n])).batch(
-        batch, drop_remainder=True
-    )
     calls = {}
-    for method in METHODS:
-        trainer = conadv_trainer(method, images.shape[1:], batch, args.model, args.width)
+    for variant, (method, attack_pass, rows) in VARIANTS.items():
+        size = batch * rows
+        n = (len(images) // size) * size
+        base = tf.data.Dataset.from_tensor_slices((images[:n], labels[:n])).batch(
+            size, drop_remainder=True
+        )
+        trainer = conadv_trainer(
+            method, images.shape[1:], size, args.model, args.width, attack_pass
+        )
         ds = base.cache().repeat()
         if trainer.config.buffered:
             ds = pair_with_future(ds, trainer.config.staleness)
-        calls[method] = stepper(trainer, iter(ds.prefetch(2)), args.steps)
+        calls[variant] = stepper(trainer, iter(ds.prefetch(2)), args.steps)
     return calls
 
 
@@ -138,10 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     from adv_large_batch import image_data
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"[images] {started} machine {machine()} model {args.model} width {args.width}")
+    gflops = matmul_gflops()
+    print(
+        f"[images] {started} machine {machine()} model {args.model} width {args.width}; "
+        f"host float32 matmul {gflops:.0f} GFLOP/s"
+    )
     data = image_data.load_image_dataset("fashion_mnist").limit(args.train_limit, None)
     arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
-    results: dict[str, Any] = {"date": started, "machine": machine(), "args": vars(args)}
+    results: dict[str, Any] = {
+        "date": started,
+        "machine": machine(),
+        "matmul_gflops": gflops,
+        "args": vars(args),
+    }
     lines = []
     for batch in args.batch_sizes:
         calls = build_trainers(args, arrays, batch)
@@ -155,41 +213,48 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, others = timed_call(call)
                 row[method] = seconds / args.steps
                 load.append(others)
-            row["conadv/disadv"] = row["conadv"] / row["disadv"]
-            row["disadv/baseline"] = row["disadv"] / row["baseline"]
+            for name, (num, den) in RATIOS.items():
+                row[name] = row[num] / row[den]
             row["others"] = max(load)
             rounds.add(**row)
             print(
                 f"[images] batch {batch} round {len(rounds.rows) - 1}: "
-                + ", ".join(f"{m} {batch / row[m]:.0f} img/s" for m in METHODS)
-                + f", ConAdv/DisAdv {row['conadv/disadv']:.2f} (others {row['others']:.0%})"
+                + ", ".join(f"{m} {row[m]:.3f} s" for m in METHODS)
+                + ", "
+                + ", ".join(f"{r} {row[r]:.2f}" for r in RATIOS)
+                + f" (others {row['others']:.0%})"
             )
         pipe = pipeline_images_per_s(args, data.train, arrays, batch)
         med = {m: rounds.stat(m)["median"] for m in METHODS}
-        fastest = batch / min(med.values())
-        stat = rounds.stat("conadv/disadv")
-        stat_d = rounds.stat("disadv/baseline")
+        # images/s counts the clean images of the batch (b; 2b for baseline_2b)
+        per_s = {m: batch * VARIANTS[m][2] / s for m, s in med.items()}
+        stats = {r: rounds.stat(r) for r in RATIOS}
         results[str(batch)] = {
             "seconds_per_step": med,
-            "images_per_s": {m: batch / s for m, s in med.items()},
-            "conadv/disadv": stat,
-            "disadv/baseline": stat_d,
+            "images_per_s": per_s,
+            **stats,
             "pipeline_images_per_s": pipe,
-            "pipeline/fastest_step": pipe / fastest,
+            "pipeline/fastest_step": pipe / max(per_s.values()),
             "rounds": rounds.rows,
         }
         lines.append(
-            f"| {batch} | {batch / med['baseline']:.0f} | {batch / med['disadv']:.0f} | "
-            f"{batch / med['conadv']:.0f} | {stat_d['median']:.2f} | "
-            f"{stat['median']:.2f} [{stat['min']:.2f}, {stat['max']:.2f}] | "
-            f"{pipe:.0f} ({pipe / fastest:.1f}x) | {rounds.count()} |"
+            f"| {batch} | "
+            + " | ".join(f"{med[m]:.3f}" for m in METHODS)
+            + " | "
+            + " | ".join(
+                f"{stats[r]['median']:.2f} [{stats[r]['min']:.2f}, {stats[r]['max']:.2f}]"
+                for r in RATIOS
+            )
+            + f" | {pipe:.0f} ({pipe / max(per_s.values()):.1f}x) | {rounds.count()} |"
         )
     print(
-        "\n| per-device batch | baseline img/s | DisAdv img/s | ConAdv img/s | "
-        "DisAdv / baseline (time) | ConAdv / DisAdv (time) [min, max] | "
-        "input pipeline img/s (x fastest step) | rounds |"
+        "\n| per-device batch b | "
+        + " | ".join(f"{m} s/step" for m in METHODS)
+        + " | "
+        + " | ".join(f"{r} [min, max]" for r in RATIOS)
+        + " | input pipeline img/s (x fastest step) | rounds |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|" + "---|" * (3 + len(METHODS) + len(RATIOS)))
     print("\n".join(lines))
     if args.json_out:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)

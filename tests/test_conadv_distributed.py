@@ -163,3 +163,29 @@ def test_conadv_on_two_mirrored_replicas_resumes_exactly(tmp_path: Path) -> None
     are built inside the strategy scope when the checkpoint is loaded."""
     _run([sys.executable, WORKERS / "mirrored_conadv.py", "--resume-check", "--out", tmp_path])
     _assert_resumed_equals_whole(tmp_path, files=2)
+
+
+# ---- the shared-pass schedule -------------------------------------------------------------
+@pytest.mark.horovod
+def test_shared_pass_on_two_ranks_and_two_replicas_equals_one_process(
+    horovodrun: Path, tmp_path: Path
+) -> None:
+    """``--attack-pass shared``: each worker/replica makes the next adversarial batch of its
+    own clean rows from its own backward pass; 2 ranks and 2 replicas equal one process of
+    2 micro-batches, buffers side by side included."""
+    worker = str(WORKERS / "hvd_conadv.py")
+    half, shared = str(GLOBAL_BATCH // 2), ("--attack-pass", "shared")
+    _run([sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, *shared,
+          "--out", tmp_path / "one"])  # fmt: skip
+    reference = _load(tmp_path / "one" / "rank0.npz")
+    _horovodrun(horovodrun, worker, "--batch", half, "--micro-batch", half, *shared,
+                "--out", str(tmp_path / "hvd"))  # fmt: skip
+    (w0, r0), (_, r1) = (_load(tmp_path / "hvd" / f"rank{r}.npz") for r in (0, 1))
+    _assert_matches(w0, r0, reference)
+    both = np.concatenate([r0["buffer_images"], r1["buffer_images"]], axis=1)
+    np.testing.assert_allclose(both, reference[1]["buffer_images"], atol=1e-5)
+    _run([sys.executable, WORKERS / "mirrored_conadv.py", "--batch", GLOBAL_BATCH, *shared,
+          "--out", tmp_path / "mirrored"])  # fmt: skip
+    weights, extra = _load(tmp_path / "mirrored" / "mirrored.npz")
+    _assert_matches(weights, extra, reference)
+    np.testing.assert_allclose(extra["buffer_images"], reference[1]["buffer_images"], atol=1e-5)

@@ -101,9 +101,11 @@ def final_state(directory) -> tuple[dict, list[np.ndarray]]:
         return checkpointing.read_meta(path), [data[k] for k in sorted(data.files)]
 
 
-def test_conadv_stopped_mid_epoch_and_at_an_epoch_boundary_resumes_exactly(tmp_path):
-    assert cli.main([*RUN, "--checkpoint-dir", str(tmp_path / "whole")]) == 0
-    cut = [*RUN, "--checkpoint-dir", str(tmp_path / "cut")]
+@pytest.mark.parametrize("attack_pass", ["separate", "shared"])
+def test_conadv_stopped_mid_epoch_and_at_an_epoch_boundary_resumes_exactly(tmp_path, attack_pass):
+    run = [*RUN, "--attack-pass", attack_pass]
+    assert cli.main([*run, "--checkpoint-dir", str(tmp_path / "whole")]) == 0
+    cut = [*run, "--checkpoint-dir", str(tmp_path / "cut")]
 
     assert cli.main([*cut, "--stop-at-step", "3"]) == 0  # mid-epoch
     meta, _ = final_state(tmp_path / "cut")

@@ -38,7 +38,13 @@ def per_replica(variable: Any) -> np.ndarray:
 
 
 def train_and_dump(
-    dist: Any, batch: int, micro_batch: int, out: Path, name: str, fits: int = 1
+    dist: Any,
+    batch: int,
+    micro_batch: int,
+    out: Path,
+    name: str,
+    fits: int = 1,
+    attack_pass: str = "separate",
 ) -> None:
     """ConAdv on ``batch`` images per worker (per process for tf.distribute), ``STEPS`` steps,
     in one ``fit`` or in ``fits`` consecutive ones (each starts with a broadcast)."""
@@ -82,7 +88,7 @@ def train_and_dump(
         )
         model = ConAdv(
             network,
-            ConAdvConfig(method="conadv", eps=4.0, staleness=1),
+            ConAdvConfig(method="conadv", eps=4.0, staleness=1, attack_pass=attack_pass),
             micro_batch_size=micro_batch,
             backend=dist,
             seed=SEED,
@@ -163,6 +169,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume-check", action="store_true", help="run resume_check instead")
     parser.add_argument("--fits", type=int, default=1, help="train in this many fit() calls")
+    parser.add_argument("--attack-pass", default="separate", choices=("separate", "shared"))
     args = parser.parse_args()
     from adv_large_batch.distributed import get_backend
 
@@ -170,7 +177,15 @@ def main() -> None:
     if args.resume_check:
         resume_check(dist.name, args.out)
         return
-    train_and_dump(dist, args.batch, args.micro_batch, args.out, f"rank{dist.rank}", args.fits)
+    train_and_dump(
+        dist,
+        args.batch,
+        args.micro_batch,
+        args.out,
+        f"rank{dist.rank}",
+        args.fits,
+        args.attack_pass,
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="global batch")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume-check", action="store_true", help="run resume_check instead")
+    parser.add_argument("--attack-pass", default="separate", choices=("separate", "shared"))
     args = parser.parse_args()
     cpu = tf.config.list_physical_devices("CPU")[0]  # before the TF runtime starts
     tf.config.set_logical_device_configuration(
@@ -39,7 +40,8 @@ def main() -> None:
     if args.resume_check:
         resume_check("mirrored", args.out)
         return
-    train_and_dump(dist, args.batch, args.batch // REPLICAS, args.out, "mirrored")
+    micro = args.batch // REPLICAS
+    train_and_dump(dist, args.batch, micro, args.out, "mirrored", attack_pass=args.attack_pass)
 
 
 if __name__ == "__main__":

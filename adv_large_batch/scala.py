@@ -265,9 +265,13 @@ class ScaLA(AccumulatingTrainer):
             target = self._target(clean_logits, y)
 
             def with_perturbation() -> tuple[tf.Tensor, ...]:
-                # adv_time_s: random start + PGA-K ascent
+                # adv_time_s: random start + PGA-K ascent (R-Drop makes nothing: 0)
                 with tape.stop_recording(), tf.name_scope("perturbation"):
-                    (delta, r_start), seconds = timed(self._perturbation, e, x, target)
+                    if cfg.method == "rdrop":
+                        (delta, r_start), seconds = self._perturbation(e, x, target), 0.0
+                    else:
+                        (delta, r_start), seconds = timed(self._perturbation, e, x, target)
+                    seconds = tf.convert_to_tensor(seconds, tf.float32)
                 self.reseed_dropout(self._pass(cfg.steps + 1))
                 adv_logits = self.network.logits_from_embeddings(
                     e + tf.cast(delta, e.dtype), x, training=True

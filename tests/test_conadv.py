@@ -128,6 +128,45 @@ def test_step_t_trains_on_the_adversarial_batch_made_at_t_minus_1():
     assert int(model.batches_seen.numpy()) == 4
 
 
+def test_staleness_two_trains_step_t_on_the_batch_attacked_at_t_minus_2():
+    """tau = 2: step t trains on the adversarial batch made at step t - 2 from theta_t-2
+    (steps 0 and 1 fall back to DisAdv), and writes the attack of batch t + 2 made from
+    theta_t into slot t mod 2. Expected weights and buffer from NumPy."""
+    rng = np.random.default_rng(12)
+    steps, tau = 5, 2
+    xs = rng.uniform(0.2, 0.8, (steps + tau, N, D)).astype("float32")
+    ys = rng.integers(0, K, (steps + tau, N)).astype("int32")
+    w0 = rng.normal(0, 0.3, (D, K)).astype("float32")
+    b0 = rng.normal(0, 0.1, K).astype("float32")
+    model = linear_trainer("conadv", tau, w0, b0)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            kernel, bias = model.network.layers[-1].get_weights()
+            seen.append((kernel, bias, model.buffer_images.numpy().copy()))
+
+    data = pair_with_future(tf.data.Dataset.from_tensor_slices((xs, ys)), tau)
+    model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=[Record()], verbose=0, shuffle=False)
+
+    w, b = w0.astype("float64"), b0.astype("float64")
+    thetas, made = [(w, b)], {}
+    for t in range(steps):
+        future = np_attack(w, b, xs[t + tau], ys[t + tau])  # theta_t, batch t + 2
+        adv = made[t] if t >= tau else np_attack(w, b, xs[t], ys[t])
+        w, b = np_step(w, b, xs[t], adv, ys[t], ys[t])
+        thetas.append((w, b))
+        made[t + tau] = future
+        kernel, bias, buffered = seen[t]
+        np.testing.assert_allclose(buffered[t % tau], future, atol=1e-6, err_msg=f"step {t}")
+        np.testing.assert_allclose(kernel, w, rtol=1e-4, atol=1e-5, err_msg=f"step {t}")
+        np.testing.assert_allclose(bias, b, rtol=1e-4, atol=1e-5, err_msg=f"step {t}")
+    # The check tells tau = 2 from tau = 1: theta_t-1 attacks batch t + 1 differently.
+    tau_one = [np_attack(*thetas[t + 1], xs[t + tau], ys[t + tau]) for t in range(steps)]
+    assert any(np.abs(made[t + tau] - tau_one[t]).max() > 0 for t in range(steps))
+    assert int(model.batches_seen.numpy()) == steps
+
+
 def tiny_cnn(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((6, 6, 1))
@@ -316,7 +355,7 @@ def test_bad_train_images_input_fails_before_training(args, message, capsys):
 
 def test_train_images_defaults_to_lars():
     args = cli.build_parser().parse_args(["train-images"])
-    assert args.optimizer == "lars" and args.lr_scaling == "linear"
+    assert args.optimizer == "lars" and args.lr is None  # None: the LARS recipe
     finetune = cli.build_parser().parse_args(["finetune"])
     assert finetune.optimizer == "lamb"  # the text run keeps its own defaults
 
@@ -365,7 +404,13 @@ def test_cli_train_images_runs_and_writes_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(out.read_text())
     assert metrics["steps"] == 4 and metrics["method"] == "conadv"
-    assert 0.0 <= metrics["top1"] <= 1.0
+    # top1 / test_loss are the final model on the 64 test images: the last epoch's
+    # validation on the same images, and a whole number of hits out of 64.
+    history = metrics["history"]
+    assert metrics["top1"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+    assert metrics["test_loss"] == pytest.approx(history["val_loss"][-1], rel=1e-5)
+    hits = metrics["top1"] * 64
+    assert abs(hits - round(hits)) < 1e-4
     assert metrics["wall_time_s"] > 0 and metrics["images_per_s"] > 0
     assert metrics["config"]["optimizer"]["optimizer"] == "lars"
     assert metrics["config"]["adversarial"]["staleness"] == 1

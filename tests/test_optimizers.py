@@ -42,6 +42,11 @@ RNG = np.random.default_rng(1234)
 # -- NumPy references (transcriptions of the class docstrings) ----------------------------
 
 
+def paper_nu(c, lower=0.0, upper=None):
+    """ScaLA's nu(c) = max(L, min(c, U)) (Algorithm 1 line 13); ``upper=None``: U = inf."""
+    return max(lower, c if upper is None else min(c, upper))
+
+
 def numpy_lamb(
     weights,
     grads_per_step,
@@ -57,8 +62,18 @@ def numpy_lamb(
     rmax=None,
     decay=None,
     adapt=None,
+    zero_weight_unscaled=True,
 ):
-    """Returns the weights after each step and the last trust ratios."""
+    """Returns the weights after each step and the last trust ratios.
+
+    The step is the paper's (ScaLA Algorithm 1 line 13, LAMB Alg. 2):
+    ``x <- x - lr * nu(||x||) * u / ||u||`` with ``nu(c) = max(L, min(c, U))``, i.e. the
+    trust ratio ``nu(||x||) / ||u||`` (optionally clipped to ``[rmin, rmax]``); ``u = 0``
+    takes no step.  One deliberate deviation, switched by ``zero_weight_unscaled``
+    (on: what the code does, as NVIDIA's and DeepSpeed's LAMB): where ``||x|| = 0`` and
+    L = 0 the ratio is 1, an unscaled step ``lr * u``, instead of ``nu(0) / ||u||`` = 0 (a
+    zero-initialised variable would never move); with L > 0 the paper's step stands.
+    """
     w = [np.array(x, np.float64) for x in weights]
     m = [np.zeros_like(x) for x in w]
     v = [np.zeros_like(x) for x in w]
@@ -76,10 +91,12 @@ def numpy_lamb(
             )
             u = m_hat / (np.sqrt(v_hat) + eps) + (wd * w[i] if decay[i] else 0.0)
             w_norm, u_norm = np.linalg.norm(w[i]), np.linalg.norm(u)
-            r = 1.0
-            if adapt[i] and w_norm > 0 and u_norm > 0:
-                nu = max(lower, w_norm if upper is None else min(w_norm, upper))
-                r = nu / u_norm
+            if not adapt[i] or u_norm == 0:  # no layer-wise scaling / no step to scale
+                r = 1.0
+            elif w_norm == 0 and lower == 0 and zero_weight_unscaled:  # the deviation
+                r = 1.0
+            else:  # the paper's ratio
+                r = paper_nu(w_norm, lower, upper) / u_norm
                 r = r if rmin is None else max(r, rmin)
                 r = r if rmax is None else min(r, rmax)
             ratios.append(r)
@@ -243,6 +260,49 @@ def test_lamb_trust_ratio_clip_and_zero_weight_fallback():
     assert diagnostics["w"]["trust_ratio"] == pytest.approx(2.0)
     assert diagnostics["zero"]["trust_ratio"] == pytest.approx(1.0)
     assert diagnostics["w"]["update_norm"] == pytest.approx(np.linalg.norm(history[0][0] - w))
+
+
+def test_lamb_paper_formula_by_hand_for_nonzero_weights():
+    """nu(c) = max(L, min(c, U)) on three weight norms below, inside and above [L, U]:
+    the step is lr * nu(||w||) along u / ||u||, whatever ||u|| is."""
+    lr, lower, upper = 0.1, 1.0, 4.0
+    grad = np.array([2.0, -1.0, 0.5])  # first bias-corrected step, eps = 0: u = sign(g)
+    unit = np.array([1.0, -1.0, 1.0]) / math.sqrt(3.0)
+    for norm, nu in ((0.5, 1.0), (2.0, 2.0), (9.0, 4.0)):
+        w = norm * np.array([0.6, 0.8, 0.0])
+        optimizer = LAMB(lr, epsilon=0.0, weight_norm_lower=lower, weight_norm_upper=upper)
+        history, _ = run_optimizer(optimizer, [w], ["w"], [[grad]])
+        assert nu == paper_nu(norm, lower, upper)
+        np.testing.assert_allclose(history[0][0], w - lr * nu * unit, rtol=1e-6, err_msg=str(norm))
+
+
+@pytest.mark.parametrize("lower", [0.0, 0.5])
+def test_lamb_zero_weight_norm_deviates_from_the_paper_by_design(lower):
+    """At ||w|| = 0 with L = 0 the paper's step lr * nu(0) * u / ||u|| is 0 (a
+    zero-initialised variable would never move); the code takes the unscaled step lr * u
+    there (trust ratio 1, as NVIDIA/DeepSpeed LAMB) -- the one documented deviation.
+    With L > 0 the code follows the paper: a step of length lr * L, continuous with
+    ||w|| = 2e-6, which gets lr * max(L, 2e-6) along u / ||u||."""
+    lr = 0.1
+    grad = np.array([0.5, -0.25, 1.0, 2.0])  # u = sign(g) (eps = 0), ||u|| = 2
+    u = np.sign(grad)
+    zero, tiny = np.zeros(4), np.full(4, 1e-6)  # ||tiny|| = 2e-6
+    optimizer = LAMB(lr, epsilon=0.0, weight_norm_lower=lower, log_trust_ratios=True)
+    history, _ = run_optimizer(optimizer, [zero, tiny], ["zero", "tiny"], [[grad, grad]])
+    reference, _ = numpy_lamb([zero], [[grad]], lr, eps=0.0, lower=lower)
+    np.testing.assert_allclose(history[0][0], reference[0][0], rtol=1e-5)
+    paper, _ = numpy_lamb([zero], [[grad]], lr, eps=0.0, lower=lower, zero_weight_unscaled=False)
+    np.testing.assert_allclose(paper[0][0], -lr * lower * u / 2.0, rtol=1e-12, atol=0)
+    if lower == 0:  # the deviation: ratio 1, step lr * u (rtol: 1 - beta_2 in float32)
+        np.testing.assert_allclose(history[0][0], -lr * u, rtol=1e-5)
+        assert optimizer.trust_ratio_diagnostics()["zero"]["trust_ratio"] == 1.0
+        assert np.abs(history[0][0] - paper[0][0]).max() > 0.01
+    else:  # the paper's step
+        np.testing.assert_allclose(history[0][0], paper[0][0], rtol=1e-5)
+    # Just above 0 the code follows the paper: nu(2e-6) = max(L, 2e-6).
+    np.testing.assert_allclose(
+        history[0][1] - tiny, -lr * max(lower, 2e-6) * u / 2.0, rtol=1e-4, atol=1e-12
+    )
 
 
 def test_keras_weight_decay_is_not_applied_twice():

@@ -151,17 +151,50 @@ def count_bn(model):
     return sum(type(layer) is keras.layers.BatchNormalization for layer in model._flatten_layers())
 
 
+def without_dropout(model):
+    """Rate 0 for every dropout layer (EfficientNet's stochastic depth and top dropout), so
+    a training-mode pass is deterministic and two models can be compared in it."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return model
+
+
 def test_efficientnet_b0_from_keras_applications_is_converted():
     plain = build_image_model("efficientnet_b0", (32, 32, 3), 7, split_bn=False)
-    split = build_image_model("efficientnet_b0", (32, 32, 3), 7, split_bn=True)
-    n_bn = count_bn(plain)
+    rng = np.random.default_rng(0)
+    norms = [
+        layer for layer in plain._flatten_layers() if type(layer) is keras.layers.BatchNormalization
+    ]
+    for bn in norms:  # statistics and affine parameters that inference depends on
+        c = bn.gamma.shape[0]
+        bn.set_weights(
+            [
+                rng.uniform(0.5, 1.5, c),
+                rng.normal(0, 0.1, c),
+                rng.normal(0, 0.1, c),
+                rng.uniform(0.5, 2.0, c),
+            ]
+        )
+    split = without_dropout(convert_to_split_bn(plain))
+    without_dropout(plain)
+    n_bn = len(norms)
     assert n_bn > 40  # stem, top and every MBConv block's BNs
     assert len(split_bn_layers(split)) == n_bn
     assert count_bn(split) == 2 * n_bn  # only the main/aux sublayers remain
-    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    x = rng.random((4, 32, 32, 3)).astype("float32")
+    # Inference: the converted model is the original (main BN = the original BN).
+    expected = to_numpy(plain(x, training=False))
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(to_numpy(split(x, training=False)), expected, rtol=1e-4, atol=1e-5)
+    # Training, split route on [x; x]: each half is normalised by its own batch moments with
+    # the original gamma/beta (both BNs start as copies), i.e. the original in training mode.
     with split_bn_route(split, "split"):
-        out = split(x, training=True)
-    assert out.shape == (2, 7) and np.all(np.isfinite(to_numpy(out)))
+        out = to_numpy(split(np.concatenate([x, x]), training=True))
+    trained = to_numpy(plain(x, training=True))
+    assert out.shape == (8, 7) and np.abs(trained - expected).max() > 1e-3
+    np.testing.assert_allclose(out[:4], trained, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(out[4:], trained, rtol=1e-3, atol=1e-4)
 
 
 def test_cifar_resnet8_has_the_hand_counted_weights():

@@ -41,7 +41,7 @@ class LAMB(LayerwiseOptimizer):
     u_t = m_hat / (sqrt(v_hat) + eps) + wd w                            (decoupled decay)
     r_t = nu(||w||) / ||u_t||,  nu(c) = max(L, min(c, U))               (ScaLA's clip)
     r_t = min(max(r_t, trust_ratio_min), trust_ratio_max)               (optional)
-    r_t = 1                     where ||w|| = 0 or ||u_t|| = 0
+    r_t = 1                     where ||u_t|| = 0, or ||w|| = 0 with L = 0
     w  <- w - lr_t r_t u_t
     ```
 

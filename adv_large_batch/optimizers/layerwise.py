@@ -116,15 +116,12 @@ def lamb_trust_ratio(
     min_ratio: float | None = None,
     max_ratio: float | None = None,
 ) -> Tensor:
-    """``nu(||w||) / ||u||`` (1 where ``||w||`` or ``||u||`` is 0)."""
-    weight_norm = l2_norm(weight)
-    return trust_ratio(
-        clip_weight_norm(weight_norm, weight_norm_lower, weight_norm_upper),
-        l2_norm(direction),
-        weight_norm,
-        min_ratio,
-        max_ratio,
-    )
+    """``nu(||w||) / ||u||``; 1 where ``||u|| = 0``, or where ``nu(||w||) = 0``, i.e.
+    ``||w|| = 0`` with ``L = 0`` (the deliberate deviation from the paper, as NVIDIA's and
+    DeepSpeed's LAMB: the paper's step there is 0 and a zero-initialised variable would
+    never move).  With ``L > 0`` a zero weight takes the paper's step ``lr L u / ||u||``."""
+    nu = clip_weight_norm(l2_norm(weight), weight_norm_lower, weight_norm_upper)
+    return trust_ratio(nu, l2_norm(direction), nu, min_ratio, max_ratio)
 
 
 def lars_trust_ratio(

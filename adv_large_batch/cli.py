@@ -40,12 +40,12 @@ def _quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adv_large_batch.commands.finetune import FinetuneConfig
+    from adv_large_batch.commands.sharpness import SharpnessConfig
+    from adv_large_batch.commands.train_images import IMAGE_OPTIMIZER_DEFAULTS, ImageTrainConfig
     from adv_large_batch.conadv import ConAdvConfig
-    from adv_large_batch.finetune import FinetuneConfig
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
-    from adv_large_batch.sharpness import SharpnessConfig
-    from adv_large_batch.train_images import IMAGE_OPTIMIZER_DEFAULTS, ImageTrainConfig
 
     parser = argparse.ArgumentParser(
         prog="adv-large-batch",
@@ -95,13 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
-            from adv_large_batch import info
+            from adv_large_batch.commands import info
 
             data = info.collect()
             print(json.dumps(data, indent=2) if args.json else info.report(data))
             return 0
         if args.command == "finetune":
-            from adv_large_batch import finetune
+            from adv_large_batch.commands import finetune
             from adv_large_batch.optimizers import OptimizerConfig
             from adv_large_batch.scala import ScaLAConfig
 
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opt = from_args(OptimizerConfig, args)
             return _status(finetune.run(run_cfg, adv, opt))
         if args.command == "train-images":
-            from adv_large_batch import train_images
+            from adv_large_batch.commands import train_images
             from adv_large_batch.conadv import ConAdvConfig
             from adv_large_batch.optimizers import OptimizerConfig
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opt = from_args(OptimizerConfig, args)
             return _status(train_images.run(image_cfg, conadv, opt))
         if args.command == "sharpness":
-            from adv_large_batch import sharpness
+            from adv_large_batch.commands import sharpness
 
             sharpness.run(from_args(sharpness.SharpnessConfig, args))
             return 0

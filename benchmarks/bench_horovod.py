@@ -42,7 +42,9 @@ def worker(args: argparse.Namespace) -> None:
     """One process of a launch (1 process, or one horovodrun rank)."""
     import tensorflow as tf
 
-    from adv_large_batch import distributed, finetune, text_data
+    from adv_large_batch.commands import finetune
+    from adv_large_batch.data import text_pipeline, text_tasks
+    from adv_large_batch.engine import distributed
     from adv_large_batch.optimizers import LAMB
     from adv_large_batch.scala import ScaLA, ScaLAConfig
 
@@ -54,9 +56,9 @@ def worker(args: argparse.Namespace) -> None:
 
     network, tokenizer = finetune.build_network(finetune.default_model_path(), 2, 0)
     per_rank = args.global_batch // backend.size
-    task = text_data.load_task("rotten_tomatoes")
+    task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.global_batch * args.batches)
-    feats = text_data.tokenize(split, tokenizer, args.max_length)
+    feats = text_pipeline.tokenize(split, tokenizer, args.max_length)
     ds = tf.data.Dataset.from_tensor_slices((feats, split.labels.astype(np.int32)))
     # Rank r takes rows r*per_rank .. of every global batch: same global batches as 1 process.
     ds = ds.batch(args.global_batch, drop_remainder=True).map(

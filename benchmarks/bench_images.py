@@ -20,7 +20,7 @@ DisAdv and DisAdv / baseline (medians over rounds of within-round ratios, with m
 and max; rounds where other processes used more than ``--quiet-threshold`` of the
 cores are redone).  The host's float32 matmul GFLOP/s is measured and printed with it.
 
-It also times the real training input pipeline alone (``image_data.train_stream``
+It also times the real training input pipeline alone (``image_pipeline.train_stream``
 with the seeded flip-and-crop augmentation, paired with ``pair_with_future`` as
 ConAdv consumes it) and reports its images/s as a multiple of the fastest step's.
 
@@ -90,7 +90,7 @@ def conadv_trainer(
     import keras
 
     from adv_large_batch.conadv import ConAdv, ConAdvConfig
-    from adv_large_batch.models.resnet import build_image_model
+    from adv_large_batch.models.image_models import build_image_model
     from adv_large_batch.optimizers import LARS
 
     keras.utils.set_random_seed(0)
@@ -121,11 +121,11 @@ def stepper(trainer: Any, iterator: Any, steps: int) -> Callable[[], float]:
 
 def augmented_stream(split: Any, arrays: tuple[np.ndarray, np.ndarray], batch: int) -> Any:
     """The real ConAdv training stream: seeded flip-and-crop, paired t / t + 1."""
-    from adv_large_batch import image_data
     from adv_large_batch.conadv import pair_with_future
+    from adv_large_batch.data import image_pipeline
 
-    augment = image_data.seeded_augmenter("flip_crop", arrays[0].shape[1:], 0)
-    stream = image_data.train_stream(split, len(arrays[0]), batch, 0, augment, arrays=arrays)
+    augment = image_pipeline.seeded_augmenter("flip_crop", arrays[0].shape[1:], 0)
+    stream = image_pipeline.train_stream(split, len(arrays[0]), batch, 0, augment, arrays=arrays)
     return pair_with_future(stream, 1)
 
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.steps < 1 or args.rounds < 1:
         p.error(f"need batch sizes in [1, train_limit / 2] (got {bad}), --steps/--rounds >= 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from adv_large_batch import image_data
+    from adv_large_batch.data import image_datasets, image_pipeline
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     gflops = matmul_gflops()
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         f"[images] {started} machine {machine()} model {args.model} width {args.width}; "
         f"host float32 matmul {gflops:.0f} GFLOP/s"
     )
-    data = image_data.load_image_dataset("fashion_mnist").limit(args.train_limit, None)
-    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
+    data = image_datasets.load_image_dataset("fashion_mnist").limit(args.train_limit, None)
+    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
     results: dict[str, Any] = {
         "date": started,
         "machine": machine(),

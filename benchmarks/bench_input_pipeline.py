@@ -1,10 +1,10 @@
 """The input pipelines alone vs the training steps they feed (target: >= 5x faster).
 
-Text: ``text_data.make_epoch_stream`` (the shuffled, sharded, prefetched batches
+Text: ``text_pipeline.make_epoch_stream`` (the shuffled, sharded, prefetched batches
 ``finetune`` trains on, from the tokenised split) against our baseline and ScaLA
 (PGA-1) fine-tuning steps on the bundled all-MiniLM-L6-v2, real Rotten Tomatoes,
 batch 32, max length 64.  The one-off tokenisation of the split (done once before
-training) is reported separately.  Images: ``image_data.train_stream`` with the
+training) is reported separately.  Images: ``image_pipeline.train_stream`` with the
 seeded flip-and-crop augmentation, paired for ConAdv, against the ConAdv step of
 ``cifar_resnet20`` on real Fashion-MNIST (``bench_images.py`` has the full image table).
 
@@ -41,18 +41,19 @@ def rate(fn: Callable[[], Any], count: int, rows: int) -> float:
 def text_side(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     import keras
 
-    from adv_large_batch import finetune, text_data
+    from adv_large_batch.commands import finetune
+    from adv_large_batch.data import text_pipeline, text_tasks
     from adv_large_batch.optimizers import LAMB
     from adv_large_batch.scala import ScaLA, ScaLAConfig
 
     network, tokenizer = finetune.build_network(finetune.default_model_path(), 2, 0)
-    task = text_data.load_task("rotten_tomatoes")
+    task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.text_examples)
     t0 = time.perf_counter()
-    feats = text_data.tokenize(split, tokenizer, args.max_length)
+    feats = text_pipeline.tokenize(split, tokenizer, args.max_length)
     tokenize_rate = len(split) / (time.perf_counter() - t0)
     b = args.text_batch
-    stream = text_data.make_epoch_stream(feats, split.labels, b, 1000, seed=0)
+    stream = text_pipeline.make_epoch_stream(feats, split.labels, b, 1000, seed=0)
     pipe_it = iter(stream)
     train_it = iter(stream)
     calls = {"text pipeline": lambda: next(pipe_it)}
@@ -78,10 +79,10 @@ def text_side(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
 def image_side(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     from bench_images import augmented_stream, conadv_trainer, stepper
 
-    from adv_large_batch import image_data
+    from adv_large_batch.data import image_datasets, image_pipeline
 
-    data = image_data.load_image_dataset("fashion_mnist").limit(args.image_examples, None)
-    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
+    data = image_datasets.load_image_dataset("fashion_mnist").limit(args.image_examples, None)
+    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
     b = args.image_batch
     pipe_it = iter(augmented_stream(data.train, arrays, b))
     train_it = iter(augmented_stream(data.train, arrays, b))

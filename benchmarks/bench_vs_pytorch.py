@@ -197,12 +197,12 @@ def prepare_batches(
     tokenizer: Any, sizes: list[int], counts: dict[int, int], length: int
 ) -> dict[int, dict[str, np.ndarray]]:
     """Real Rotten Tomatoes training snippets, tokenised once, cut into fixed batches."""
-    from adv_large_batch import text_data
+    from adv_large_batch.data import text_pipeline, text_tasks
 
-    task = text_data.load_task("rotten_tomatoes")
+    task = text_tasks.load_task("rotten_tomatoes")
     need = max(counts[b] * b for b in sizes)
     split = task.train.take(need)
-    feats = text_data.tokenize(split, tokenizer, length)
+    feats = text_pipeline.tokenize(split, tokenizer, length)
     out = {}
     for b in sizes:
         n = counts[b] * b
@@ -281,7 +281,7 @@ def main() -> None:
     import tensorflow as tf
 
     set_threads(args)
-    from adv_large_batch.finetune import build_network, default_model_path
+    from adv_large_batch.commands.finetune import build_network, default_model_path
 
     ours_import_rss = proc_status_mb("VmRSS")
     model_path = default_model_path()

@@ -17,10 +17,10 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch import adversarial as adv
-from adv_large_batch import text_data
-from adv_large_batch.finetune import build_network, default_model_path
-from adv_large_batch.models.perturbable_bert import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.commands.finetune import build_network, default_model_path
+from adv_large_batch.data import text_pipeline, text_tasks
+from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.scala import perturbation
 
 
 def main() -> None:
@@ -37,11 +37,11 @@ def main() -> None:
 
     keras.mixed_precision.set_global_policy(args.precision)
 
-    task = text_data.load_task("rotten_tomatoes")
+    task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.batches * args.batch_size)
     net, tokenizer = build_network(default_model_path(), 2, seed=0)
-    feats = text_data.tokenize(split, tokenizer, 64)
-    rows = {norm: [] for norm in adv.STEP_NORMS}
+    feats = text_pipeline.tokenize(split, tokenizer, 64)
+    rows = {norm: [] for norm in perturbation.STEP_NORMS}
     for b in range(args.batches):
         sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
         x = trim_to_longest({k: tf.constant(v[sl]) for k, v in feats.items()})
@@ -50,17 +50,19 @@ def main() -> None:
 
         def r_of(y):
             perturbed = tf.cast(tf.cast(e, tf.float32) + y, e.dtype)  # as ScaLA does
-            return adv.symmetric_kl_from_logits(clean, net.logits_from_embeddings(perturbed, x))
+            return perturbation.symmetric_kl_from_logits(
+                clean, net.logits_from_embeddings(perturbed, x)
+            )
 
-        y0 = adv.random_start(tf.shape(e), args.eps, "uniform", seed=tf.constant([b, 7]))
+        y0 = perturbation.random_start(tf.shape(e), args.eps, "uniform", seed=tf.constant([b, 7]))
         clean = tf.cast(clean, tf.float32)
-        y0 = adv.mask_padding(y0, x[PADDING_MASK])
+        y0 = perturbation.mask_padding(y0, x[PADDING_MASK])
         with tf.GradientTape() as tape:
             tape.watch(y0)
             r0 = r_of(y0)
         grad = tape.gradient(r0, y0)
-        for norm in adv.STEP_NORMS:
-            y1 = adv.ascent_step(y0, grad, args.step, args.eps, norm, x[PADDING_MASK])
+        for norm in perturbation.STEP_NORMS:
+            y1 = perturbation.ascent_step(y0, grad, args.step, args.eps, norm, x[PADDING_MASK])
             rows[norm].append(
                 [
                     float(tf.reduce_max(tf.abs(grad))),

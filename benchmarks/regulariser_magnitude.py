@@ -32,9 +32,10 @@ def measure(checkpoint: str, batch_size: int, draws: int, seed: int) -> dict[str
     import keras
     import tensorflow as tf
 
-    from adv_large_batch import adversarial, checkpointing, sharpness
-    from adv_large_batch.models.perturbable_bert import PADDING_MASK, TOKEN_IDS
-    from adv_large_batch.scala import ScaLAConfig
+    from adv_large_batch.commands import sharpness
+    from adv_large_batch.engine import checkpointing
+    from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS
+    from adv_large_batch.scala import ScaLAConfig, perturbation
 
     path, meta = sharpness.locate(checkpoint)
     problem = sharpness._text_problem(
@@ -50,19 +51,19 @@ def measure(checkpoint: str, batch_size: int, draws: int, seed: int) -> dict[str
     mask = x[PADDING_MASK]
 
     def r_between(target: tf.Tensor, logits: tf.Tensor) -> float:
-        return float(adversarial.symmetric_kl_from_logits(target, logits))
+        return float(perturbation.symmetric_kl_from_logits(target, logits))
 
     def scala_r(training: bool, draw: int) -> float:
         target = tf.stop_gradient(net.logits_from_embeddings(e, x, training=training))
 
         def regulariser_of(y: tf.Tensor) -> tf.Tensor:
             logits = net.logits_from_embeddings(e + y, x, training=training)
-            return adversarial.symmetric_kl_from_logits(target, logits)
+            return perturbation.symmetric_kl_from_logits(target, logits)
 
-        y0 = adversarial.random_start(
+        y0 = perturbation.random_start(
             tf.shape(e), cfg.eps, cfg.init, cfg.noise_scale, tf.constant([seed, draw], tf.int64)
         )
-        delta, _ = adversarial.projected_gradient_ascent(
+        delta, _ = perturbation.projected_gradient_ascent(
             regulariser_of, y0, cfg.step_size, cfg.eps, cfg.steps, cfg.step_norm, mask
         )
         return r_between(target, net.logits_from_embeddings(e + delta, x, training=training))

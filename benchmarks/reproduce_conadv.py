@@ -2,7 +2,7 @@
 
 Accuracy vs global batch for baseline, DisAdv, ConAdv (no augmentation) and ConAdv
 with flip-and-crop augmentation on top, every run repeated over ``--seeds``.  Each
-run is ``adv_large_batch.train_images.run`` (what ``adv-large-batch train-images``
+run is ``adv_large_batch.commands.train_images.run`` (what ``adv-large-batch train-images``
 runs) in this one process; records go to a JSONL log and a stopped sweep resumes.
 ``benchmarks/report.py`` turns the log into tables and plots.
 
@@ -47,7 +47,7 @@ def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
 
 
 def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
-    from adv_large_batch import train_images
+    from adv_large_batch.commands import train_images
     from adv_large_batch.conadv import ConAdvConfig
 
     method, augment = METHODS[run.method]

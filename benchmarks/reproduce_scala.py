@@ -9,7 +9,7 @@ Two parts, every run repeated over ``--seeds``:
   the target (GT), Gaussian noise instead of the ascent, ScaLA without delayed
   injection.
 
-Each run is ``adv_large_batch.finetune.run`` (what ``adv-large-batch finetune`` runs),
+Each run is ``adv_large_batch.commands.finetune.run`` (what ``adv-large-batch finetune`` runs),
 in this one process; results go to a JSONL log, and a stopped sweep resumes
 where it stopped.  ``benchmarks/report.py`` turns the log into tables and plots.
 
@@ -80,7 +80,7 @@ def checkpoint_dir(args: argparse.Namespace, run: PlannedRun) -> str | None:
 
 
 def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
-    from adv_large_batch import finetune
+    from adv_large_batch.commands import finetune
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
 

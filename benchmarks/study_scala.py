@@ -129,7 +129,7 @@ def checkpoint_dir(args: argparse.Namespace, run: PlannedRun) -> str | None:
 
 
 def train(args: argparse.Namespace, run: PlannedRun, gflops: float) -> dict[str, Any]:
-    from adv_large_batch import finetune
+    from adv_large_batch.commands import finetune
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
 

@@ -66,15 +66,16 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     import keras
     import tensorflow as tf
 
-    from adv_large_batch import finetune, text_data
-    from adv_large_batch.models.perturbable_bert import TOKEN_IDS, trim_to_longest
+    from adv_large_batch.commands import finetune
+    from adv_large_batch.data import text_pipeline, text_tasks
+    from adv_large_batch.models.inputs import TOKEN_IDS, trim_to_longest
     from adv_large_batch.optimizers import LAMB
     from adv_large_batch.scala import ScaLA, ScaLAConfig
 
     network, tokenizer = finetune.build_network(finetune.default_model_path(), 2, 0)
-    task = text_data.load_task("rotten_tomatoes")
+    task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.batch_size * args.batches)
-    feats = text_data.tokenize(split, tokenizer, args.max_length)
+    feats = text_pipeline.tokenize(split, tokenizer, args.max_length)
     ds = (
         tf.data.Dataset.from_tensor_slices((feats, split.labels.astype(np.int32)))
         .batch(args.batch_size, drop_remainder=True)

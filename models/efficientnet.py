@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import keras
 
+from adv_large_batch.models.inputs import check_image_shape
 from adv_large_batch.models.split_batchnorm import convert_to_split_bn
 
 VARIANTS = {"b0": keras.applications.EfficientNetB0, "b2": keras.applications.EfficientNetB2}
 #: Each variant's resolution: keras.applications' ``default_size`` (the EfficientNet
 #: paper's B0 224, B2 260), the default ``--image-size`` on ImageNet-scale data.
 DEFAULT_SIZES = {"b0": 224, "b2": 260}
+MIN_SIZE = 32  # five halvings
 
 
 def efficientnet(
@@ -39,9 +41,7 @@ def efficientnet(
     """
     if variant not in VARIANTS:
         raise ValueError(f"EfficientNet variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    from adv_large_batch.models.resnet import check_input_shape
-
-    check_input_shape(f"efficientnet_{variant}", tuple(input_shape))
+    check_image_shape(f"efficientnet_{variant}", tuple(input_shape), MIN_SIZE)
     inputs = keras.Input(shape=input_shape, name="images")
     pixels = keras.layers.Rescaling(255.0, name="to_pixels")(inputs)
     base = VARIANTS[variant](
@@ -57,4 +57,4 @@ def efficientnet(
     return convert_to_split_bn(model) if split_bn else model
 
 
-__all__ = ["DEFAULT_SIZES", "VARIANTS", "efficientnet"]
+__all__ = ["DEFAULT_SIZES", "MIN_SIZE", "VARIANTS", "efficientnet"]

@@ -25,23 +25,7 @@ import keras_hub
 import tensorflow as tf
 
 from adv_large_batch.config import ConfigError
-
-# Keys of the dict that every text pipeline of this project produces.
-TOKEN_IDS = "token_ids"
-SEGMENT_IDS = "segment_ids"
-PADDING_MASK = "padding_mask"
-
-
-def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Cut padding columns that no example in the batch uses.
-
-    Batches arrive padded to a fixed length (one traced graph); trimming to the
-    longest real sequence inside the step gives dynamic padding without
-    retracing.  The result has a dynamic sequence dimension.
-    """
-    mask = tf.cast(inputs[PADDING_MASK], tf.int32)
-    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
-    return {key: value[:, :longest] for key, value in inputs.items()}
+from adv_large_batch.models.inputs import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS, trim_to_longest
 
 
 @keras.saving.register_keras_serializable(package="adv_large_batch")

@@ -31,7 +31,7 @@ import keras_hub
 import tensorflow as tf
 
 from adv_large_batch.config import ConfigError
-from adv_large_batch.models.perturbable_bert import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
 
 
 def add_position_embeddings(

@@ -1,4 +1,4 @@
-"""ResNets with split BatchNorm, and ``build_image_model``, the one image-model factory.
+"""ResNets with split BatchNorm (``models/image_models.py`` is the one image-model factory).
 
 ConAdv §4.1 trains ResNet-50 (v1.5, the MLPerf reference: the stride of a
 down-sampling bottleneck sits on its 3x3 convolution) and EfficientNet with
@@ -21,26 +21,13 @@ logits layer computes in float32 under a mixed-precision policy.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import keras
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.models.inputs import check_image_shape
 from adv_large_batch.models.split_batchnorm import SplitBatchNormalization
 
-IMAGE_MODELS = (
-    "cifar_resnet8",
-    "cifar_resnet20",
-    "cifar_resnet32",
-    "cifar_resnet56",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "efficientnet_b0",
-    "efficientnet_b2",
-)
 IMAGENET_STAGES = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -50,47 +37,8 @@ IMAGENET_STAGES = {
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 #: The ImageNet ResNets' training resolution (He et al.; MLPerf ResNet-50).
 RESNET_IMAGE_SIZE = 224
-
-
-def min_input_size(name: str) -> int:
-    """The smallest height/width ``name`` takes (its total down-sampling)."""
-    return 8 if name.startswith("cifar_resnet") else 32
-
-
-def default_image_size(name: str) -> int | None:
-    """The resolution model ``name`` trains at on ImageNet-scale data (``--image-size`` unset).
-
-    ``resnet*`` 224; ``efficientnet_b0`` 224 and ``efficientnet_b2`` 260 (keras.applications'
-    default input sizes, ``efficientnet.DEFAULT_SIZES``); None for ``cifar_resnet*``,
-    which keep the dataset's own size.
-    """
-    if name not in IMAGE_MODELS:
-        raise ConfigError(f"--model must be one of {IMAGE_MODELS}, got {name!r}")
-    if name.startswith("cifar_resnet"):
-        return None
-    if name.startswith("efficientnet_"):
-        from adv_large_batch.models.efficientnet import DEFAULT_SIZES
-
-        return DEFAULT_SIZES[name.split("_")[1]]
-    return RESNET_IMAGE_SIZE
-
-
-def check_input_shape(name: str, input_shape: tuple[int, ...]) -> None:
-    """Raise ``ConfigError`` if model ``name`` cannot take images of ``input_shape`` (HWC)."""
-    if len(input_shape) != 3:
-        raise ConfigError(
-            f"--model {name} takes (height, width, channels) images, got {input_shape}"
-        )
-    height, width, channels = input_shape
-    smallest = min_input_size(name)
-    if min(height, width) < smallest:
-        small = [m for m in IMAGE_MODELS if min_input_size(m) <= min(height, width)]
-        raise ConfigError(
-            f"--model {name} needs images of at least {smallest}x{smallest}, got "
-            f"{height}x{width}; use one of {', '.join(small) or 'none'} or larger images"
-        )
-    if channels < 1:
-        raise ConfigError(f"--model {name}: images need at least one channel, got {input_shape}")
+#: The smallest input side: five halvings (ImageNet ResNets), three (CIFAR ResNets).
+RESNET_MIN_SIZE, CIFAR_RESNET_MIN_SIZE = 32, 8
 
 
 def norm_layer(split_bn: bool, name: str, zero_gamma: bool = False) -> keras.layers.Layer:
@@ -172,7 +120,7 @@ def resnet(
     """
     if depth not in IMAGENET_STAGES:
         raise ValueError(f"ResNet depth must be one of {sorted(IMAGENET_STAGES)}, got {depth}")
-    check_input_shape(f"resnet{depth}", tuple(input_shape))
+    check_image_shape(f"resnet{depth}", tuple(input_shape), RESNET_MIN_SIZE)
     kind, blocks = IMAGENET_STAGES[depth]
     block = basic_block if kind == "basic" else bottleneck_block
     inputs = keras.Input(shape=input_shape, name="images")
@@ -205,7 +153,7 @@ def cifar_resnet(
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2 >= 8, got {depth}")
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
-    check_input_shape(f"cifar_resnet{depth}", tuple(input_shape))
+    check_image_shape(f"cifar_resnet{depth}", tuple(input_shape), CIFAR_RESNET_MIN_SIZE)
     n = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="images")
     x = conv(width, 3, 1, "stem_conv")(inputs)
@@ -218,45 +166,12 @@ def cifar_resnet(
     return keras.Model(inputs, classifier_head(x, num_classes), name=f"cifar_resnet{depth}")
 
 
-def build_image_model(
-    name: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    split_bn: bool = True,
-    width: int = 16,
-) -> keras.Model:
-    """Image classifier ``name`` (see ``IMAGE_MODELS``): ``[0, 1]`` images in, logits out.
-
-    ``width`` is the base width of ``cifar_resnet*``.  Raises ``ConfigError`` for an
-    unknown name or an input size the model cannot take.
-
-    ```python
-    model = build_image_model("cifar_resnet20", (28, 28, 1), num_classes=10)
-    ```
-    """
-    input_shape = tuple(int(d) for d in input_shape)
-    if name not in IMAGE_MODELS:
-        raise ConfigError(f"--model must be one of {IMAGE_MODELS}, got {name!r}")
-    check_input_shape(name, input_shape)
-    if name.startswith("efficientnet_"):
-        from adv_large_batch.models.efficientnet import efficientnet
-
-        return efficientnet(name.split("_")[1], input_shape, num_classes, split_bn=split_bn)
-    depth = int(re.search(r"\d+$", name).group())
-    if name.startswith("cifar_resnet"):
-        return cifar_resnet(depth, input_shape, num_classes, width=width, split_bn=split_bn)
-    return resnet(depth, input_shape, num_classes, split_bn=split_bn)
-
-
 __all__ = [
-    "IMAGE_MODELS",
+    "CIFAR_RESNET_MIN_SIZE",
     "RESNET_IMAGE_SIZE",
+    "RESNET_MIN_SIZE",
     "basic_block",
     "bottleneck_block",
-    "build_image_model",
-    "check_input_shape",
     "cifar_resnet",
-    "default_image_size",
-    "min_input_size",
     "resnet",
 ]

@@ -15,7 +15,7 @@ def require_horovod() -> Path:
     Skips when Horovod (with Gloo) is not installed, unless ``ALB_REQUIRE_HOROVOD=1`` (set in
     CI), in which case the test fails with how to build it.
     """
-    from adv_large_batch.distributed import horovod_build_info
+    from adv_large_batch.engine.distributed import horovod_build_info
 
     info = horovod_build_info()
     horovodrun = Path(sys.executable).parent / "horovodrun"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch import adversarial as adv
+from adv_large_batch.scala import perturbation as adv
 
 
 def np_log_softmax(z):

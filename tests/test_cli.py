@@ -50,7 +50,7 @@ def test_info_without_horovod_and_data_says_how_to_install():
         "        if name.split('.')[0] in ('horovod', 'scattertext'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from adv_large_batch import info\n"
+        "from adv_large_batch.commands import info\n"
         "print(info.report(info.collect()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -87,9 +87,9 @@ def test_trust_ratio_logging_needs_a_layerwise_optimizer(capsys):
 
 
 def test_precision_is_one_flag_and_dtype_policy_a_deprecated_alias(capsys):
+    from adv_large_batch.commands.finetune import FinetuneConfig
+    from adv_large_batch.commands.train_images import ImageTrainConfig
     from adv_large_batch.config import from_args
-    from adv_large_batch.finetune import FinetuneConfig
-    from adv_large_batch.train_images import ImageTrainConfig
 
     parser = cli.build_parser()
     for command, config in (("finetune", FinetuneConfig), ("train-images", ImageTrainConfig)):
@@ -118,7 +118,7 @@ def test_multiworker_is_refused_with_the_reason_before_any_work(command, capsys)
 def test_no_backend_compiles_with_xla_by_default():
     """Keras' jit_compile="auto" turns XLA on for one process on a GPU, where the dynamic
     padding of the text runs makes it recompile every step; every backend says False."""
-    from adv_large_batch.distributed import Backend, HorovodBackend, StrategyBackend
+    from adv_large_batch.engine.distributed import Backend, HorovodBackend, StrategyBackend
 
     assert Backend.jit_compile is False
     assert HorovodBackend.jit_compile is False and StrategyBackend.jit_compile is False

@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch import cli
+from adv_large_batch.commands.train_images import ImageTrainConfig, image_optimizer_config, run
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
 from adv_large_batch.config import ConfigError
 from adv_large_batch.models.split_batchnorm import SplitBatchNormalization
-from adv_large_batch.train_images import ImageTrainConfig, image_optimizer_config, run
 from tests.tiny_bert import SingleProcess
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -1,6 +1,6 @@
 """train-images (ConAdv, tau = 1) stopped and resumed equals an uninterrupted run.
 
-The resumable stream (``image_data.train_stream``) is checked on its own first: a
+The resumable stream (``image_pipeline.train_stream``) is checked on its own first: a
 stream started at step g is the tail of the stream started at 0 (pixels and labels,
 augmentation included), for the in-memory and the streamed path, and two workers'
 slices of a step are one process's batch of that step.
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch import checkpointing, cli, image_data
-from adv_large_batch.augment import crop_padding
+from adv_large_batch import cli
+from adv_large_batch.data import image_pipeline
+from adv_large_batch.data.augment import crop_padding
+from adv_large_batch.engine import checkpointing
 from tests.test_image_data import is_crop_of_padded
 
 N, SHAPE = 40, (8, 8, 1)
@@ -38,11 +40,11 @@ def take(stream: tf.data.Dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]
 def test_a_stream_started_at_step_g_is_the_tail_of_the_whole_stream(in_memory):
     tf.random.set_seed(0)  # the global seed is set in real runs (and by other tests)
     split = tiny_split()
-    arrays = image_data.materialize(split, N, SHAPE) if in_memory else None
-    augment = image_data.seeded_augmenter("flip_crop", SHAPE)
+    arrays = image_pipeline.materialize(split, N, SHAPE) if in_memory else None
+    augment = image_pipeline.seeded_augmenter("flip_crop", SHAPE)
 
     def stream(start_step: int) -> tf.data.Dataset:
-        return image_data.train_stream(
+        return image_pipeline.train_stream(
             split, N, 8, 5, augment, start_step=start_step, arrays=arrays
         )
 
@@ -65,11 +67,11 @@ def test_a_stream_started_at_step_g_is_the_tail_of_the_whole_stream(in_memory):
 
 def test_two_workers_slices_are_one_process_batch():
     split = tiny_split()
-    arrays = image_data.materialize(split, N, SHAPE)
-    augment = image_data.seeded_augmenter("flip_crop", SHAPE)
-    one = take(image_data.train_stream(split, N, 8, 5, augment, arrays=arrays), 6)
+    arrays = image_pipeline.materialize(split, N, SHAPE)
+    augment = image_pipeline.seeded_augmenter("flip_crop", SHAPE)
+    one = take(image_pipeline.train_stream(split, N, 8, 5, augment, arrays=arrays), 6)
     ranks = [
-        take(image_data.train_stream(split, N, 4, 5, augment, r, 2, arrays=arrays), 6)
+        take(image_pipeline.train_stream(split, N, 4, 5, augment, r, 2, arrays=arrays), 6)
         for r in range(2)
     ]
     for step, (x, y) in enumerate(one):

@@ -1,4 +1,4 @@
-"""Tests of adv_large_batch.distributed: the single backend, Horovod being optional, and real
+"""Tests of adv_large_batch.engine.distributed: the single backend, Horovod being optional, and real
 2-worker data-parallel runs (horovodrun + Gloo, MirroredStrategy on 2 logical CPUs) checked
 against one process on the same global batches."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch.distributed import BACKEND_KINDS, Backend, get_backend
+from adv_large_batch.engine.distributed import BACKEND_KINDS, Backend, get_backend
 
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
@@ -119,7 +119,7 @@ def test_import_without_horovod() -> None:
 
         sys.meta_path.insert(0, BlockHorovod())
         import adv_large_batch
-        import adv_large_batch.distributed as d
+        import adv_large_batch.engine.distributed as d
 
         assert not d.horovod_available()
         info = d.horovod_build_info()

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adv_large_batch import cli, image_data
-from adv_large_batch.augment import POLICIES, build_augmenter, crop_padding
+from adv_large_batch import cli
 from adv_large_batch.config import ConfigError
+from adv_large_batch.data import image_datasets, image_pipeline
+from adv_large_batch.data.augment import POLICIES, build_augmenter, crop_padding
 
 
 # ---- Fashion-MNIST ----------------------------------------------------------------------------
@@ -20,14 +21,15 @@ def test_read_idx_parses_a_hand_written_file(tmp_path):
     path = str(tmp_path / "x-idx3-ubyte.gz")
     with gzip.open(path, "wb") as f:
         f.write(header + values.tobytes())
-    np.testing.assert_array_equal(image_data.read_idx(path), values)
+    np.testing.assert_array_equal(image_datasets.read_idx(path), values)
 
 
 @pytest.mark.skipif(
-    not os.path.isdir(image_data.FASHION_MNIST_DIR), reason="apt-get install dataset-fashion-mnist"
+    not os.path.isdir(image_datasets.FASHION_MNIST_DIR),
+    reason="apt-get install dataset-fashion-mnist",
 )
 def test_fashion_mnist_from_the_debian_files():
-    data = image_data.load_fashion_mnist()
+    data = image_datasets.load_fashion_mnist()
     assert (data.num_train, data.num_test, data.num_classes) == (60000, 10000, 10)
     assert data.image_shape == (28, 28, 1) and data.class_names[9] == "ankle boot"
     images, labels = next(iter(data.train.batch(60000)))
@@ -40,18 +42,18 @@ def test_fashion_mnist_from_the_debian_files():
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        image_data.load_fashion_mnist(str(tmp_path))
+        image_datasets.load_fashion_mnist(str(tmp_path))
 
 
 # ---- tensorflow-datasets ------------------------------------------------------------------------
 def test_cifar10_and_imagenet_through_tfds_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=6):
-        cifar = image_data.load_image_dataset("cifar10", data_dir=str(tmp_path))
-        imagenet = image_data.load_image_dataset(
+        cifar = image_datasets.load_image_dataset("cifar10", data_dir=str(tmp_path))
+        imagenet = image_datasets.load_image_dataset(
             "imagenet2012", data_dir=str(tmp_path), image_size=40
         )
-        cifar_images, cifar_labels = next(iter(image_data.eval_batches(cifar.train, 6)))
-        imagenet_images, _ = next(iter(image_data.eval_batches(imagenet.test, 6)))
+        cifar_images, cifar_labels = next(iter(image_pipeline.eval_batches(cifar.train, 6)))
+        imagenet_images, _ = next(iter(image_pipeline.eval_batches(imagenet.test, 6)))
     assert (cifar.num_train, cifar.num_classes, cifar.image_shape) == (6, 10, (32, 32, 3))
     assert cifar_images.shape == (6, 32, 32, 3) and cifar_labels.dtype == tf.int32
     assert float(tf.reduce_min(cifar_images)) >= 0 and float(tf.reduce_max(cifar_images)) <= 1
@@ -61,14 +63,14 @@ def test_cifar10_and_imagenet_through_tfds_mock_data(tmp_path):
 
 def test_unprepared_tfds_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="'cifar10' is not prepared in data_dir"):
-        image_data.load_image_dataset("cifar10", data_dir=str(tmp_path))
+        image_datasets.load_image_dataset("cifar10", data_dir=str(tmp_path))
 
 
 def test_resize_central_crops_the_middle():
     # A 20 x 40 image whose columns count 0..39 (x 5).  Scale (16 / 0.875) / 20 = 0.914:
     # 18 x round(36.57) = 37 after resizing; the central 16 columns start at (37 - 16) // 2 = 10.
     image = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 5, (20, 1, 3))
-    out = image_data.resize_central(tf.constant(image), 16).numpy()
+    out = image_datasets.resize_central(tf.constant(image), 16).numpy()
     assert out.shape == (16, 16, 3)
     # Output column j samples input column (10 + j + 0.5) * 40 / 37 - 0.5 (half-pixel centres);
     # resizing a linear ramp keeps it linear, up to rounding to uint8.
@@ -87,7 +89,7 @@ def test_folder_of_class_subfolders_holds_out_every_tenth_image(tmp_path):
         for i in range(12):
             write_png(str(tmp_path / name / f"{i:02d}.png"), (5, 7, 3), 10 * c + i)
     (tmp_path / "notes.txt").write_text("not an image")
-    data = image_data.load_image_dataset("folder", data_dir=str(tmp_path))
+    data = image_datasets.load_image_dataset("folder", data_dir=str(tmp_path))
     assert data.class_names == ("cat", "dog") and data.image_shape == (5, 7, 3)
     assert (data.num_train, data.num_test) == (22, 2)  # image 09 of each class is held out
     test = [(int(x[0, 0, 0]), int(y)) for x, y in data.test.as_numpy_iterator()]
@@ -99,7 +101,7 @@ def test_folder_with_train_and_test_subfolders(tmp_path):
         for name in ("a", "b"):
             for i in range(n):
                 write_png(str(tmp_path / split / name / f"{i}.png"), (4, 4, 1), i)
-    data = image_data.load_folder(str(tmp_path))
+    data = image_datasets.load_folder(str(tmp_path))
     assert (data.num_train, data.num_test, data.num_classes) == (6, 4, 2)
 
 
@@ -107,7 +109,7 @@ def test_folder_without_images_is_an_error(tmp_path):
     (tmp_path / "empty_class").mkdir()
     (tmp_path / "empty_class" / "readme.txt").write_text("nothing")
     with pytest.raises(FileNotFoundError, match="no images"):
-        image_data.load_folder(str(tmp_path))
+        image_datasets.load_folder(str(tmp_path))
 
 
 def test_folder_of_mixed_sizes_is_an_error_unless_resized(tmp_path):
@@ -116,8 +118,8 @@ def test_folder_of_mixed_sizes_is_an_error_unless_resized(tmp_path):
     with pytest.raises(
         ConfigError, match="images of mixed sizes: .*large.png is 9x8x3 but .*small"
     ):
-        image_data.load_folder(str(tmp_path))
-    assert image_data.load_folder(str(tmp_path), image_size=6).image_shape == (6, 6, 3)
+        image_datasets.load_folder(str(tmp_path))
+    assert image_datasets.load_folder(str(tmp_path), image_size=6).image_shape == (6, 6, 3)
 
 
 def test_cli_rejects_an_empty_image_folder(tmp_path, capsys):
@@ -132,7 +134,7 @@ def tiny_split(n=10, shape=(4, 4, 1)):
 
 
 def test_train_batches_are_endless_shuffled_unit_range_batches():
-    batches = image_data.train_batches(tiny_split(), batch_size=4, seed=0)
+    batches = image_pipeline.train_batches(tiny_split(), batch_size=4, seed=0)
     seen = [next_ for _, next_ in zip(range(5), batches.as_numpy_iterator())]
     for x, y in seen:
         assert x.shape == (4, 4, 4, 1) and x.dtype == np.float32
@@ -143,7 +145,7 @@ def test_train_batches_are_endless_shuffled_unit_range_batches():
 
 
 def test_eval_batches_keep_order_and_the_last_partial_batch():
-    labels = np.concatenate([y for _, y in image_data.eval_batches(tiny_split(), 4)])
+    labels = np.concatenate([y for _, y in image_pipeline.eval_batches(tiny_split(), 4)])
     assert labels.tolist() == list(range(10))
 
 

@@ -19,10 +19,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adv_large_batch import augment, cli, image_data
+from adv_large_batch import cli
 from adv_large_batch.config import ConfigError
+from adv_large_batch.data import augment, image_datasets, image_pipeline
 from adv_large_batch.models import efficientnet
-from adv_large_batch.models.resnet import IMAGE_MODELS, default_image_size
+from adv_large_batch.models.image_models import IMAGE_MODELS, default_image_size
 
 
 def take(stream: tf.data.Dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -38,19 +39,19 @@ def assert_same_batches(a, b):
 
 # ---- per-model resolution --------------------------------------------------------------------
 def test_each_model_has_its_resolution_and_an_explicit_size_wins():
-    assert image_data.resolve_image_size("imagenet2012", "efficientnet_b2") == 260
-    assert image_data.resolve_image_size("imagenet2012", "efficientnet_b0") == 224
-    assert image_data.resolve_image_size("folder", "efficientnet_b2") == 260
+    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2") == 260
+    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b0") == 224
+    assert image_datasets.resolve_image_size("folder", "efficientnet_b2") == 260
     for depth in (18, 34, 50, 101):
-        assert image_data.resolve_image_size("imagenet2012", f"resnet{depth}") == 224
-    assert image_data.resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224
+        assert image_datasets.resolve_image_size("imagenet2012", f"resnet{depth}") == 224
+    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224
     # cifar_resnet*: the dataset's own size (ImageNet has none: 224).
-    assert image_data.resolve_image_size("folder", "cifar_resnet20") is None
-    assert image_data.resolve_image_size("imagenet2012", "cifar_resnet20") == 224
+    assert image_datasets.resolve_image_size("folder", "cifar_resnet20") is None
+    assert image_datasets.resolve_image_size("imagenet2012", "cifar_resnet20") == 224
     # Small datasets keep their size whatever the model.
-    assert image_data.resolve_image_size("cifar10", "efficientnet_b2") is None
-    assert image_data.resolve_image_size("fashion_mnist", "resnet50") is None
-    assert image_data.resolve_image_size("cifar10", "resnet50", 64) == 64
+    assert image_datasets.resolve_image_size("cifar10", "efficientnet_b2") is None
+    assert image_datasets.resolve_image_size("fashion_mnist", "resnet50") is None
+    assert image_datasets.resolve_image_size("cifar10", "resnet50", 64) == 64
     assert all(
         (default_image_size(m) is None) == m.startswith("cifar_resnet") for m in IMAGE_MODELS
     )
@@ -66,10 +67,10 @@ def test_efficientnet_sizes_are_keras_applications_defaults():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: image_data.resolve_image_size("imagenet2012", "resnet50", 0), "--image-size"),
-        (lambda: image_data.resolve_image_size("mnist"), "--dataset must be one of"),
-        (lambda: image_data.resolve_image_size("folder", "vgg16"), "--model must be one of"),
-        (lambda: image_data.seeded_augmenter("cutout", (8, 8, 3)), "--augment must be one of"),
+        (lambda: image_datasets.resolve_image_size("imagenet2012", "resnet50", 0), "--image-size"),
+        (lambda: image_datasets.resolve_image_size("mnist"), "--dataset must be one of"),
+        (lambda: image_datasets.resolve_image_size("folder", "vgg16"), "--model must be one of"),
+        (lambda: image_pipeline.seeded_augmenter("cutout", (8, 8, 3)), "--augment must be one of"),
     ],
 )
 def test_bad_values_are_named(call, message):
@@ -137,8 +138,8 @@ def test_inception_crop_falls_back_to_the_evaluation_crop():
 def imagenet(tmp_path):
     """imagenet2012 at EfficientNet-B2's default resolution, with the raw splits to compare."""
     with tfds.testing.mock_data(num_examples=8):
-        size = image_data.resolve_image_size("imagenet2012", "efficientnet_b2")
-        data = image_data.load_image_dataset("imagenet2012", str(tmp_path), image_size=size)
+        size = image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2")
+        data = image_datasets.load_image_dataset("imagenet2012", str(tmp_path), image_size=size)
         raw_train, raw_test = tfds.load(
             "imagenet2012",
             split=["train", "validation"],
@@ -162,16 +163,16 @@ def test_imagenet_trains_on_the_unresized_images_and_tests_on_center_crops(image
     for (x, y), (x_raw, y_raw) in zip(train, raw["train"]):
         assert y == y_raw
         np.testing.assert_array_equal(x, x_raw)  # decoded, not resized
-    images, labels = next(iter(image_data.eval_batches(data.test, 8)))
+    images, labels = next(iter(image_pipeline.eval_batches(data.test, 8)))
     assert images.shape == (8, 260, 260, 3)
     for image, label, (x_raw, y_raw) in zip(images.numpy(), labels.numpy(), raw["test"]):
         assert label == y_raw
-        expected = image_data.resize_central(tf.constant(x_raw), 260).numpy() / 255.0
+        expected = image_datasets.resize_central(tf.constant(x_raw), 260).numpy() / 255.0
         np.testing.assert_allclose(image, expected, atol=1e-6)
-    assert image_data.materialize(data.train, data.num_train, data.image_shape) is None
+    assert image_pipeline.materialize(data.train, data.num_train, data.image_shape) is None
     with pytest.raises(ConfigError, match="train_for_eval"):
-        image_data.eval_batches(data.train, 4)
-    crops = next(iter(image_data.eval_batches(data.train_for_eval(), 8)))[0]
+        image_pipeline.eval_batches(data.train, 4)
+    crops = next(iter(image_pipeline.eval_batches(data.train_for_eval(), 8)))[0]
     assert crops.shape == (8, 260, 260, 3)
 
 
@@ -180,13 +181,13 @@ def test_imagenet_train_batches_are_random_resized_crops(imagenet):
     by_label = {y: x for x, y in raw["train"]}
     assert len(by_label) == len(raw["train"])  # labels tell the mock's examples apart
     center = {
-        y: image_data.resize_central(tf.constant(x), 260).numpy() / 255.0
+        y: image_datasets.resize_central(tf.constant(x), 260).numpy() / 255.0
         for y, x in by_label.items()
     }
-    augment_fn = image_data.seeded_augmenter("flip_crop", data.image_shape, seed=0)
+    augment_fn = image_pipeline.seeded_augmenter("flip_crop", data.image_shape, seed=0)
 
     def crops(seed, epochs=2):
-        stream = image_data.train_stream(data.train, data.num_train, 8, seed, augment_fn)
+        stream = image_pipeline.train_stream(data.train, data.num_train, 8, seed, augment_fn)
         return [{int(y): x for x, y in zip(*batch)} for batch in take(stream, epochs)]
 
     epoch0, epoch1 = crops(0)
@@ -205,19 +206,19 @@ def test_imagenet_train_batches_are_random_resized_crops(imagenet):
     assert sum(differs(epoch0[y], epoch1[y]) for y in by_label) >= 6
     assert sum(differs(epoch0[y], other_seed[y]) for y in by_label) >= 6
     # The "none" policy is the evaluation crop itself.
-    plain = image_data.seeded_augmenter("none", data.image_shape)
-    stream = image_data.train_stream(data.train, data.num_train, 8, 0, plain)
+    plain = image_pipeline.seeded_augmenter("none", data.image_shape)
+    stream = image_pipeline.train_stream(data.train, data.num_train, 8, 0, plain)
     for image, label in zip(*take(stream, 1)[0]):
         np.testing.assert_allclose(image, center[int(label)], atol=0.5 / 255 + 1e-6)
 
 
 def test_imagenet_stream_is_stateless_and_resumes_exactly(imagenet):
     data, _ = imagenet
-    augment_fn = image_data.seeded_augmenter("flip_crop", data.image_shape, seed=3)
-    assert not image_data.random_access(data.train)  # tfds records: the block shuffle
+    augment_fn = image_pipeline.seeded_augmenter("flip_crop", data.image_shape, seed=3)
+    assert not image_pipeline.random_access(data.train)  # tfds records: the block shuffle
 
     def stream(start_step=0, rank=0, size=1):
-        return image_data.train_stream(
+        return image_pipeline.train_stream(
             data.train, data.num_train, 4 // size, 3, augment_fn, rank, size, start_step,
             shuffle_buffer=3,  # several (ragged) blocks of differently sized images
         )  # fmt: skip
@@ -239,7 +240,7 @@ def test_imagenet_stream_is_stateless_and_resumes_exactly(imagenet):
 
 @pytest.mark.parametrize("policy", ["none", "flip_crop", "inception_crop", "randaugment", "augmix"])
 def test_every_policy_crops_images_of_any_size_to_the_model_resolution(policy):
-    augment_fn = image_data.seeded_augmenter(policy, (24, 24, 3), seed=0)
+    augment_fn = image_pipeline.seeded_augmenter(policy, (24, 24, 3), seed=0)
     images = [np.random.default_rng(i).random(shape) for i, shape in enumerate([(30, 50, 3)])]
     ds = tf.data.Dataset.from_generator(
         lambda: (x.astype(np.float32) for x in images),
@@ -253,11 +254,11 @@ def test_every_policy_crops_images_of_any_size_to_the_model_resolution(policy):
 def test_small_fixed_size_images_keep_the_cifar_augmentation():
     image = tf.constant(np.random.default_rng(0).random((16, 16, 3)).astype(np.float32))
     seed = tf.constant([4, 5], tf.int64)
-    flip_crop = image_data.seeded_augmenter("flip_crop", (16, 16, 3))(image, seed)
+    flip_crop = image_pipeline.seeded_augmenter("flip_crop", (16, 16, 3))(image, seed)
     np.testing.assert_array_equal(flip_crop, augment.pad_crop(image, seed))  # zero-pad + crop
-    inception = image_data.seeded_augmenter("inception_crop", (16, 16, 3))(image, seed)
+    inception = image_pipeline.seeded_augmenter("inception_crop", (16, 16, 3))(image, seed)
     np.testing.assert_allclose(inception, augment.inception_crop_flip(image, 16, seed))
-    none = image_data.seeded_augmenter("none", (16, 16, 3))(image, seed)
+    none = image_pipeline.seeded_augmenter("none", (16, 16, 3))(image, seed)
     np.testing.assert_array_equal(none, image)
 
 
@@ -281,20 +282,20 @@ def write_image_folder(root, classes=3, per_class=12, test_per_class=2, sizes=(2
 def test_a_folder_over_the_memory_limit_is_streamed_with_a_global_shuffle(tmp_path):
     write_image_folder(str(tmp_path))  # 36 training images, in class order on disk
     limit = 36 * 16 * 16 * 3 - 1  # one byte short of the estimate at 16 px
-    files = image_data.load_folder(str(tmp_path), 16, in_memory_bytes=limit)
-    memory = image_data.load_folder(str(tmp_path), 16)
+    files = image_datasets.load_folder(str(tmp_path), 16, in_memory_bytes=limit)
+    memory = image_datasets.load_folder(str(tmp_path), 16)
     assert (files.source, memory.source) == ("files", "memory")
     assert files.variable_size and files.image_shape == (16, 16, 3) and files.num_train == 36
-    assert image_data.materialize(files.train, 36, files.image_shape) is None
-    assert image_data.random_access(files.train)
+    assert image_pipeline.materialize(files.train, 36, files.image_shape) is None
+    assert image_pipeline.random_access(files.train)
     sizes = {x.shape for x, _ in files.train.as_numpy_iterator()}
     assert len(sizes) > 1  # the files' own sizes, for the crop
-    augment_fn = image_data.seeded_augmenter("flip_crop", files.image_shape, seed=5)
+    augment_fn = image_pipeline.seeded_augmenter("flip_crop", files.image_shape, seed=5)
 
     def stream(data, seed=5, start_step=0, batch=6, rank=0, size=1):
         # A shuffle window of one class, as 10,000 images are a few classes of an
         # ImageNet folder: a window shuffle would give batches of one class.
-        return image_data.train_stream(
+        return image_pipeline.train_stream(
             data.train, data.num_train, batch, seed, augment_fn, rank, size, start_step,
             shuffle_buffer=12,
         )  # fmt: skip
@@ -320,8 +321,8 @@ def test_a_folder_over_the_memory_limit_is_streamed_with_a_global_shuffle(tmp_pa
         y = np.concatenate([halves[0][step][1], halves[1][step][1]])
         assert_same_batches([(x, y)], whole[step : step + 1])
     # Evaluation: center crops of the test files, in order, from either source.
-    test_files = next(iter(image_data.eval_batches(files.test, 6)))
-    test_memory = next(iter(image_data.eval_batches(memory.test, 6)))
+    test_files = next(iter(image_pipeline.eval_batches(files.test, 6)))
+    test_memory = next(iter(image_pipeline.eval_batches(memory.test, 6)))
     assert test_files[0].shape == (6, 16, 16, 3)
     np.testing.assert_array_equal(test_files[0], test_memory[0])
     np.testing.assert_array_equal(test_files[1], [0, 0, 1, 1, 2, 2])
@@ -329,17 +330,21 @@ def test_a_folder_over_the_memory_limit_is_streamed_with_a_global_shuffle(tmp_pa
 
 def test_the_memory_limit_applies_to_load_image_dataset(tmp_path, monkeypatch):
     write_image_folder(str(tmp_path), classes=2, per_class=4)
-    assert image_data.load_image_dataset("folder", str(tmp_path), image_size=8).source == "memory"
-    monkeypatch.setattr(image_data, "IN_MEMORY_BYTES", 8 * 8 * 3 * 8 - 1)
-    assert image_data.load_image_dataset("folder", str(tmp_path), image_size=8).source == "files"
+    assert (
+        image_datasets.load_image_dataset("folder", str(tmp_path), image_size=8).source == "memory"
+    )
+    monkeypatch.setattr(image_datasets, "IN_MEMORY_BYTES", 8 * 8 * 3 * 8 - 1)
+    assert (
+        image_datasets.load_image_dataset("folder", str(tmp_path), image_size=8).source == "files"
+    )
     with pytest.raises(ConfigError, match="in_memory_bytes must be an integer >= 0, got -1"):
-        image_data.load_folder(str(tmp_path), 8, in_memory_bytes=-1)
+        image_datasets.load_folder(str(tmp_path), 8, in_memory_bytes=-1)
 
 
 def test_the_estimate_is_checked_against_the_decoded_sizes(tmp_path):
     # Files x 16^2 x 3 fits, but the originals (20-48 px) do not: still streamed.
     write_image_folder(str(tmp_path), classes=2, per_class=4)
-    data = image_data.load_folder(str(tmp_path), 16, in_memory_bytes=8 * 16 * 16 * 3)
+    data = image_datasets.load_folder(str(tmp_path), 16, in_memory_bytes=8 * 16 * 16 * 3)
     assert data.source == "files"
 
 
@@ -351,20 +356,20 @@ def test_a_native_size_folder_over_the_limit_is_streamed_too(tmp_path):
             os.makedirs(path.parent, exist_ok=True)
             image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
             tf.io.write_file(str(path), tf.io.encode_png(image))
-    files = image_data.load_folder(str(tmp_path), in_memory_bytes=100)
-    memory = image_data.load_folder(str(tmp_path))
+    files = image_datasets.load_folder(str(tmp_path), in_memory_bytes=100)
+    memory = image_datasets.load_folder(str(tmp_path))
     assert (files.source, memory.source) == ("files", "memory")
     assert not files.variable_size and files.image_shape == (8, 8, 3) == memory.image_shape
-    arrays = image_data.materialize(memory.train, memory.num_train, memory.image_shape)
-    augment_fn = image_data.seeded_augmenter("flip_crop", (8, 8, 3), seed=0)
-    from_files = image_data.train_stream(files.train, 18, 6, 0, augment_fn)
-    from_arrays = image_data.train_stream(memory.train, 18, 6, 0, augment_fn, arrays=arrays)
+    arrays = image_pipeline.materialize(memory.train, memory.num_train, memory.image_shape)
+    augment_fn = image_pipeline.seeded_augmenter("flip_crop", (8, 8, 3), seed=0)
+    from_files = image_pipeline.train_stream(files.train, 18, 6, 0, augment_fn)
+    from_arrays = image_pipeline.train_stream(memory.train, 18, 6, 0, augment_fn, arrays=arrays)
     assert_same_batches(take(from_files, 6), take(from_arrays, 6))
     # An image of another size is reported, with its file, when it is read.
     tf.io.write_file(
         str(tmp_path / "c1" / "0.png"), tf.io.encode_png(np.zeros((9, 8, 3), np.uint8))
     )
-    odd = image_data.load_folder(str(tmp_path), in_memory_bytes=100)
+    odd = image_datasets.load_folder(str(tmp_path), in_memory_bytes=100)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images of mixed sizes.*c1/0\.png"):
         list(odd.train.as_numpy_iterator())
 
@@ -372,7 +377,7 @@ def test_a_native_size_folder_over_the_limit_is_streamed_too(tmp_path):
 def test_train_images_runs_a_streamed_folder_at_the_model_resolution(tmp_path, monkeypatch):
     """The real run: resnet18 without --image-size trains on 224 px crops of a streamed folder."""
     write_image_folder(str(tmp_path / "data"), classes=2, per_class=4, test_per_class=1)
-    monkeypatch.setattr(image_data, "IN_MEMORY_BYTES", 1000)
+    monkeypatch.setattr(image_datasets, "IN_MEMORY_BYTES", 1000)
     metrics = tmp_path / "metrics.json"
     code = cli.main(
         [

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from adv_large_batch import cli
+from adv_large_batch.commands.train_images import ImageTrainConfig, resolve_recipe
 from adv_large_batch.config import ConfigError, from_args
 from adv_large_batch.optimizers import (
     OptimizerConfig,
@@ -13,7 +14,6 @@ from adv_large_batch.optimizers import (
     scale_learning_rate,
 )
 from adv_large_batch.optimizers.recipes import PUBLISHED_LARS, lars_peak_lr, lars_recipe
-from adv_large_batch.train_images import ImageTrainConfig, resolve_recipe
 
 
 def test_the_rule_lies_within_or_next_to_every_published_point():

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from adv_large_batch import checkpointing
-from adv_large_batch.trainer import AccumulatingTrainer
-from adv_large_batch.training_callbacks import NonFiniteLoss
+from adv_large_batch.engine import checkpointing
+from adv_large_batch.engine.callbacks import NonFiniteLoss
+from adv_large_batch.engine.trainer import AccumulatingTrainer
 from tests.tiny_bert import SingleProcess
 
 
@@ -86,9 +86,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]  # before TF initialises
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from adv_large_batch.distributed import get_backend
-    from adv_large_batch.trainer import AccumulatingTrainer
-    from adv_large_batch.training_callbacks import NonFiniteLoss
+    from adv_large_batch.engine.distributed import get_backend
+    from adv_large_batch.engine.trainer import AccumulatingTrainer
+    from adv_large_batch.engine.callbacks import NonFiniteLoss
 
     keras.mixed_precision.set_global_policy(precision)
     backend = get_backend("mirrored")

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-from adv_large_batch import cli, text_data
+from adv_large_batch import cli
+from adv_large_batch.commands.finetune import build_network
 from adv_large_batch.config import ConfigError
-from adv_large_batch.finetune import build_network
+from adv_large_batch.data import text_pipeline, text_tasks
 from adv_large_batch.models.encoder_presets import architecture_of_config, encoder_architecture
-from adv_large_batch.models.perturbable_bert import trim_to_longest
+from adv_large_batch.models.inputs import trim_to_longest
 from adv_large_batch.models.perturbable_roberta import PerturbableRobertaClassifier
 from adv_large_batch.scala import ScaLA, ScaLAConfig
 from tests.tiny_bert import SingleProcess
@@ -253,8 +254,8 @@ def test_bad_folders_are_refused_with_the_reason(tmp_path):
 def test_roberta_packing_doubles_the_separator():
     tok = tiny_roberta_tokenizer()
     # Two examples of (first, second) segments: ("the fin", "in the") and ("a", "f").
-    split = text_data.TextSplit([["the fin", "a"], ["in the", "f"]], np.array([0, 1]))
-    out = text_data.tokenize(split, tok, 16)
+    split = text_tasks.TextSplit([["the fin", "a"], ["in the", "f"]], np.array([0, 1]))
+    out = text_pipeline.tokenize(split, tok, 16)
     ids, mask = out["token_ids"], out["padding_mask"]
     first, second = (np.asarray(tok(tf.constant(text))).tolist() for text in ("the fin", "in the"))
     expected = [START, *first, END, END, *second, END]
@@ -266,7 +267,7 @@ def test_roberta_packing_doubles_the_separator():
 def test_bert_packing_is_unchanged_and_a_keras_hub_bert_preset_still_dispatches(tmp_path):
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film"]
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
-    assert text_data.packing_tokens(tokenizer) == {
+    assert text_pipeline.packing_tokens(tokenizer) == {
         "start_value": 2,
         "end_value": 3,
         "sep_value": None,  # MultiSegmentPacker's default: [CLS] a [SEP] b [SEP]

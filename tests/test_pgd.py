@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch import pgd
+from adv_large_batch.conadv import pgd
 
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(12, 4)).astype("float32")  # a linear softmax classifier on 12 "pixels"

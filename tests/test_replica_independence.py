@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
     from adv_large_batch.optimizers import LAMB
     dist = get_backend("mirrored")
     CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

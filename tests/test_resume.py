@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from adv_large_batch import checkpointing, cli
+from adv_large_batch import cli
+from adv_large_batch.engine import checkpointing
 
 RUN = [
     "finetune",
@@ -74,7 +75,7 @@ def small_checkpoint(directory, step):
     """A real checkpoint of a tiny compiled trainer at ``step``."""
     import keras
 
-    from adv_large_batch.trainer import AccumulatingTrainer
+    from adv_large_batch.engine.trainer import AccumulatingTrainer
     from tests.tiny_bert import SingleProcess
 
     model = AccumulatingTrainer(

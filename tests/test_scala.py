@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch.config import ConfigError
-from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier, trim_to_longest
+from adv_large_batch.models.inputs import trim_to_longest
+from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
 from adv_large_batch.scala import DelayedInjection, ScaLA, ScaLAConfig
 from tests.tiny_bert import SingleProcess, tiny_classifier, token_batch
 
@@ -123,7 +124,7 @@ def test_start_step_in_steps_is_not_overridden_by_the_epoch_callback(capsys):
 
 
 def test_finetune_honours_adv_start_step():
-    from adv_large_batch import finetune
+    from adv_large_batch.commands import finetune
     from adv_large_batch.optimizers import OptimizerConfig
 
     run_cfg = finetune.FinetuneConfig(

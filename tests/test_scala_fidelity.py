@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch import adversarial
-from adv_large_batch.scala import ScaLA, ScaLAConfig
-from adv_large_batch.trainer import AccumulatingTrainer
+from adv_large_batch.engine.trainer import AccumulatingTrainer
+from adv_large_batch.scala import ScaLA, ScaLAConfig, perturbation
 from tests.tiny_bert import SingleProcess, tiny_classifier, token_batch
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -52,15 +51,15 @@ def per_example_step(net, inputs, labels):
 
 
 def library_step(net, inputs, labels, rows):
-    """y1 from ``adversarial.projected_gradient_ascent`` on the micro-batch ``rows``."""
+    """y1 from ``perturbation.projected_gradient_ascent`` on the micro-batch ``rows``."""
     x = rows_of(inputs, rows)
     e = net.embed_tokens(x["token_ids"])
 
     def regulariser_of(y):
         logits = net.logits_from_embeddings(e + y, x, training=False)
-        return adversarial.label_kl_from_logits(labels[rows], logits)
+        return perturbation.label_kl_from_logits(labels[rows], logits)
 
-    y1, _ = adversarial.projected_gradient_ascent(
+    y1, _ = perturbation.projected_gradient_ascent(
         regulariser_of, tf.zeros_like(e), RHO, EPS_BIG, 1, "none", x["padding_mask"]
     )
     return y1.numpy()
@@ -203,10 +202,11 @@ def test_pga_ascent_on_pretrained_minilm_moves_y_and_raises_r():
     """Paper radius (eps 1e-5, rho 1e-4), ``linf`` step, dropout off, real snippets: y1 moves
     away from the random start and r(y1) > r(y0). A random start plus the clip (no ascent)
     would give y1 = y0; dropout would give r > 0 without any perturbation."""
-    from adv_large_batch import randomness, text_data
-    from adv_large_batch.finetune import default_model_path
+    from adv_large_batch.commands.finetune import default_model_path
+    from adv_large_batch.data import text_pipeline, text_tasks
+    from adv_large_batch.engine import randomness
     from adv_large_batch.models.encoder_presets import load_classifier
-    from adv_large_batch.models.perturbable_bert import trim_to_longest
+    from adv_large_batch.models.inputs import trim_to_longest
 
     keras.utils.set_random_seed(0)
     net, tokenizer = load_classifier(default_model_path(), 2)
@@ -218,8 +218,8 @@ def test_pga_ascent_on_pretrained_minilm_moves_y_and_raises_r():
     assert len(dropouts) >= 10
     for layer in dropouts:
         layer.rate = 0.0
-    split = text_data.load_task("rotten_tomatoes").train.take(8)
-    x = trim_to_longest(as_tensors(text_data.tokenize(split, tokenizer, 48)))
+    split = text_tasks.load_task("rotten_tomatoes").train.take(8)
+    x = trim_to_longest(as_tensors(text_pipeline.tokenize(split, tokenizer, 48)))
     e = net.embed_tokens(x["token_ids"])
     clean = net.logits_from_embeddings(e, x, training=False)
     # Dropout is off: a training pass is the inference pass.
@@ -230,8 +230,8 @@ def test_pga_ascent_on_pretrained_minilm_moves_y_and_raises_r():
     model = ScaLA(net, config, backend=SingleProcess(), seed=0)
     target = tf.stop_gradient(clean)
     y1, r_start = model._perturbation(e, x, target)
-    y0 = adversarial.mask_padding(
-        adversarial.random_start(
+    y0 = perturbation.mask_padding(
+        perturbation.random_start(
             tf.shape(e), eps, "uniform", None, model.draw_key(randomness.SCALA_START)
         ),
         x["padding_mask"],
@@ -239,7 +239,7 @@ def test_pga_ascent_on_pretrained_minilm_moves_y_and_raises_r():
 
     def r(y):
         logits = net.logits_from_embeddings(e + y, x, training=False)
-        return float(adversarial.symmetric_kl_from_logits(clean, logits))
+        return float(perturbation.symmetric_kl_from_logits(clean, logits))
 
     r0, r1 = r(y0), r(y1)
     assert float(r_start) == pytest.approx(r0, rel=1e-3)  # y0 is the start the step used

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch import checkpointing, cli, image_data
+from adv_large_batch import cli
 from adv_large_batch.config import ConfigError
+from adv_large_batch.data import image_datasets
+from adv_large_batch.engine import checkpointing
 from adv_large_batch.sharpness import (
     hessian_vector_product,
     make_hvp,
@@ -202,7 +204,8 @@ def test_sharpness_of_a_finetune_checkpoint_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.skipif(
-    not os.path.isdir(image_data.FASHION_MNIST_DIR), reason="apt-get install dataset-fashion-mnist"
+    not os.path.isdir(image_datasets.FASHION_MNIST_DIR),
+    reason="apt-get install dataset-fashion-mnist",
 )
 def test_sharpness_of_a_train_images_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"

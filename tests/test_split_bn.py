@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adv_large_batch.config import ConfigError
-from adv_large_batch.models.resnet import build_image_model
+from adv_large_batch.models.image_models import build_image_model
 from adv_large_batch.models.split_batchnorm import (
     SplitBatchNormalization,
     convert_to_split_bn,

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adv_large_batch import glue_metrics, text_data
 from adv_large_batch.config import ConfigError
+from adv_large_batch.data import glue_metrics, text_pipeline, text_tasks
 
 
 def test_rotten_tomatoes_split_is_real_reproducible_and_disjoint():
-    a = text_data.load_task("rotten_tomatoes")
-    b = text_data.load_task("rotten_tomatoes")
+    a = text_tasks.load_task("rotten_tomatoes")
+    b = text_tasks.load_task("rotten_tomatoes")
     total = len(a.train) + len(a.validation) + len(a.test)
     assert total > 10_000  # ~12.8K labelled fresh/rotten snippets
     assert len(a.train) == int(0.8 * total)
@@ -35,14 +35,14 @@ def test_glue_tsv_single_and_pair_tasks(tmp_path):
         [["a fine film", "1"], ["dull", "0"]],
     )
     _write_tsv(tmp_path / "SST-2" / "dev.tsv", ["sentence", "label"], [["great", "1"]])
-    task = text_data.load_task("sst2", "auto", str(tmp_path))
+    task = text_tasks.load_task("sst2", "auto", str(tmp_path))
     assert task.train.texts == [["a fine film", "dull"]]
     assert task.train.labels.tolist() == [1, 0]
     rows = [["0", "who?", "he did.", "entailment"], ["1", "why?", "no.", "not_entailment"]]
     header = ["index", "question", "sentence", "label"]
     _write_tsv(tmp_path / "QNLI" / "train.tsv", header, rows)
     _write_tsv(tmp_path / "QNLI" / "dev.tsv", header, rows[:1])
-    qnli = text_data.load_task("qnli", "tsv", str(tmp_path))
+    qnli = text_tasks.load_task("qnli", "tsv", str(tmp_path))
     assert qnli.train.texts == [["who?", "why?"], ["he did.", "no."]]
     assert qnli.train.labels.tolist() == [0, 1]
 
@@ -51,31 +51,33 @@ def test_labels_outside_range_and_empty_split_are_rejected(tmp_path):
     _write_tsv(tmp_path / "SST-2" / "train.tsv", ["sentence", "label"], [["x", "1"], ["y", "7"]])
     _write_tsv(tmp_path / "SST-2" / "dev.tsv", ["sentence", "label"], [["z", "1"]])
     with pytest.raises(ConfigError, match=r"labels \[7\] outside the class range \[0, 1\]"):
-        text_data.load_task("sst2", "tsv", str(tmp_path))
+        text_tasks.load_task("sst2", "tsv", str(tmp_path))
     _write_tsv(tmp_path / "RTE" / "train.tsv", ["index", "sentence1", "sentence2", "label"], [])
     _write_tsv(tmp_path / "RTE" / "dev.tsv", ["index", "sentence1", "sentence2", "label"], [])
     with pytest.raises(ConfigError, match="train split is empty"):
-        text_data.load_task("rte", "tsv", str(tmp_path))
+        text_tasks.load_task("rte", "tsv", str(tmp_path))
     with pytest.raises(ConfigError, match="--task must be one of"):
-        text_data.load_task("imdb")
+        text_tasks.load_task("imdb")
 
 
 def test_glue_through_tensorflow_datasets_mock():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=12):
-        task = text_data.load_task("mrpc", "tfds")
+        task = text_tasks.load_task("mrpc", "tfds")
     assert len(task.train) == 12 and len(task.train.texts) == 2
     assert task.metrics == ("accuracy", "f1")
 
 
 def test_tokenize_packs_pairs_and_masks_padding():
-    from adv_large_batch.finetune import default_model_path
+    from adv_large_batch.commands.finetune import default_model_path
     from adv_large_batch.models.perturbable_bert import load_bert_tokenizer
 
     tok = load_bert_tokenizer(default_model_path())
-    split = text_data.TextSplit([["Héllo there", "a"], ["general kenobi", "b c"]], np.array([0, 1]))
-    out = text_data.tokenize(split, tok, 12)
+    split = text_tasks.TextSplit(
+        [["Héllo there", "a"], ["general kenobi", "b c"]], np.array([0, 1])
+    )
+    out = text_pipeline.tokenize(split, tok, 12)
     ids, seg, mask = out["token_ids"], out["segment_ids"], out["padding_mask"]
     assert ids.shape == (2, 12)
     assert ids[0, 0] == tok.cls_token_id and (ids[0] == tok.sep_token_id).sum() == 2
@@ -102,7 +104,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 
 def test_mrpc_with_byte_order_mark_and_unquoted_quotes():
     assert (FIXTURES / "MRPC" / "dev.tsv").read_bytes().startswith(b"\xef\xbb\xbfQuality\t")
-    task = text_data.load_task("mrpc", "auto", str(FIXTURES))
+    task = text_tasks.load_task("mrpc", "auto", str(FIXTURES))
     assert task.train.labels.tolist() == [1, 0, 1] and task.validation.labels.tolist() == [1, 0]
     # QUOTE_NONE: a field starting with `"` and the `'` of tokenised English are kept verbatim.
     assert (
@@ -115,7 +117,7 @@ def test_mrpc_with_byte_order_mark_and_unquoted_quotes():
 
 def test_qqp_short_rows_and_unparseable_labels_are_skipped_and_counted():
     with pytest.warns(UserWarning) as caught:
-        task = text_data.load_task("qqp", "tsv", str(FIXTURES))
+        task = text_tasks.load_task("qqp", "tsv", str(FIXTURES))
     (warning,) = [str(w.message) for w in caught]  # one line for the one bad file
     assert "\n" not in warning
     assert warning.startswith(
@@ -135,7 +137,7 @@ def test_qqp_short_rows_and_unparseable_labels_are_skipped_and_counted():
 
 
 def test_mnli_matched_and_mismatched_validation_from_tsv():
-    task = text_data.load_task("mnli", "tsv", str(FIXTURES / "MNLI"))  # the task folder itself
+    task = text_tasks.load_task("mnli", "tsv", str(FIXTURES / "MNLI"))  # the task folder itself
     assert task.train.labels.tolist() == [1, 0, 2]  # neutral, entailment, contradiction
     assert task.train.texts[0][1] == 'yeah i told him "don\'t wait up" and left'
     assert task.validation_name == "validation_matched"
@@ -168,7 +170,7 @@ def test_mnli_mismatched_validation_through_tensorflow_datasets_mock():
         )
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        task = text_data.load_task("mnli", "tfds")
+        task = text_tasks.load_task("mnli", "tfds")
     assert sorted(asked) == sorted(sizes)
     assert task.validation_name == "validation_matched"
     splits = task.validation_splits
@@ -179,11 +181,11 @@ def test_mnli_mismatched_validation_through_tensorflow_datasets_mock():
     assert splits["validation_mismatched"].texts[0][1] == "validation_mismatched premise 1"
     assert splits["validation_mismatched"].labels.tolist() == [0, 1]
     with tfds.testing.mock_data(num_examples=3):
-        assert text_data.load_task("rte", "tfds").extra_validation == {}
+        assert text_tasks.load_task("rte", "tfds").extra_validation == {}
 
 
 def test_stsb_scores_with_ties_and_their_spearman():
-    task = text_data.load_task("stsb", "tsv", str(FIXTURES))
+    task = text_tasks.load_task("stsb", "tsv", str(FIXTURES))
     assert task.regression and task.validation.labels.dtype == np.float32
     y = task.validation.labels
     assert y.tolist() == pytest.approx([5.0, 3.8, 3.8, 0.0, 3.8, 1.2])
@@ -200,7 +202,7 @@ def test_stsb_scores_with_ties_and_their_spearman():
 
 
 def test_cola_without_header():
-    task = text_data.load_task("cola", "tsv", str(FIXTURES))
+    task = text_tasks.load_task("cola", "tsv", str(FIXTURES))
     assert task.train.texts == [
         [
             'The children said "goodbye" to their teacher.',
@@ -225,16 +227,16 @@ def test_unusable_glue_files_are_clear_errors(tmp_path):
         match=r"RTE/train\.tsv: none of its 2 rows is usable \(2 with labels \['no', 'yes'\] "
         r"that are not one of \['entailment', 'not_entailment'\] or an integer class index",
     ):
-        text_data.load_task("rte", "tsv", str(tmp_path))
+        text_tasks.load_task("rte", "tsv", str(tmp_path))
     (tmp_path / "RTE" / "train.tsv").write_text("")
     with pytest.raises(ConfigError, match=r"train\.tsv is empty: expected a header row"):
-        text_data.load_task("rte", "tsv", str(tmp_path))
+        text_tasks.load_task("rte", "tsv", str(tmp_path))
     mnli = tmp_path / "MNLI"
     mnli.mkdir()
     for name in ("train.tsv", "dev_matched.tsv"):
         (mnli / name).write_bytes((FIXTURES / "MNLI" / name).read_bytes())
     with pytest.raises(FileNotFoundError, match="dev_mismatched.tsv not found"):
-        text_data.load_task("mnli", "tsv", str(tmp_path))
+        text_tasks.load_task("mnli", "tsv", str(tmp_path))
 
 
 # ---- tokenizer settings of a Hugging Face folder ---------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-from adv_large_batch.models.resnet import build_image_model
+from adv_large_batch.models.image_models import build_image_model
 from adv_large_batch.scala import ScaLA, ScaLAConfig
 from tests.tiny_bert import SingleProcess, tiny_classifier, token_batch
 

@@ -4,7 +4,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from adv_large_batch.distributed import Backend
+from adv_large_batch.engine.distributed import Backend
 from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
 
 # The real one-process backend (``distributed.get_backend("single")`` without the cache).

@@ -1,5 +1,5 @@
 """Shared by the distributed worker scripts: a tiny classifier whose ``train_step`` does the
-synchronous data-parallel update of ``adv_large_batch.distributed`` (per-worker gradients,
+synchronous data-parallel update of ``adv_large_batch.engine.distributed`` (per-worker gradients,
 averaged over workers, then one optimizer step), deterministic data, and weight dumps."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.distributed import Backend
+from adv_large_batch.engine.distributed import Backend
 
 FEATURES, HIDDEN, CLASSES = 8, 16, 3
 

@@ -2,7 +2,7 @@
 
 Under ``horovodrun -np 2`` each rank starts from its own weights (seed 10 + rank) that
 ``BroadcastCallback`` replaces with rank 0's, takes its contiguous half of every global
-batch from ``image_data.train_stream`` (real Fashion-MNIST, seeded flip + crop), makes
+batch from ``image_pipeline.train_stream`` (real Fashion-MNIST, seeded flip + crop), makes
 its *own* adversarial examples (1-step PGD with a random start, split BN) for the next
 batch, and the update averages only the weight gradients (one grouped allreduce).
 
@@ -50,20 +50,20 @@ def train_and_dump(
     in one ``fit`` or in ``fits`` consecutive ones (each starts with a broadcast)."""
     import keras
 
-    from adv_large_batch import image_data
+    from adv_large_batch.commands.train_images import image_optimizer_config
     from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-    from adv_large_batch.distributed import BroadcastCallback, MetricAverageCallback
-    from adv_large_batch.models.resnet import build_image_model
+    from adv_large_batch.data import image_datasets, image_pipeline
+    from adv_large_batch.engine.distributed import BroadcastCallback, MetricAverageCallback
+    from adv_large_batch.models.image_models import build_image_model
     from adv_large_batch.optimizers import build_optimizer
-    from adv_large_batch.train_images import image_optimizer_config
 
-    data = image_data.load_fashion_mnist().limit(TRAIN_IMAGES)
-    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
-    augment = image_data.seeded_augmenter("flip_crop", data.image_shape)
+    data = image_datasets.load_fashion_mnist().limit(TRAIN_IMAGES)
+    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
+    augment = image_pipeline.seeded_augmenter("flip_crop", data.image_shape)
 
     def stream(start: int) -> Any:
         return pair_with_future(
-            image_data.train_stream(
+            image_pipeline.train_stream(
                 data.train,
                 data.num_train,
                 batch,
@@ -147,7 +147,7 @@ def resume_check(strategy: str, out: Path) -> None:
     and resumed (``out/cut``), in this process (a barrier between runs: each rank must
     see the chief's checkpoint complete)."""
     from adv_large_batch import cli
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
 
     dist = get_backend(strategy)
     run = [*RESUME_RUN, "--strategy", strategy]
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--fits", type=int, default=1, help="train in this many fit() calls")
     parser.add_argument("--attack-pass", default="separate", choices=("separate", "shared"))
     args = parser.parse_args()
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
 
     dist = get_backend()  # horovod under horovodrun, else single
     if args.resume_check:

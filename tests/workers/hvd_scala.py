@@ -29,11 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from adv_large_batch.distributed import (  # noqa: E402
-    BroadcastCallback,
-    MetricAverageCallback,
-    get_backend,
-)
+from adv_large_batch.engine.distributed import BroadcastCallback, MetricAverageCallback, get_backend
 from adv_large_batch.optimizers import LAMB  # noqa: E402
 from adv_large_batch.scala import ScaLA, ScaLAConfig  # noqa: E402
 from tests.tiny_bert import tiny_classifier, token_batch  # noqa: E402

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from common import build_model, make_data, save_variables
 
-from adv_large_batch.distributed import BroadcastCallback, MetricAverageCallback, get_backend
+from adv_large_batch.engine.distributed import BroadcastCallback, MetricAverageCallback, get_backend
 
 STEPS = 6
 PER_RANK_BATCH = 4

@@ -32,7 +32,7 @@ def main() -> None:
         cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS
     )
 
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
     from tests.workers.hvd_conadv import resume_check, train_and_dump
 
     dist = get_backend("mirrored")

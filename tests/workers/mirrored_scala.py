@@ -38,7 +38,7 @@ def main() -> None:
 
     import numpy as np
 
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
     from tests.workers.hvd_scala import build, scala_batches
 
     dist = get_backend(args.backend)

@@ -33,7 +33,7 @@ def main() -> None:
     import keras
     from common import build_model, make_data, save_variables
 
-    from adv_large_batch.distributed import get_backend
+    from adv_large_batch.engine.distributed import get_backend
 
     dist = get_backend(args.backend)
     model = build_model(dist, seed=1234, make_optimizer=lambda: keras.optimizers.SGD(0.1))

@@ -13,11 +13,11 @@ import dataclasses
 import time
 from typing import Any
 
+from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
 from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.data.text_tasks import TASKS
 from adv_large_batch.optimizers import OptimizerConfig
-from adv_large_batch.run_config import RunConfig, run_record, split_batch, write_metrics
 from adv_large_batch.scala import ScaLAConfig
-from adv_large_batch.text_data import TASKS
 
 TINY_MODEL = "tiny-random"
 
@@ -147,10 +147,11 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     import keras
     import numpy as np
 
-    from adv_large_batch import checkpointing, distributed, glue_metrics, text_data
+    from adv_large_batch.data import glue_metrics, text_pipeline, text_tasks
+    from adv_large_batch.engine import checkpointing, distributed
+    from adv_large_batch.engine.callbacks import EpochClock, EvaluateSplits, standard_callbacks
     from adv_large_batch.optimizers import build_optimizer
     from adv_large_batch.scala import DelayedInjection, ScaLA
-    from adv_large_batch.training_callbacks import EpochClock, EvaluateSplits, standard_callbacks
 
     backend = distributed.get_backend(run_cfg.strategy)
     per_worker_batch = validate_run(run_cfg, adv, backend.size, backend.num_replicas_in_sync)
@@ -167,7 +168,7 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
             "or a larger --adv-eps"
         )
 
-    task = text_data.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
+    task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
     train_split = task.train.take(run_cfg.train_limit)
     val_split = task.validation.take(run_cfg.eval_limit)
     require(
@@ -177,27 +178,27 @@ def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dic
     )
 
     network, tokenizer = build_network(run_cfg.model_path, task.num_classes, run_cfg.seed)
-    train_x = text_data.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
-    val_x = text_data.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
-    val_ds = text_data.make_eval_dataset(val_x, val_split.labels, 256)
+    train_x = text_pipeline.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
+    val_x = text_pipeline.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
+    val_ds = text_pipeline.make_eval_dataset(val_x, val_split.labels, 256)
     # MNLI: the mismatched validation split too (MNLI-mm), logged as val_mismatched_<metric>.
     extra = {}
     for name, split in task.extra_validation.items():
         split = split.take(run_cfg.eval_limit)
-        features = text_data.tokenize(split, tokenizer, run_cfg.max_seq_length)
-        extra[name] = (text_data.make_eval_dataset(features, split.labels, 256), split.labels)
+        features = text_pipeline.tokenize(split, tokenizer, run_cfg.max_seq_length)
+        extra[name] = (text_pipeline.make_eval_dataset(features, split.labels, 256), split.labels)
     for split_name, count in task.skipped_rows.items():
         say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
     test_split = task.test.take(run_cfg.eval_limit) if task.test is not None else None
     test_ds = None
     if test_split is not None:
-        test_x = text_data.tokenize(test_split, tokenizer, run_cfg.max_seq_length)
-        test_ds = text_data.make_eval_dataset(test_x, test_split.labels, 256)
+        test_x = text_pipeline.tokenize(test_split, tokenizer, run_cfg.max_seq_length)
+        test_ds = text_pipeline.make_eval_dataset(test_x, test_split.labels, 256)
     steps_per_epoch = (len(train_split) // backend.size) // per_worker_batch
     total_steps = steps_per_epoch * run_cfg.epochs
 
     def train_stream(start_step: int) -> Any:
-        return text_data.make_epoch_stream(
+        return text_pipeline.make_epoch_stream(
             train_x,
             train_split.labels,
             per_worker_batch,

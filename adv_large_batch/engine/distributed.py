@@ -81,9 +81,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from adv_large_batch.commands.run_config import BACKENDS as BACKEND_KINDS
+from adv_large_batch.commands.run_config import MULTIWORKER_REFUSED
 from adv_large_batch.config import ConfigError
-from adv_large_batch.run_config import BACKENDS as BACKEND_KINDS
-from adv_large_batch.run_config import MULTIWORKER_REFUSED
 
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "

@@ -32,7 +32,8 @@ def collect() -> dict[str, Any]:
     """A dict of versions, devices, Horovod build flags and bundled assets."""
     import tensorflow as tf
 
-    from adv_large_batch import __version__, distributed
+    from adv_large_batch import __version__
+    from adv_large_batch.engine import distributed
 
     info: dict[str, Any] = {
         "adv_large_batch": __version__,

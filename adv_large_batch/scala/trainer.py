@@ -42,101 +42,18 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch import adversarial, randomness
-from adv_large_batch.config import cli_field, require
-from adv_large_batch.models.perturbable_bert import (
+from adv_large_batch.engine import randomness
+from adv_large_batch.engine.timing import timed
+from adv_large_batch.engine.trainer import AccumulatingTrainer, distribution_loss_scale
+from adv_large_batch.models.inputs import (
     PADDING_MASK,
     TOKEN_IDS,
-    PerturbableBertClassifier,
+    PerturbableClassifier,
     trim_to_longest,
 )
-from adv_large_batch.trainer import AccumulatingTrainer, distribution_loss_scale, timed
-
-METHODS = ("baseline", "scala", "gaussian", "rdrop")
-DROPOUT_MODES = ("independent", "shared")
-RADII = ("absolute", "relative")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScaLAConfig:
-    """The adversarial knobs of ScaLA (defaults: appendix B of the paper)."""
-
-    method: str = cli_field(
-        "scala",
-        "--method",
-        "baseline: no perturbation; scala: PGA-K ascent on the embeddings; "
-        "gaussian: Gaussian noise instead of the ascent (the paper's ablation); "
-        "rdrop: the regulariser between two dropout passes of the same input, no "
-        "perturbation (R-Drop-like; what ScaLA's r mostly is at eps 1e-5)",
-        METHODS,
-    )
-    adv_target: str = cli_field(
-        "probs",
-        "--adv-target",
-        "probs: KL against the model's own detached probabilities (LP); labels: ground truth (GT)",
-        ("probs", "labels"),
-    )
-    eps: float = cli_field(1e-5, "--adv-eps", "l-inf radius omega of the perturbation")
-    step_size: float = cli_field(1e-4, "--adv-step", "ascent step size rho")
-    steps: int = cli_field(1, "--adv-steps", "K, the number of ascent steps (PGA-K)")
-    weight: float = cli_field(1.0, "--adv-lambda", "lambda, the weight of the regulariser r")
-    start_epoch: int = cli_field(
-        0, "--adv-start-epoch", "t_s: no perturbation before this epoch (0 = from the start)"
-    )
-    start_step: int | None = cli_field(
-        None, "--adv-start-step", "t_s in optimizer steps instead of epochs (overrides the epoch)"
-    )
-    step_norm: str = cli_field(
-        "linf",
-        "--adv-step-norm",
-        "ascent direction: none = raw gradient (paper), linf = gradient / per-example "
-        "max-abs (SMART), l2 = gradient / per-example l2 norm (FreeLB)",
-        adversarial.STEP_NORMS,
-    )
-    init: str = cli_field("uniform", "--adv-init", "random start y0", adversarial.START_KINDS)
-    noise_scale: float | None = cli_field(
-        None, "--adv-noise-scale", "stddev of a normal start / the Gaussian method (default eps)"
-    )
-    dropout: str = cli_field(
-        "independent",
-        "--adv-dropout",
-        "dropout masks of the clean, ascent and adversarial passes: independent (the "
-        "paper, SMART: each pass draws its own, so r also measures mask disagreement) or "
-        "shared (one mask for all passes of a micro-batch: r measures the perturbation only)",
-        DROPOUT_MODES,
-    )
-    radius: str = cli_field(
-        "absolute",
-        "--adv-radius",
-        "absolute: --adv-eps/--adv-step/--adv-noise-scale are values (the paper); relative: "
-        "they are multiples of each example's token-embedding RMS (FreeLB-like magnitudes)",
-        RADII,
-    )
-
-    def __post_init__(self) -> None:
-        require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
-        require(self.eps > 0, f"--adv-eps must be > 0, got {self.eps}")
-        require(self.step_size > 0, f"--adv-step must be > 0, got {self.step_size}")
-        require(self.weight > 0, f"--adv-lambda must be > 0, got {self.weight}")
-        require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
-        require(
-            self.dropout in DROPOUT_MODES,
-            f"--adv-dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}",
-        )
-        require(self.radius in RADII, f"--adv-radius must be one of {RADII}, got {self.radius!r}")
-        require(self.start_epoch >= 0, f"--adv-start-epoch must be >= 0, got {self.start_epoch}")
-        require(
-            self.start_step is None or self.start_step >= 0,
-            f"--adv-start-step must be >= 0, got {self.start_step}",
-        )
-        require(
-            self.noise_scale is None or self.noise_scale > 0,
-            f"--adv-noise-scale must be > 0, got {self.noise_scale}",
-        )
-
-    @property
-    def perturbs(self) -> bool:
-        return self.method != "baseline"
+from adv_large_batch.scala import perturbation
+from adv_large_batch.scala.config import ScaLAConfig
+from adv_large_batch.scala.injection import DelayedInjection
 
 
 def sort_by_length(x: dict[str, tf.Tensor], y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
@@ -167,7 +84,7 @@ class ScaLA(AccumulatingTrainer):
 
     def __init__(
         self,
-        network: PerturbableBertClassifier,
+        network: PerturbableClassifier,
         config: ScaLAConfig | dict | None = None,
         micro_batch_size: int | None = None,
         backend: Any = None,
@@ -220,7 +137,7 @@ class ScaLA(AccumulatingTrainer):
         noise = cfg.eps if cfg.noise_scale is None else cfg.noise_scale
         if cfg.radius == "absolute":
             return cfg.eps, cfg.step_size, noise
-        rms = tf.stop_gradient(adversarial.embedding_rms(e, x[PADDING_MASK]))
+        rms = tf.stop_gradient(perturbation.embedding_rms(e, x[PADDING_MASK]))
         return cfg.eps * rms, cfg.step_size * rms, noise * rms
 
     def _perturbation(
@@ -234,9 +151,9 @@ class ScaLA(AccumulatingTrainer):
         eps, step, noise = self._radius(e, x)
         seed = self.draw_key(randomness.SCALA_START)
         if cfg.method == "gaussian":
-            y = adversarial.random_start(shape, eps, "normal", noise, seed)
-            return adversarial.mask_padding(y, x[PADDING_MASK]), tf.constant(0.0)
-        y0 = adversarial.random_start(shape, eps, cfg.init, noise, seed)
+            y = perturbation.random_start(shape, eps, "normal", noise, seed)
+            return perturbation.mask_padding(y, x[PADDING_MASK]), tf.constant(0.0)
+        y0 = perturbation.random_start(shape, eps, cfg.init, noise, seed)
         e_fixed = tf.stop_gradient(tf.cast(e, tf.float32))
         passes = iter(range(1, cfg.steps + 1))
 
@@ -245,11 +162,11 @@ class ScaLA(AccumulatingTrainer):
             logits = self.network.logits_from_embeddings(
                 tf.cast(e_fixed + y, e.dtype), x, training=True
             )
-            return adversarial.adversarial_regulariser(
+            return perturbation.adversarial_regulariser(
                 target, logits, cfg.adv_target, self.regression
             )
 
-        return adversarial.projected_gradient_ascent(
+        return perturbation.projected_gradient_ascent(
             regulariser_of, y0, step, eps, cfg.steps, cfg.step_norm, x[PADDING_MASK]
         )
 
@@ -276,10 +193,10 @@ class ScaLA(AccumulatingTrainer):
                 adv_logits = self.network.logits_from_embeddings(
                     e + tf.cast(delta, e.dtype), x, training=True
                 )
-                r = adversarial.adversarial_regulariser(
+                r = perturbation.adversarial_regulariser(
                     target, adv_logits, cfg.adv_target, self.regression
                 )
-                linf, l2 = adversarial.perturbation_norms(delta)
+                linf, l2 = perturbation.perturbation_norms(delta)
                 return r, r_start, linf, l2, seconds
 
             def without() -> tuple[tf.Tensor, ...]:
@@ -315,44 +232,3 @@ class ScaLA(AccumulatingTrainer):
         config = super().get_config()
         config.update({"config": dataclasses.asdict(self.config)})
         return config
-
-
-class DelayedInjection(keras.callbacks.Callback):
-    """Turns ScaLA's perturbation on at epoch ``t_s`` and says so in the logs.
-
-    ``fit`` does not tell ``train_step`` the epoch, so the switch is kept as
-    ``adv_start_step = t_s * steps_per_epoch`` on the model (a variable, so it is
-    checkpointed) and compared with the optimizer's step counter.  When the model's
-    ``ScaLAConfig.start_step`` gives t_s in steps, that step stands and the callback
-    only announces the switch.
-    """
-
-    def __init__(self, start_epoch: int, steps_per_epoch: int | None = None, verbose: bool = True):
-        super().__init__()
-        self.start_epoch = start_epoch
-        self.steps_per_epoch = steps_per_epoch
-        self.verbose = verbose
-        self._switch_epoch: int | None = None
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        steps = self.steps_per_epoch or (self.params or {}).get("steps")
-        if self.model.config.start_step is None:  # t_s in epochs -> optimizer steps
-            if steps is None:
-                raise ValueError(
-                    "DelayedInjection needs steps_per_epoch: pass it, or give fit a "
-                    "dataset of known length"
-                )
-            self.model.adv_start_step.assign(self.start_epoch * int(steps))
-        # else t_s was given in steps (--adv-start-step): it stands, whatever start_epoch is.
-        start = int(self.model.adv_start_step.numpy())
-        self._switch_epoch = start // int(steps) if steps else None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.verbose and epoch == self._switch_epoch and self.model.config.perturbs:
-            print(
-                f"\n[ScaLA] epoch {epoch}: adversarial perturbation ON from optimizer step "
-                f"{int(self.model.adv_start_step.numpy())} "
-                f"(method={self.model.config.method}, eps={self.model.config.eps}, "
-                f"rho={self.model.config.step_size}, K={self.model.config.steps})",
-                flush=True,
-            )

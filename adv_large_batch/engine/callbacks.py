@@ -145,7 +145,7 @@ def standard_callbacks(
     ``trust_ratios``: also write LAMB/LARS per-variable trust ratios and update norms
     (the optimizer must be built with ``log_trust_ratios=True``) under ``logdir/trust_ratios``.
     """
-    from adv_large_batch import distributed
+    from adv_large_batch.engine import distributed
 
     callbacks: list[keras.callbacks.Callback] = [
         NonFiniteLoss(nonfinite),  # first: it marks the model before any checkpoint is written

@@ -25,7 +25,7 @@ that only says how to get *the gradients of one micro-batch*
    has collapsed to <= 1, counts as non-finite;
 4. ``batches_seen`` += 1: the checkpointed batch counter, advanced by every step,
    applied or skipped.  It is the data position (a resumed run continues from it) and
-   the key of every random draw (``adv_large_batch.randomness``).  The learning-rate
+   the key of every random draw (``adv_large_batch.engine.randomness``).  The learning-rate
    schedule, t_s of ScaLA and Adam's bias correction follow ``optimizer.iterations``,
    the number of applied updates (a skipped step does not advance them).
 
@@ -45,42 +45,33 @@ per micro-batch; subclasses add trackers with ``self.add_tracker``.
 ``grad_norm`` is the l2 norm of the gradient that is applied (all workers'
 and replicas' mean, in loss units: without the loss scale).
 
-Timing (per-epoch means, in the logs and TensorBoard like every tracker):
-
-* ``step_time_s``: wall time of the whole ``train_step`` on this worker/replica,
-  from a ``tf.timestamp()`` that runs before the batch is released to the step to
-  one that runs after the update (and any adversarial work) has finished.  It
-  excludes the input pipeline and Keras' per-step callbacks.
-* ``adv_time_s``: seconds of the step spent making adversarial perturbations,
-  summed over micro-batches (the method brackets them with ``timed`` and hands the
-  seconds to ``record_adv_seconds``).  0 for steps with no adversarial work
-  (baseline, ScaLA before t_s), so every method logs the same tags.
-  For a method whose attack runs before the update (ScaLA, DisAdv) the update's
-  share is ``step_time_s - adv_time_s``; ConAdv's next-batch attack *overlaps*
-  the update, so there adv + update != step: the two add up to more than
-  ``step_time_s`` by the overlap obtained (perfect overlap: the step takes the
-  longer of the two).
-* The timestamps are taken out of TensorFlow's automatic control dependencies
-  (``timestamp``): as stateful ops without a resource input they would otherwise be
-  chained in program order, also across MirroredStrategy replicas traced one after
-  the other, and replica 1's step would wait for replica 0's.
-* Both are 0 under XLA (``jit_compile=True``): ``tf.timestamp`` has no XLA kernel.
-  Cost otherwise: two timestamps, a few identities and a subtraction per timed
-  region; no host round trip.
+Timing: ``step_time_s`` and ``adv_time_s`` (``adv_large_batch.engine.timing``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from adv_large_batch import randomness
-
-T = TypeVar("T")
+from adv_large_batch.engine import randomness
+from adv_large_batch.engine.batching import (
+    batch_size_of,
+    dense,
+    micro_batch,
+    slice_batch,
+    split_micro_batches,
+    static_batch_size,
+)
+from adv_large_batch.engine.timing import (
+    StepLog,
+    can_time,
+    released_after,
+    seconds_since,
+    timestamp,
+    totals,
+)
 
 
 def distribution_loss_scale() -> float:
@@ -93,149 +84,11 @@ def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
-def dense(gradient: Any, variable: Any) -> tf.Tensor:
-    """A gradient as a dense tensor: zeros for None, IndexedSlices (embeddings) densified."""
-    if gradient is None:
-        return tf.zeros_like(variable)
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
-
-
-# ---- timing inside the compiled step ---------------------------------------------------------
-def can_time() -> bool:
-    """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing)."""
-    return tf.__internal__.get_enclosing_xla_context() is None
-
-
-def timestamp() -> tf.Tensor:
-    """``tf.timestamp()`` outside TensorFlow's automatic control-dependency chain.
-
-    A timestamp is a stateful op without a resource input, and inside ``tf.function``
-    such ops are chained in program order -- across MirroredStrategy replicas too, which
-    are traced one after the other, so replica 1's step would wait for replica 0's
-    timestamps and so for its whole step.  ``run_independently`` takes the op out of
-    that chain (it still runs); its order comes only from the explicit control
-    dependencies of ``released_after`` / ``seconds_since``.
-    """
-    stamp = tf.timestamp()
-    manager = getattr(tf.compat.v1.get_default_graph(), "experimental_acd_manager", None)
-    if manager is not None:
-        manager.run_independently(stamp.op)
-    return stamp
-
-
-def released_after(start: tf.Tensor, structure: Any) -> Any:
-    """``structure`` with every tensor replaced by an identity that runs after ``start``.
-
-    Everything computed from the returned tensors therefore starts after ``start``.
-    """
-    with tf.control_dependencies([start]):
-        return tf.nest.map_structure(lambda t: tf.identity(t) if tf.is_tensor(t) else t, structure)
-
-
-def seconds_since(start: tf.Tensor, *after: Any) -> tf.Tensor:
-    """float32 seconds from ``start`` to a ``tf.timestamp()`` that runs once every
-    tensor in ``after`` exists."""
-    done = [t for t in tf.nest.flatten(after) if tf.is_tensor(t)]
-    with tf.control_dependencies(done):
-        end = timestamp()
-    return tf.cast(end - start, tf.float32)
-
-
 def uses_dynamic_loss_scale(optimizer: Any) -> bool:
     """True for Keras' ``LossScaleOptimizer`` with a dynamic scale (``mixed_float16``)."""
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and bool(
         getattr(optimizer, "dynamic", True)
     )
-
-
-def timed(fn: Callable[..., T], *args: Any) -> tuple[T, tf.Tensor]:
-    """``(fn(*args), seconds)``: the wall time from before ``args`` are released to
-    ``fn`` until every tensor it returns exists (0 where ``can_time`` is False).
-
-    Only work reached from ``args`` is inside the bracket: pass the region's data
-    inputs as ``args`` (cheap identities) and close over the rest.
-    """
-    if not can_time():
-        return fn(*args), tf.constant(0.0)
-    start = timestamp()
-    out = fn(*released_after(start, args))
-    return out, seconds_since(start, out)
-
-
-class StepLog:
-    """Per-step scalars recorded while one ``train_step`` is traced: seconds of
-    adversarial work and the count of micro-batches whose loss was not finite.
-
-    Per graph: a ``tf.while_loop`` body opens its own ``scope`` and its totals leave
-    the loop as loop variables (``totals``).
-    """
-
-    FIELDS = ("adv_seconds", "nonfinite_losses")
-
-    def __init__(self) -> None:
-        self._open: list[dict[str, list[tf.Tensor]]] = [self._empty()]
-
-    def _empty(self) -> dict[str, list[tf.Tensor]]:
-        return {name: [] for name in self.FIELDS}
-
-    def record(self, name: str, value: tf.Tensor) -> None:
-        self._open[-1][name].append(tf.cast(value, tf.float32))
-
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[dict[str, list[tf.Tensor]]]:
-        self._open.append(self._empty())
-        try:
-            yield self._open[-1]
-        finally:
-            self._open.pop()
-
-    def reset(self) -> None:
-        self._open = [self._empty()]
-
-    def total(self, name: str) -> tf.Tensor:
-        return sum_of(self._open[-1][name])
-
-
-def sum_of(entries: list[tf.Tensor]) -> tf.Tensor:
-    return tf.add_n(entries) if entries else tf.constant(0.0)
-
-
-def totals(recorded: dict[str, list[tf.Tensor]]) -> tuple[tf.Tensor, ...]:
-    """The recorded scalars of a scope, one sum per ``StepLog.FIELDS`` entry."""
-    return tuple(sum_of(recorded[name]) for name in StepLog.FIELDS)
-
-
-def batch_size_of(structure: Any) -> tf.Tensor:
-    first = next(t for t in tf.nest.flatten(structure) if t is not None)
-    return tf.shape(first)[0]
-
-
-def static_batch_size(structure: Any) -> int | None:
-    first = next(t for t in tf.nest.flatten(structure) if t is not None)
-    return first.shape[0]
-
-
-def slice_batch(structure: Any, start: tf.Tensor, size: Any) -> Any:
-    """Rows [start, start + size) of every tensor in a nested structure (None kept)."""
-    return tf.nest.map_structure(
-        lambda t: None if t is None else t[start : start + size], structure
-    )
-
-
-def split_micro_batches(structure: Any, n: int, m: int) -> Any:
-    """Every tensor of shape [n m, ...] viewed as [n, m, ...] (micro-batch i = ``[i]``)."""
-
-    def split(t: Any) -> Any:
-        return None if t is None else tf.reshape(t, tf.concat([[n, m], tf.shape(t)[1:]], 0))
-
-    return tf.nest.map_structure(split, structure)
-
-
-def micro_batch(structure: Any, i: tf.Tensor) -> Any:
-    """Micro-batch ``i`` of a ``split_micro_batches`` structure (static shape [m, ...])."""
-    return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, i), structure)
 
 
 class FiniteMean(keras.metrics.Mean):
@@ -265,7 +118,7 @@ class AccumulatingTrainer(keras.Model):
     Args:
         network: the model being trained (its ``call`` is used for inference).
         micro_batch_size: rows per forward/backward pass; ``None`` = whole batch.
-        backend: an ``adv_large_batch.distributed`` backend; default: the one
+        backend: an ``adv_large_batch.engine.distributed`` backend; default: the one
             for this process (single, or Horovod under ``horovodrun``).
         seed: the run seed of every random draw of the step (dropout masks, random
             starts), combined with the batch counter and the micro-batch's place.
@@ -294,7 +147,7 @@ class AccumulatingTrainer(keras.Model):
         self.network = network
         self.micro_batch_size = micro_batch_size
         if backend is None:
-            from adv_large_batch import distributed
+            from adv_large_batch.engine import distributed
 
             backend = distributed.get_backend("auto")
         self.backend = backend
@@ -372,7 +225,7 @@ class AccumulatingTrainer(keras.Model):
 
     def draw_key(self, stream: int, extra: Any = 0, micro: Any = None) -> tf.Tensor:
         """The stateless seed of a draw of this step's current micro-batch (see
-        ``adv_large_batch.randomness``); ``micro`` overrides the micro-batch index."""
+        ``adv_large_batch.engine.randomness``); ``micro`` overrides the micro-batch index."""
         step = self._step if self._step is not None else self.batches_seen.value
         micro = self._micro if micro is None else micro
         return randomness.draw_key(self._seed, stream, step, 0 if micro is None else micro, extra)

@@ -14,7 +14,7 @@ from typing import Any
 
 from adv_large_batch.config import cli_field, require
 
-#: ``--strategy`` values (``adv_large_batch.distributed.get_backend``'s kinds).
+#: ``--strategy`` values (``adv_large_batch.engine.distributed.get_backend``'s kinds).
 BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
 MULTIWORKER_REFUSED = (
     "--strategy multiworker (tf.distribute.MultiWorkerMirroredStrategy) is not supported: "

@@ -103,6 +103,13 @@ def linf_distance(x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.abs(tf.cast(x_adv, tf.float32) - tf.cast(x, tf.float32)))
 
 
+def shared_pass_examples(x: tf.Tensor, input_grad: tf.Tensor, eps: float, step: float) -> tf.Tensor:
+    """FGSM from the clean point: ``x + step sign(g)`` projected to the eps ball around
+    ``x`` and to [0, 1] (no gradient flows through the result)."""
+    x = tf.stop_gradient(x)
+    return tf.stop_gradient(project(ascent_step(x, input_grad, step), x, eps))
+
+
 __all__ = [
     "PIXEL_SCALE",
     "VALUE_RANGE",
@@ -113,4 +120,5 @@ __all__ = [
     "pixels_to_unit",
     "project",
     "random_start",
+    "shared_pass_examples",
 ]

@@ -8,7 +8,7 @@ config -> backend -> dataset -> tf.data (shuffle, augment, batch[, pair t / t+ta
        -> [restore checkpoint] -> callbacks -> fit from the step -> test top-1 -> metrics JSON
 
 Exact resume (``--checkpoint-dir``, ``--checkpoint-every``, ``--resume``,
-``--stop-at-step``): ``image_data.train_stream`` is a pure function of (seed,
+``--stop-at-step``): ``image_pipeline.train_stream`` is a pure function of (seed,
 epoch, example) that starts at any global step, ``pair_with_future`` re-pairs it
 from there, and the checkpoint holds weights, optimizer, BN statistics and
 ConAdv's buffer of in-flight adversarial batches and its step counter.
@@ -21,24 +21,26 @@ checked against the model before training.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
 import keras
-import numpy as np
 
-from adv_large_batch import checkpointing
-from adv_large_batch.augment import POLICIES
+from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
 from adv_large_batch.conadv import ConAdvConfig
+from adv_large_batch.conadv.buffers import WorkerBuffers
 from adv_large_batch.config import ConfigError, cli_field, require
-from adv_large_batch.image_data import DATASETS
-from adv_large_batch.models.resnet import IMAGE_MODELS, check_input_shape
+from adv_large_batch.data.augment import POLICIES
+from adv_large_batch.data.image_datasets import DATASETS
+from adv_large_batch.engine import checkpointing
+from adv_large_batch.engine.losses import smoothed_cross_entropy
+from adv_large_batch.models.image_models import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
-from adv_large_batch.run_config import RunConfig, run_record, split_batch, write_metrics
 
 # keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
 _KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
+
+
 #: The image runs' optimizer: LARS (ConAdv §4.1) with the published large-batch recipe
 #: (``optimizers/recipes.py``: MLPerf ResNet-50 LARS and the ConAdv authors' code): no
 #: ``--lr`` -> the recipe's peak LR and warm-up for the global batch, momentum 0.9,
@@ -153,49 +155,10 @@ def resolve_recipe(
     return opt
 
 
-@keras.saving.register_keras_serializable(package="adv_large_batch")
-class SmoothedSparseCrossEntropy(keras.losses.Loss):
-    """Cross-entropy of logits against integer labels smoothed by ``smoothing``: the target
-    is ``(1 - s) one_hot(y) + s / classes`` (Keras' sparse loss has no smoothing).
-
-    ```python
-    loss = SmoothedSparseCrossEntropy(num_classes=10, smoothing=0.1)
-    loss(np.array([3]), np.zeros((1, 10)))  # log(10): uniform logits
-    ```
-    """
-
-    def __init__(self, num_classes: int, smoothing: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(name=kwargs.pop("name", "smoothed_cross_entropy"), **kwargs)
-        self.num_classes = int(num_classes)
-        self.smoothing = float(smoothing)
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), [-1])
-        return keras.losses.categorical_crossentropy(
-            keras.ops.one_hot(labels, self.num_classes),
-            y_pred,
-            from_logits=True,
-            label_smoothing=self.smoothing,
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "smoothing": self.smoothing,
-        }
-
-
-def smoothed_cross_entropy(num_classes: int, smoothing: float) -> keras.losses.Loss:
-    """The image runs' loss: plain sparse cross-entropy from logits, or smoothed."""
-    if not smoothing:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return SmoothedSparseCrossEntropy(num_classes, smoothing)
-
-
 def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics dict (also written to --metrics-out)."""
-    from adv_large_batch import distributed, image_data
+    from adv_large_batch.data import image_datasets
+    from adv_large_batch.engine import distributed
 
     backend = distributed.get_backend(run_cfg.strategy)
     per_worker_batch = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)[0]
@@ -204,9 +167,11 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
     hint = "" if run_cfg.image_size else " (or resize them with --image-size)"
     # --image-size unset: the model's resolution on ImageNet-scale data (ResNet 224,
     # EfficientNet-B2 260); recorded in the config (metrics, checkpoints' meta.json).
-    image_size = image_data.resolve_image_size(run_cfg.dataset, run_cfg.model, run_cfg.image_size)
+    image_size = image_datasets.resolve_image_size(
+        run_cfg.dataset, run_cfg.model, run_cfg.image_size
+    )
     run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
-    data = image_data.load_image_dataset(
+    data = image_datasets.load_image_dataset(
         run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, image_size
     ).limit(run_cfg.train_limit, run_cfg.eval_limit)
     try:
@@ -239,16 +204,16 @@ def _train(
     steps_per_epoch: int,
     say: Any,
 ) -> dict[str, Any]:
-    from adv_large_batch import image_data
     from adv_large_batch.conadv import ConAdv, pair_with_future
-    from adv_large_batch.models.resnet import build_image_model
+    from adv_large_batch.data import image_pipeline
+    from adv_large_batch.engine.callbacks import standard_callbacks
+    from adv_large_batch.models.image_models import build_image_model
     from adv_large_batch.optimizers import build_optimizer
-    from adv_large_batch.training_callbacks import standard_callbacks
 
     total_steps = steps_per_epoch * run_cfg.epochs
     keras.utils.set_random_seed(run_cfg.seed)
-    augment = image_data.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
-    arrays = image_data.materialize(data.train, data.num_train, data.image_shape)
+    augment = image_pipeline.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
+    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
 
     def train_stream(start_step: int) -> Any:
         """Batches from global step ``start_step`` on (paired t / t + tau for ConAdv).
@@ -257,7 +222,7 @@ def _train(
         that the uninterrupted run's step g got; the restored buffer holds the
         adversarial examples of batches g .. g + tau - 1.
         """
-        stream = image_data.train_stream(
+        stream = image_pipeline.train_stream(
             data.train,
             data.num_train,
             per_worker_batch,
@@ -270,7 +235,7 @@ def _train(
         )
         return pair_with_future(stream, adv.staleness) if adv.buffered else stream
 
-    test_ds = image_data.eval_batches(data.test, max(per_worker_batch, 256))
+    test_ds = image_pipeline.eval_batches(data.test, max(per_worker_batch, 256))
 
     replica_batch = per_worker_batch // backend.num_replicas_in_sync
     with backend.scope():
@@ -309,19 +274,19 @@ def _train(
         f"staleness={adv.staleness} augment={run_cfg.augment} optimizer={opt.optimizer} "
         f"base lr={opt.lr} ({opt.lr_scaling} scaling from {opt.base_batch_size})"
     )
-    if arrays is None and not image_data.random_access(data.train):
+    if arrays is None and not image_pipeline.random_access(data.train):
         say(
             f"[train-images] {data.num_train} training images are streamed from record files: "
             "each worker shuffles its own shard in a window (exact resume needs the same "
             "worker count)"
         )
-    if run_cfg.augment not in image_data.SEEDED_POLICIES and (
+    if run_cfg.augment not in image_pipeline.SEEDED_POLICIES and (
         run_cfg.checkpoint_dir or run_cfg.resume
     ):
         say(
             f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
             "generators, so a resumed run's augmentations differ from an uninterrupted run's "
-            f"(exact resume: --augment {' or '.join(image_data.SEEDED_POLICIES)})"
+            f"(exact resume: --augment {' or '.join(image_pipeline.SEEDED_POLICIES)})"
         )
 
     start_step = checkpointing.resume_step(run_cfg, model, backend, say, "train-images")
@@ -404,85 +369,6 @@ def _train(
     return result
 
 
-def _replica_components(variable: Any) -> list[Any]:
-    """The per-replica variables behind a tf.distribute variable, else ``[variable]``."""
-    return list(getattr(getattr(variable, "_value", None), "values", None) or [variable])
-
-
-class WorkerBuffers(keras.callbacks.Callback):
-    """Keeps ConAdv's buffer per worker across checkpoints.
-
-    The buffer holds each worker's (and each tf.distribute replica's) own adversarial
-    batch (``BroadcastCallback`` leaves it alone: it is one of the trainer's
-    ``per_worker_variables``), but the checkpoint holds rank 0's replica 0's.  So every
-    worker also writes its own buffer, all replicas, to
-    ``<checkpoint-dir>/worker-buffers/ckpt-<step>-rank<r>.npz`` (atomically, at the
-    steps ``StepCheckpoint`` saves, newest two kept); ``load`` reads it on resume and
-    the values are put back at the first batch of the resumed ``fit``.
-    """
-
-    def __init__(
-        self, variables: list[Any], directory: str | None, every: int, rank: int, keep: int = 2
-    ) -> None:
-        super().__init__()
-        self.variables = variables
-        self.folder = os.path.join(directory, "worker-buffers") if directory else None
-        self.every = every
-        self.rank = rank
-        self.keep = keep
-        self._pending: list[list[Any]] | None = None
-
-    def _path(self, step: int) -> str:
-        return os.path.join(self.folder, f"ckpt-{step:08d}-rank{self.rank}.npz")
-
-    def _values(self) -> list[list[Any]]:
-        return [[c.numpy() for c in _replica_components(v)] for v in self.variables]
-
-    def load(self, step: int) -> bool:
-        """Stage this worker's buffer saved at ``step``; False if there is none."""
-        if self.folder is None or not os.path.exists(self._path(step)):
-            return False
-        with np.load(self._path(step)) as data:
-            self._pending = [list(data[f"v{i}"]) for i in range(len(self.variables))]
-        return True
-
-    def _save(self, step: int) -> None:
-        if self.model.stopped_nonfinite_at is not None:
-            return  # StepCheckpoint writes nothing after a non-finite stop either
-        if self.folder is None or os.path.exists(self._path(step)):
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        partial = self._path(step) + ".partial.npz"
-        arrays = {f"v{i}": np.stack(values) for i, values in enumerate(self._values())}
-        np.savez(partial, **arrays)
-        os.replace(partial, self._path(step))
-        mine = sorted(n for n in os.listdir(self.folder) if n.endswith(f"-rank{self.rank}.npz"))
-        for old in mine[: -self.keep]:
-            os.remove(os.path.join(self.folder, old))
-
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self._pending is None:
-            return
-        for variable, values in zip(self.variables, self._pending):
-            components = _replica_components(variable)
-            if len(components) != len(values):
-                raise ValueError(
-                    f"saved adversarial buffer has {len(values)} replicas, this worker "
-                    f"{len(components)}: resume with the same --strategy and devices"
-                )
-            for component, value in zip(components, values):
-                component.assign(value)
-        self._pending = None
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = checkpointing.data_position(self.model)
-        if step % self.every == 0:
-            self._save(step)
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self._save(checkpointing.data_position(self.model))
-
-
 class _StepTimer(keras.callbacks.Callback):
     """Steps and seconds spent in training steps per epoch (validation and callbacks excluded)."""
 
@@ -514,7 +400,6 @@ class _StepTimer(keras.callbacks.Callback):
 __all__ = [
     "IMAGE_OPTIMIZER_DEFAULTS",
     "ImageTrainConfig",
-    "WorkerBuffers",
     "image_optimizer_config",
     "run",
 ]

@@ -10,7 +10,7 @@ conadv    theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t
           x_hat_t+tau = PGD(theta_t; B_t+tau)                 beside the update (eq. 5)
 
 with ``x_hat_t`` of ConAdv made at step ``t - tau`` from ``theta_t-tau``
-(``--staleness`` tau, default 1; tau = 0 is DisAdv).  PGD is ``adv_large_batch.pgd``
+(``--staleness`` tau, default 1; tau = 0 is DisAdv).  PGD is ``adv_large_batch.conadv.pgd``
 (1 step, random start, radius and step in pixels out of 255).
 
 How it maps onto TensorFlow:
@@ -71,160 +71,17 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch import pgd, randomness
-from adv_large_batch.config import cli_field, require
+from adv_large_batch.conadv import pgd
+from adv_large_batch.conadv.config import ConAdvConfig
+from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES, NEXT_LABELS
+from adv_large_batch.engine import randomness
+from adv_large_batch.engine.batching import batch_size_of
+from adv_large_batch.engine.timing import timed
+from adv_large_batch.engine.trainer import AccumulatingTrainer, distribution_loss_scale
 from adv_large_batch.models.split_batchnorm import split_bn_route
-from adv_large_batch.trainer import (
-    AccumulatingTrainer,
-    batch_size_of,
-    distribution_loss_scale,
-    timed,
-)
 
-METHODS = ("baseline", "disadv", "conadv")
-ATTACK_PASSES = ("separate", "shared")
-IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
 # The random-draw streams of the two attacks of a step (current batch, future batch).
 _CURRENT, _FUTURE = randomness.CONADV_CURRENT, randomness.CONADV_FUTURE
-
-
-@dataclasses.dataclass(frozen=True)
-class ConAdvConfig:
-    """The adversarial knobs of ConAdv / DisAdv (defaults: §4.1 and Table 4)."""
-
-    method: str = cli_field(
-        "conadv",
-        "--method",
-        "baseline: clean loss only; disadv: attack with the current weights, then update "
-        "(two sequential gradient computations); conadv: the update uses adversarial "
-        "examples made --staleness steps earlier",
-        METHODS,
-    )
-    eps: float = cli_field(
-        3.0, "--adv-eps", "l-inf radius of the perturbation, in pixels out of 255 (Table 4's p)"
-    )
-    step_size: float | None = cli_field(
-        None, "--adv-step", "PGD step in pixels out of 255 (default: --adv-eps)"
-    )
-    steps: int = cli_field(1, "--adv-steps", "PGD steps (the paper always uses 1)")
-    staleness: int = cli_field(
-        1, "--staleness", "tau: adversarial examples from the weights of tau steps ago (0 = DisAdv)"
-    )
-    random_init: bool = cli_field(
-        True, "--adv-random-start", "start PGD at a uniform random point of the ball"
-    )
-    attack_pass: str = cli_field(
-        "separate",
-        "--attack-pass",
-        "conadv: separate = the next batch's PGD is its own forward + input backward beside "
-        "the update (DisAdv's FLOPs); shared = ONE forward/backward over [clean batch t+1; "
-        "adversarial batch t] gives the update's weight gradient and, from the clean rows' "
-        "input gradient, the FGSM examples of batch t+1 (no random start; --staleness 1)",
-        ATTACK_PASSES,
-    )
-
-    def __post_init__(self) -> None:
-        require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
-        require(
-            0 <= self.eps <= pgd.PIXEL_SCALE,
-            f"--adv-eps must be in [0, 255] (pixels), got {self.eps}",
-        )
-        require(
-            self.step_size is None or 0 <= self.step_size <= pgd.PIXEL_SCALE,
-            f"--adv-step must be in [0, 255] (pixels), got {self.step_size}",
-        )
-        require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
-        require(self.staleness >= 0, f"--staleness must be >= 0, got {self.staleness}")
-        require(
-            self.attack_pass in ATTACK_PASSES,
-            f"--attack-pass must be one of {ATTACK_PASSES}, got {self.attack_pass!r}",
-        )
-        if self.attack_pass == "shared":
-            require(
-                self.method == "conadv",
-                f"--attack-pass shared is a ConAdv schedule; --method {self.method} has none",
-            )
-            require(
-                self.staleness == 1,
-                f"--attack-pass shared needs --staleness 1 (the clean rows of step t are batch "
-                f"t + 1, whose input gradient makes the adversarial batch of step t + 1), got "
-                f"{self.staleness}",
-            )
-            require(
-                self.steps == 1,
-                f"--attack-pass shared takes one gradient (FGSM), got --adv-steps {self.steps}",
-            )
-
-    @property
-    def adversarial(self) -> bool:
-        return self.method != "baseline"
-
-    @property
-    def buffered(self) -> bool:
-        """True when adversarial examples are made ahead of time (ConAdv with tau >= 1)."""
-        return self.method == "conadv" and self.staleness >= 1
-
-    @property
-    def shared(self) -> bool:
-        """True for ConAdv's shared-pass schedule."""
-        return self.buffered and self.attack_pass == "shared"
-
-    @property
-    def eps_unit(self) -> float:
-        return pgd.pixels_to_unit(self.eps)
-
-    @property
-    def step_unit(self) -> float:
-        return pgd.pixels_to_unit(self.eps if self.step_size is None else self.step_size)
-
-
-def pair_with_future(dataset: tf.data.Dataset, staleness: int) -> tf.data.Dataset:
-    """``(x_t, y_t)`` -> ``({images: x_t, next_images: x_t+tau, next_labels: y_t+tau}, y_t)``.
-
-    A ``scan`` carrying the last ``staleness`` batches: each batch is computed
-    once.  The stream is ``staleness`` batches shorter (the last batches are only
-    ever "future" batches); repeat the dataset first for training by steps.
-    Batches need a static shape (``batch(..., drop_remainder=True)``).
-    """
-    require(staleness >= 1, f"--staleness must be >= 1 to pair batches, got {staleness}")
-    image_spec, label_spec = dataset.element_spec
-    for spec in (image_spec, label_spec):
-        if not spec.shape.is_fully_defined():
-            raise ValueError(
-                f"pair_with_future needs batches of static shape, got {spec.shape}: batch with "
-                "drop_remainder=True"
-            )
-    initial = (
-        tf.zeros([staleness, *image_spec.shape], image_spec.dtype),
-        tf.zeros([staleness, *label_spec.shape], label_spec.dtype),
-        tf.constant(0, tf.int64),
-    )
-
-    def step(state: tuple, batch: tuple) -> tuple:
-        images, labels, seen = state
-        x, y = batch
-        element = ({IMAGES: images[0], NEXT_IMAGES: x, NEXT_LABELS: y}, labels[0])
-        carried = (
-            tf.concat([images[1:], x[None]], axis=0),
-            tf.concat([labels[1:], y[None]], axis=0),
-            seen + 1,
-        )
-        return carried, (element, seen >= staleness)
-
-    def is_ready(element: tuple, ready: tf.Tensor) -> tf.Tensor:
-        return ready
-
-    def drop_flag(element: tuple, ready: tf.Tensor) -> tuple:
-        return element
-
-    return dataset.scan(initial, step).filter(is_ready).map(drop_flag)
-
-
-def shared_pass_examples(x: tf.Tensor, input_grad: tf.Tensor, eps: float, step: float) -> tf.Tensor:
-    """FGSM from the clean point: ``x + step sign(g)`` projected to the eps ball around
-    ``x`` and to [0, 1] (no gradient flows through the result)."""
-    x = tf.stop_gradient(x)
-    return tf.stop_gradient(pgd.project(pgd.ascent_step(x, input_grad, step), x, eps))
 
 
 def read(variable: keras.Variable) -> tf.Tensor:
@@ -445,7 +302,7 @@ class ConAdv(AccumulatingTrainer):
             return self.attack_loss(y, logits) * tf.cast(loss_scale, tf.float32)
 
         grad = pgd.input_gradient(loss_fn, tf.stop_gradient(x))
-        return shared_pass_examples(x, grad, cfg.eps_unit, cfg.step_unit)
+        return pgd.shared_pass_examples(x, grad, cfg.eps_unit, cfg.step_unit)
 
     def _shared_batch(self, x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[Any, Any, None]:
         """Step t of the shared pass: clean rows = batch t + 1, adversarial rows = the
@@ -528,7 +385,7 @@ class ConAdv(AccumulatingTrainer):
             cfg = self.config
             self.emit(
                 "next_adversarial",
-                shared_pass_examples(clean, input_grad, cfg.eps_unit, cfg.step_unit),
+                pgd.shared_pass_examples(clean, input_grad, cfg.eps_unit, cfg.step_unit),
             )
         else:
             grads = tape.gradient(scaled, self.trainable_variables)
@@ -553,14 +410,3 @@ class ConAdv(AccumulatingTrainer):
             }
         )
         return config
-
-
-__all__ = [
-    "ATTACK_PASSES",
-    "ConAdv",
-    "ConAdvConfig",
-    "METHODS",
-    "mean_cross_entropy",
-    "pair_with_future",
-    "shared_pass_examples",
-]

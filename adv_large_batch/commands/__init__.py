@@ -1,0 +1,1 @@
+"""The command-line runs: finetune, train-images, sharpness and info, on one run skeleton."""

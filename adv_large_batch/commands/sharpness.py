@@ -1,0 +1,248 @@
+"""The ``adv-large-batch sharpness`` command: a checkpoint's top Hessian eigenvalue."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.sharpness import top_hessian_eigenvalue
+
+#: Training commands whose checkpoints ``sharpness`` can rebuild.
+COMMANDS = ("finetune", "train-images")
+
+
+# ---- the command --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SharpnessConfig:
+    """The flags of ``adv-large-batch sharpness``."""
+
+    checkpoint: str | None = cli_field(
+        None,
+        "--checkpoint",
+        "a run's --checkpoint-dir (its newest complete ckpt-<step> is used) or one "
+        "ckpt-<step> folder",
+    )
+    batch_size: int = cli_field(
+        128, "--batch-size", "training examples in the fixed batch the loss is computed on"
+    )
+    iterations: int = cli_field(
+        20, "--iterations", "most power iterations (one Hessian-vector product each)"
+    )
+    tolerance: float = cli_field(
+        1e-3,
+        "--tolerance",
+        "stop once the estimate changes by less than this fraction of itself (0: never)",
+    )
+    seed: int = cli_field(
+        0, "--seed", "seed of the batch drawn from the training data and of the start vector"
+    )
+    data_limit: int | None = cli_field(
+        None,
+        "--data-limit",
+        "draw the batch from the first N training examples (default: the run's --train-limit)",
+    )
+    json_out: str | None = cli_field(
+        None,
+        "--json-out",
+        "write eigenvalue, iterations, history, checkpoint step, batch size and method as JSON",
+    )
+
+    def __post_init__(self) -> None:
+        require(
+            self.checkpoint is not None,
+            "--checkpoint is required: a run's --checkpoint-dir or one of its ckpt-<step> folders",
+        )
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(self.iterations >= 1, f"--iterations must be >= 1, got {self.iterations}")
+        require(self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}")
+        require(
+            self.data_limit is None or self.data_limit >= 1,
+            f"--data-limit must be >= 1, got {self.data_limit}",
+        )
+
+
+def locate(checkpoint: str) -> tuple[str, dict[str, Any]]:
+    """(the ``ckpt-<step>`` folder, its meta) for ``--checkpoint``; ``ConfigError`` if unusable.
+
+    Reads files only: every bad path is reported before TensorFlow builds anything.
+    """
+    from adv_large_batch.engine import checkpointing
+
+    try:
+        path = checkpointing.resolve_checkpoint(checkpoint)
+    except ConfigError as err:
+        raise ConfigError(f"--checkpoint {checkpoint!r}: {err}") from None
+    meta = checkpointing.read_meta(path)
+    missing = [k for k in ("command", "config", "adversarial", "paths") if k not in meta]
+    require(
+        not missing,
+        f"--checkpoint {checkpoint!r}: {path}/meta.json has no {', '.join(missing)}: it was "
+        "written before `sharpness` existed; train (or resume) with this version to record them",
+    )
+    require(
+        meta["command"] in COMMANDS,
+        f"--checkpoint {checkpoint!r}: unknown command {meta['command']!r} in {path}/meta.json "
+        f"(expected one of {COMMANDS})",
+    )
+    return path, meta
+
+
+def _known_fields(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with only the fields ``cls`` has (JSON lists back to tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return cls(**kept)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int) -> np.ndarray:
+    """The examples of the fixed batch: the first ``batch_size`` of a seeded permutation."""
+    require(
+        batch_size <= num_examples,
+        f"--batch-size {batch_size} is larger than the {num_examples} training examples",
+    )
+    return np.sort(np.random.default_rng([seed, 4]).permutation(num_examples)[:batch_size])
+
+
+@dataclasses.dataclass
+class Problem:
+    """A network with its checkpoint's weights, one batch and the task loss on it."""
+
+    network: Any
+    inputs: Any
+    labels: Any
+    loss: Any
+    description: str
+
+    def loss_fn(self) -> tf.Tensor:
+        """The task loss on the batch, dropout off (a deterministic function of the weights)."""
+        return self.loss(self.labels, self.network(self.inputs, training=False))
+
+
+def _text_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
+    import keras
+
+    from adv_large_batch.commands.finetune import FinetuneConfig, build_network
+    from adv_large_batch.data import text_pipeline, text_tasks
+
+    run_cfg = _known_fields(FinetuneConfig, meta["config"])
+    task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
+    train = task.train.take(cfg.data_limit or run_cfg.train_limit)
+    index = batch_indices(len(train), cfg.batch_size, cfg.seed)
+    batch = text_tasks.TextSplit(
+        [[col[i] for i in index] for col in train.texts], train.labels[index]
+    )
+    network, tokenizer = build_network(run_cfg.model_path, task.num_classes, run_cfg.seed)
+    inputs = {
+        k: tf.constant(v)
+        for k, v in text_pipeline.tokenize(batch, tokenizer, run_cfg.max_seq_length).items()
+    }
+    loss = (
+        keras.losses.MeanSquaredError()
+        if task.regression
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return Problem(
+        network,
+        inputs,
+        tf.constant(batch.labels),
+        loss,
+        f"task={task.name} model={run_cfg.model} max_seq_length={run_cfg.max_seq_length} "
+        f"batch {cfg.batch_size} of {len(train)} training examples",
+    )
+
+
+def _image_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
+    import keras
+
+    from adv_large_batch.commands.train_images import ImageTrainConfig
+    from adv_large_batch.conadv import ConAdvConfig
+    from adv_large_batch.data import image_datasets, image_pipeline
+    from adv_large_batch.models.image_models import build_image_model
+
+    run_cfg = _known_fields(ImageTrainConfig, meta["config"])
+    adv = _known_fields(ConAdvConfig, meta["adversarial"])
+    data = image_datasets.load_image_dataset(
+        run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, run_cfg.image_size
+    ).limit(cfg.data_limit or run_cfg.train_limit, 1)
+    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
+    if arrays is not None:
+        index = batch_indices(data.num_train, cfg.batch_size, cfg.seed)
+        images = image_pipeline.to_unit_range(tf.constant(arrays[0][index]))
+        labels = tf.constant(arrays[1][index])
+    else:  # too large to hold (ImageNet): the first examples, in order
+        batch_indices(data.num_train, cfg.batch_size, cfg.seed)  # the size check
+        images, labels = next(
+            iter(image_pipeline.eval_batches(data.train_for_eval(), cfg.batch_size))
+        )
+    keras.utils.set_random_seed(run_cfg.seed)
+    network = build_image_model(
+        run_cfg.model,
+        data.image_shape,
+        data.num_classes,
+        split_bn=adv.adversarial,
+        width=run_cfg.width,
+    )
+    return Problem(
+        network,
+        images,
+        labels,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        f"dataset={data.name} model={run_cfg.model} batch {cfg.batch_size} of "
+        f"{data.num_train} training images",
+    )
+
+
+def run(cfg: SharpnessConfig) -> dict[str, Any]:
+    """Top Hessian eigenvalue of a checkpoint's training loss; also written to --json-out."""
+    import keras
+
+    from adv_large_batch.engine import checkpointing
+
+    path, meta = locate(cfg.checkpoint)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # second derivatives in full precision
+    try:
+        build = _text_problem if meta["command"] == "finetune" else _image_problem
+        problem = build(meta, cfg)
+        weights = [v for v in problem.network.weights if keras.backend.is_float_dtype(v.dtype)]
+        checkpointing.restore_variables(path, weights)  # not the seed-generator states
+        variables = problem.network.trainable_variables
+        loss = float(problem.loss_fn())
+        found = top_hessian_eigenvalue(
+            problem.loss_fn, variables, cfg.iterations, cfg.tolerance, cfg.seed
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    method = meta["adversarial"].get("method")
+    result = {
+        **found,
+        "checkpoint": path,
+        "checkpoint_step": int(meta["global_step"]),
+        "command": meta["command"],
+        "method": method,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "tolerance": cfg.tolerance,
+        "loss": loss,
+        "num_weights": int(sum(np.prod(v.shape) for v in variables)),
+    }
+    state = "converged" if found["converged"] else f"not converged to {cfg.tolerance:g}"
+    print(
+        f"[sharpness] {meta['command']} method={method} {path} (step {meta['global_step']}), "
+        f"{problem.description}, loss {loss:.6g}"
+    )
+    print(
+        f"[sharpness] top Hessian eigenvalue {found['eigenvalue']:.6g} after "
+        f"{found['iterations']} power iterations ({state})"
+    )
+    if cfg.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.json_out)), exist_ok=True)
+        with open(cfg.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result

@@ -1,0 +1,24 @@
+"""ScaLA: large-batch fine-tuning with PGA-K perturbation of the token embeddings.
+
+Paper: ``shared/papers/scala.md`` (Algorithm 1, §3.1, appendix B).
+
+* ``config``: ``ScaLAConfig``, the method's knobs (and flags);
+* ``perturbation``: the inner maximisation as pure functions (random start, ascent
+  step, projection, symmetric KL);
+* ``trainer``: ``ScaLA``, the ``train_step`` (an ``AccumulatingTrainer``);
+* ``injection``: ``DelayedInjection``, t_s.
+"""
+
+from adv_large_batch.scala.config import DROPOUT_MODES, METHODS, RADII, ScaLAConfig
+from adv_large_batch.scala.injection import DelayedInjection
+from adv_large_batch.scala.trainer import ScaLA, sort_by_length
+
+__all__ = [
+    "DROPOUT_MODES",
+    "DelayedInjection",
+    "METHODS",
+    "RADII",
+    "ScaLA",
+    "ScaLAConfig",
+    "sort_by_length",
+]

@@ -1,0 +1,82 @@
+"""The contracts every model of this library keeps: text input keys, dynamic padding, the
+interface a perturbable classifier offers ScaLA, and the image input check.
+
+Every text pipeline (``adv_large_batch.data.text_pipeline``) produces a dict of
+``[batch, length]`` int arrays under ``TOKEN_IDS``, ``SEGMENT_IDS`` and ``PADDING_MASK``;
+every classifier takes it.  ScaLA perturbs the token-embedding output, so a text
+classifier it trains must offer ``PerturbableClassifier``'s three members.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import tensorflow as tf
+
+from adv_large_batch.config import ConfigError
+
+# Keys of the dict that every text pipeline of this project produces.
+TOKEN_IDS = "token_ids"
+SEGMENT_IDS = "segment_ids"
+PADDING_MASK = "padding_mask"
+
+
+def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Cut padding columns that no example in the batch uses.
+
+    Batches arrive padded to a fixed length (one traced graph); trimming to the
+    longest real sequence inside the step gives dynamic padding without
+    retracing.  The result has a dynamic sequence dimension.
+    """
+    mask = tf.cast(inputs[PADDING_MASK], tf.int32)
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
+    return {key: value[:, :longest] for key, value in inputs.items()}
+
+
+@runtime_checkable
+class PerturbableClassifier(Protocol):
+    """A text classifier whose token-embedding output can be perturbed (ScaLA §3.1).
+
+    ``logits_from_embeddings(embed_tokens(ids) + y, inputs)`` is the model on the
+    perturbed input; with ``y = 0`` it equals ``model(inputs)``.  Implemented by
+    ``PerturbableBertClassifier`` and ``PerturbableRobertaClassifier``.
+    """
+
+    num_classes: int
+
+    def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+        """The token-embedding output e, ``[batch, length, hidden]`` (before position,
+        segment embeddings and the embedding LayerNorm)."""
+        ...
+
+    def logits_from_embeddings(
+        self, token_embeddings: tf.Tensor, inputs: dict[str, tf.Tensor], training: bool = False
+    ) -> tf.Tensor:
+        """Everything after the token lookup, on (possibly perturbed) embeddings."""
+        ...
+
+
+def check_image_shape(name: str, input_shape: tuple[int, ...], smallest: int) -> None:
+    """Raise ``ConfigError`` unless ``input_shape`` is (height, width, channels) with both
+    sides at least ``smallest`` (model ``name``'s total down-sampling)."""
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"--model {name} takes (height, width, channels) images, got {input_shape}"
+        )
+    height, width, channels = input_shape
+    if min(height, width) < smallest:
+        raise ConfigError(
+            f"--model {name} needs images of at least {smallest}x{smallest}, got {height}x{width}"
+        )
+    if channels < 1:
+        raise ConfigError(f"--model {name}: images need at least one channel, got {input_shape}")
+
+
+__all__ = [
+    "PADDING_MASK",
+    "SEGMENT_IDS",
+    "TOKEN_IDS",
+    "PerturbableClassifier",
+    "check_image_shape",
+    "trim_to_longest",
+]

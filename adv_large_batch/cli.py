@@ -19,10 +19,12 @@ Exit status (what a launcher, ``horovodrun`` or a scheduler sees):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from adv_large_batch import __version__
 from adv_large_batch.config import ConfigError, add_arguments, add_deprecated_alias, from_args
@@ -39,53 +41,116 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One subcommand: its help, its flag groups (config dataclasses, each built from the
+    parsed flags and validated before any work) and what runs them."""
+
+    help: str
+    description: str
+    configs: Callable[[], list[tuple[type, str]]]  # (config class, flag group title)
+    run: Callable[..., int]  # run(*configs) -> exit status
+    defaults: Callable[[], dict[str, Any]] = dict  # flag defaults of this subcommand
+
+
+def _finetune_configs() -> list[tuple[type, str]]:
     from adv_large_batch.commands.finetune import FinetuneConfig
-    from adv_large_batch.commands.sharpness import SharpnessConfig
-    from adv_large_batch.commands.train_images import IMAGE_OPTIMIZER_DEFAULTS, ImageTrainConfig
-    from adv_large_batch.conadv import ConAdvConfig
     from adv_large_batch.optimizers import OptimizerConfig
     from adv_large_batch.scala import ScaLAConfig
 
+    return [
+        (FinetuneConfig, "run"),
+        (ScaLAConfig, "adversarial perturbation (ScaLA)"),
+        (OptimizerConfig, "optimizer and learning rate"),
+    ]
+
+
+def _images_configs() -> list[tuple[type, str]]:
+    from adv_large_batch.commands.train_images import ImageTrainConfig
+    from adv_large_batch.conadv import ConAdvConfig
+    from adv_large_batch.optimizers import OptimizerConfig
+
+    return [
+        (ImageTrainConfig, "run"),
+        (ConAdvConfig, "adversarial examples (ConAdv / DisAdv)"),
+        (OptimizerConfig, "optimizer and learning rate (LARS for images)"),
+    ]
+
+
+def _images_defaults() -> dict[str, Any]:
+    from adv_large_batch.commands.train_images import IMAGE_OPTIMIZER_DEFAULTS
+
+    return IMAGE_OPTIMIZER_DEFAULTS  # the same optimizer flags, image defaults
+
+
+def _sharpness_configs() -> list[tuple[type, str]]:
+    from adv_large_batch.commands.sharpness import SharpnessConfig
+
+    return [(SharpnessConfig, "sharpness")]
+
+
+def _run_finetune(*configs: Any) -> int:
+    from adv_large_batch.commands import finetune
+
+    return _status(finetune.run(*configs))
+
+
+def _run_images(*configs: Any) -> int:
+    from adv_large_batch.commands import train_images
+
+    return _status(train_images.run(*configs))
+
+
+def _run_sharpness(cfg: Any) -> int:
+    from adv_large_batch.commands import sharpness
+
+    sharpness.run(cfg)
+    return EXIT_OK
+
+
+#: ``adv-large-batch <name>``: every subcommand but ``info`` (which takes only ``--json``).
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "finetune": Subcommand(
+        "fine-tune a BERT-family encoder (ScaLA, baseline or Gaussian noise)",
+        "Fine-tune a BERT-family encoder on a GLUE-style task with ScaLA.",
+        _finetune_configs,
+        _run_finetune,
+    ),
+    "train-images": Subcommand(
+        "train an image classifier (ConAdv, DisAdv or baseline) with LARS",
+        "Large-batch image training with concurrent adversarial learning (ConAdv).",
+        _images_configs,
+        _run_images,
+        _images_defaults,
+    ),
+    "sharpness": Subcommand(
+        "top Hessian eigenvalue of a checkpoint's training loss (power iteration)",
+        "Sharpness of a finetune / train-images checkpoint: the top eigenvalue of the Hessian "
+        "of the training loss (dropout off, no perturbation) with respect to the trainable "
+        "weights, by power iteration on Hessian-vector products over one fixed batch of the "
+        "run's training data.",
+        _sharpness_configs,
+        _run_sharpness,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adv-large-batch",
         description="Large-batch training with adversarial perturbation (ScaLA, ConAdv).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     info = sub.add_parser("info", help="versions, devices, Horovod build, bundled data")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    ft = sub.add_parser(
-        "finetune",
-        help="fine-tune a BERT-family encoder (ScaLA, baseline or Gaussian noise)",
-        description="Fine-tune a BERT-family encoder on a GLUE-style task with ScaLA.",
-    )
-    add_arguments(ft, FinetuneConfig, "run")
-    add_arguments(ft, ScaLAConfig, "adversarial perturbation (ScaLA)")
-    add_arguments(ft, OptimizerConfig, "optimizer and learning rate")
-
-    img = sub.add_parser(
-        "train-images",
-        help="train an image classifier (ConAdv, DisAdv or baseline) with LARS",
-        description="Large-batch image training with concurrent adversarial learning (ConAdv).",
-    )
-    add_arguments(img, ImageTrainConfig, "run")
-    add_deprecated_alias(img, "--dtype-policy", "--precision")  # the flag's old name
-    add_arguments(img, ConAdvConfig, "adversarial examples (ConAdv / DisAdv)")
-    add_arguments(img, OptimizerConfig, "optimizer and learning rate (LARS for images)")
-    img.set_defaults(**IMAGE_OPTIMIZER_DEFAULTS)  # same flags, image defaults
-
-    sharp = sub.add_parser(
-        "sharpness",
-        help="top Hessian eigenvalue of a checkpoint's training loss (power iteration)",
-        description="Sharpness of a finetune / train-images checkpoint: the top eigenvalue of "
-        "the Hessian of the training loss (dropout off, no perturbation) with respect to the "
-        "trainable weights, by power iteration on Hessian-vector products over one fixed "
-        "batch of the run's training data.",
-    )
-    add_arguments(sharp, SharpnessConfig, "sharpness")
+    for name, command in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.description)
+        for cls, title in command.configs():
+            add_arguments(p, cls, title)
+        if name == "train-images":
+            add_deprecated_alias(p, "--dtype-policy", "--precision")  # the flag's old name
+        p.set_defaults(**command.defaults())
     return parser
 
 
@@ -99,35 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             data = info.collect()
             print(json.dumps(data, indent=2) if args.json else info.report(data))
-            return 0
-        if args.command == "finetune":
-            from adv_large_batch.commands import finetune
-            from adv_large_batch.optimizers import OptimizerConfig
-            from adv_large_batch.scala import ScaLAConfig
-
-            run_cfg = from_args(finetune.FinetuneConfig, args)
-            adv = from_args(ScaLAConfig, args)
-            opt = from_args(OptimizerConfig, args)
-            return _status(finetune.run(run_cfg, adv, opt))
-        if args.command == "train-images":
-            from adv_large_batch.commands import train_images
-            from adv_large_batch.conadv import ConAdvConfig
-            from adv_large_batch.optimizers import OptimizerConfig
-
-            image_cfg = from_args(train_images.ImageTrainConfig, args)
-            conadv = from_args(ConAdvConfig, args)
-            opt = from_args(OptimizerConfig, args)
-            return _status(train_images.run(image_cfg, conadv, opt))
-        if args.command == "sharpness":
-            from adv_large_batch.commands import sharpness
-
-            sharpness.run(from_args(sharpness.SharpnessConfig, args))
-            return 0
+            return EXIT_OK
+        command = SUBCOMMANDS[args.command]
+        return command.run(*(from_args(cls, args) for cls, _ in command.configs()))
     except (ConfigError, FileNotFoundError) as exc:
         print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parser.error(f"unknown command {args.command!r}")
-    return 2
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from adv_large_batch.engine.batching import dense
+
 LossFn = Callable[[], tf.Tensor]
 
 
@@ -79,10 +81,7 @@ def hessian_vector_product(
 def _dense(grads: Sequence[Any], variables: Sequence[Any]) -> list[tf.Tensor]:
     """Gradients as dense tensors: zeros for an unconnected variable (e.g. the auxiliary BN
     with ``training=False``), embedding lookups' ``IndexedSlices`` densified."""
-    return [
-        tf.zeros(tuple(v.shape), v.dtype) if g is None else tf.convert_to_tensor(g)
-        for g, v in zip(grads, variables)
-    ]
+    return [tf.convert_to_tensor(dense(g, v)) for g, v in zip(grads, variables)]
 
 
 def make_hvp(

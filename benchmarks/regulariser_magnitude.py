@@ -46,7 +46,7 @@ def measure(checkpoint: str, batch_size: int, draws: int, seed: int) -> dict[str
         path, [v for v in net.weights if keras.backend.is_float_dtype(v.dtype)]
     )
     ascent = ("eps", "step_size", "steps", "step_norm", "init", "noise_scale")
-    cfg = ScaLAConfig(**{k: v for k, v in meta["adversarial"].items() if k in ascent})
+    cfg = ScaLAConfig(**{k: v for k, v in meta.adversarial.items() if k in ascent})
     e = net.embed_tokens(x[TOKEN_IDS])
     mask = x[PADDING_MASK]
 

@@ -84,6 +84,29 @@ def encoder_architecture(path: str) -> str:
     return architecture
 
 
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of the encoder in a local folder (WordPiece for BERT, BPE for RoBERTa)."""
+    if encoder_architecture(path) == "roberta":
+        from adv_large_batch.models import perturbable_roberta as roberta
+
+        return roberta.load_roberta_tokenizer(path)
+    from adv_large_batch.models import perturbable_bert as bert
+
+    return bert.load_bert_tokenizer(path)
+
+
+def load_encoder_classifier(path: str, num_classes: int) -> Any:
+    """The perturbable classifier of the encoder in a local folder (pretrained weights)."""
+    if encoder_architecture(path) == "roberta":
+        from adv_large_batch.models import perturbable_roberta as roberta
+
+        backbone = roberta.load_roberta_backbone(path)
+        return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes)
+    from adv_large_batch.models import perturbable_bert as bert
+
+    return bert.PerturbableBertClassifier(bert.load_bert_backbone(path), num_classes=num_classes)
+
+
 def load_classifier(path: str, num_classes: int) -> tuple[Any, Any]:
     """(perturbable classifier, tokenizer) for the encoder in a local folder.
 
@@ -94,15 +117,4 @@ def load_classifier(path: str, num_classes: int) -> tuple[Any, Any]:
     network.embed_tokens, network.logits_from_embeddings   # what ScaLA calls
     ```
     """
-    architecture = encoder_architecture(path)
-    if architecture == "roberta":
-        from adv_large_batch.models import perturbable_roberta as roberta
-
-        backbone = roberta.load_roberta_backbone(path)
-        tokenizer = roberta.load_roberta_tokenizer(path)
-        return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes), tokenizer
-    from adv_large_batch.models import perturbable_bert as bert
-
-    backbone = bert.load_bert_backbone(path)
-    tokenizer = bert.load_bert_tokenizer(path)
-    return bert.PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
+    return load_encoder_classifier(path, num_classes), load_tokenizer(path)

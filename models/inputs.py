@@ -15,6 +15,9 @@ import tensorflow as tf
 
 from adv_large_batch.config import ConfigError
 
+#: Every image model takes, and every image pipeline gives, float pixels in this range.
+IMAGE_RANGE = (0.0, 1.0)
+
 # Keys of the dict that every text pipeline of this project produces.
 TOKEN_IDS = "token_ids"
 SEGMENT_IDS = "segment_ids"
@@ -73,6 +76,7 @@ def check_image_shape(name: str, input_shape: tuple[int, ...], smallest: int) ->
 
 
 __all__ = [
+    "IMAGE_RANGE",
     "PADDING_MASK",
     "SEGMENT_IDS",
     "TOKEN_IDS",

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from adv_large_batch import cli
 from adv_large_batch.config import ConfigError
-from adv_large_batch.data import image_datasets, image_pipeline
+from adv_large_batch.data import image_datasets, image_folders, image_pipeline
 from adv_large_batch.data.augment import POLICIES, build_augmenter, crop_padding
 
 
@@ -101,7 +101,7 @@ def test_folder_with_train_and_test_subfolders(tmp_path):
         for name in ("a", "b"):
             for i in range(n):
                 write_png(str(tmp_path / split / name / f"{i}.png"), (4, 4, 1), i)
-    data = image_datasets.load_folder(str(tmp_path))
+    data = image_folders.load_folder(str(tmp_path))
     assert (data.num_train, data.num_test, data.num_classes) == (6, 4, 2)
 
 
@@ -109,7 +109,7 @@ def test_folder_without_images_is_an_error(tmp_path):
     (tmp_path / "empty_class").mkdir()
     (tmp_path / "empty_class" / "readme.txt").write_text("nothing")
     with pytest.raises(FileNotFoundError, match="no images"):
-        image_datasets.load_folder(str(tmp_path))
+        image_folders.load_folder(str(tmp_path))
 
 
 def test_folder_of_mixed_sizes_is_an_error_unless_resized(tmp_path):
@@ -118,8 +118,8 @@ def test_folder_of_mixed_sizes_is_an_error_unless_resized(tmp_path):
     with pytest.raises(
         ConfigError, match="images of mixed sizes: .*large.png is 9x8x3 but .*small"
     ):
-        image_datasets.load_folder(str(tmp_path))
-    assert image_datasets.load_folder(str(tmp_path), image_size=6).image_shape == (6, 6, 3)
+        image_folders.load_folder(str(tmp_path))
+    assert image_folders.load_folder(str(tmp_path), image_size=6).image_shape == (6, 6, 3)
 
 
 def test_cli_rejects_an_empty_image_folder(tmp_path, capsys):

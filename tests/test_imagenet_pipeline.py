@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from adv_large_batch import cli
 from adv_large_batch.config import ConfigError
-from adv_large_batch.data import augment, image_datasets, image_pipeline
+from adv_large_batch.data import augment, image_datasets, image_folders, image_pipeline
 from adv_large_batch.models import efficientnet
 from adv_large_batch.models.image_models import IMAGE_MODELS, default_image_size
 
@@ -282,8 +282,8 @@ def write_image_folder(root, classes=3, per_class=12, test_per_class=2, sizes=(2
 def test_a_folder_over_the_memory_limit_is_streamed_with_a_global_shuffle(tmp_path):
     write_image_folder(str(tmp_path))  # 36 training images, in class order on disk
     limit = 36 * 16 * 16 * 3 - 1  # one byte short of the estimate at 16 px
-    files = image_datasets.load_folder(str(tmp_path), 16, in_memory_bytes=limit)
-    memory = image_datasets.load_folder(str(tmp_path), 16)
+    files = image_folders.load_folder(str(tmp_path), 16, in_memory_bytes=limit)
+    memory = image_folders.load_folder(str(tmp_path), 16)
     assert (files.source, memory.source) == ("files", "memory")
     assert files.variable_size and files.image_shape == (16, 16, 3) and files.num_train == 36
     assert image_pipeline.materialize(files.train, 36, files.image_shape) is None
@@ -338,13 +338,13 @@ def test_the_memory_limit_applies_to_load_image_dataset(tmp_path, monkeypatch):
         image_datasets.load_image_dataset("folder", str(tmp_path), image_size=8).source == "files"
     )
     with pytest.raises(ConfigError, match="in_memory_bytes must be an integer >= 0, got -1"):
-        image_datasets.load_folder(str(tmp_path), 8, in_memory_bytes=-1)
+        image_folders.load_folder(str(tmp_path), 8, in_memory_bytes=-1)
 
 
 def test_the_estimate_is_checked_against_the_decoded_sizes(tmp_path):
     # Files x 16^2 x 3 fits, but the originals (20-48 px) do not: still streamed.
     write_image_folder(str(tmp_path), classes=2, per_class=4)
-    data = image_datasets.load_folder(str(tmp_path), 16, in_memory_bytes=8 * 16 * 16 * 3)
+    data = image_folders.load_folder(str(tmp_path), 16, in_memory_bytes=8 * 16 * 16 * 3)
     assert data.source == "files"
 
 
@@ -356,8 +356,8 @@ def test_a_native_size_folder_over_the_limit_is_streamed_too(tmp_path):
             os.makedirs(path.parent, exist_ok=True)
             image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
             tf.io.write_file(str(path), tf.io.encode_png(image))
-    files = image_datasets.load_folder(str(tmp_path), in_memory_bytes=100)
-    memory = image_datasets.load_folder(str(tmp_path))
+    files = image_folders.load_folder(str(tmp_path), in_memory_bytes=100)
+    memory = image_folders.load_folder(str(tmp_path))
     assert (files.source, memory.source) == ("files", "memory")
     assert not files.variable_size and files.image_shape == (8, 8, 3) == memory.image_shape
     arrays = image_pipeline.materialize(memory.train, memory.num_train, memory.image_shape)
@@ -369,7 +369,7 @@ def test_a_native_size_folder_over_the_limit_is_streamed_too(tmp_path):
     tf.io.write_file(
         str(tmp_path / "c1" / "0.png"), tf.io.encode_png(np.zeros((9, 8, 3), np.uint8))
     )
-    odd = image_datasets.load_folder(str(tmp_path), in_memory_bytes=100)
+    odd = image_folders.load_folder(str(tmp_path), in_memory_bytes=100)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images of mixed sizes.*c1/0\.png"):
         list(odd.train.as_numpy_iterator())
 

@@ -13,6 +13,7 @@ import pytest
 
 from adv_large_batch.engine import checkpointing
 from adv_large_batch.engine.callbacks import NonFiniteLoss
+from adv_large_batch.engine.resume import StopAtStep, fit_from_step
 from adv_large_batch.engine.trainer import AccumulatingTrainer
 from tests.tiny_bert import SingleProcess
 
@@ -301,8 +302,8 @@ def test_skipped_steps_then_stop_and_resume_equals_the_uninterrupted_run(tmp_pat
             start = int(checkpointing.restore_checkpoint(path, model)["global_step"])
         callbacks = [NonFiniteLoss("skip"), checkpointing.StepCheckpoint(str(directory), 1, 8)]
         if stop:
-            callbacks.append(checkpointing.StopAtStep(stop))
-        checkpointing.fit_from_step(model, stream, start, 8, 1, verbose=0, callbacks=callbacks)
+            callbacks.append(StopAtStep(stop))
+        fit_from_step(model, stream, start, 8, 1, verbose=0, callbacks=callbacks)
         return model
 
     whole = run(tmp_path / "whole")

@@ -10,11 +10,11 @@ Every value is validated (``FinetuneConfig``, ``ScaLAConfig``,
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
-from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
-from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.commands.common import Context, Plan, run_training
+from adv_large_batch.commands.run_config import RunConfig, split_batch
+from adv_large_batch.config import cli_field, require
 from adv_large_batch.data.text_tasks import TASKS
 from adv_large_batch.optimizers import OptimizerConfig
 from adv_large_batch.scala import ScaLAConfig
@@ -93,239 +93,212 @@ def log_prefix(split_name: str) -> str:
     return split_name.replace("validation", "val", 1)
 
 
-def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
-    """(perturbable classifier, tokenizer) for a local encoder folder or the tiny random BERT.
+def build_tokenizer(model: str) -> Any:
+    """The tokenizer of ``--model``: the folder's own, or the bundled vocabulary for the
+    tiny random BERT."""
+    from adv_large_batch.models.encoder_presets import load_tokenizer
+    from adv_large_batch.models.perturbable_bert import load_bert_tokenizer
 
-    The folder's ``config.json`` picks the architecture (``models/encoder_presets.py``):
-    BERT-family -> ``PerturbableBertClassifier``, RoBERTa -> ``PerturbableRobertaClassifier``.
+    if model == TINY_MODEL:
+        return load_bert_tokenizer(default_model_path())
+    return load_tokenizer(model)
 
-    Example: ``network, tokenizer = build_network("/data/roberta-large", 2, seed=0)``.
-    """
-    import keras
+
+def build_classifier(model: str, num_classes: int, vocabulary_size: int) -> Any:
+    """The perturbable classifier of ``--model``: the folder's encoder (its ``config.json``
+    picks BERT-family or RoBERTa, ``models/encoder_presets.py``) with a new head, or the
+    tiny random BERT (2 layers, hidden 32) for smoke tests."""
     import keras_hub
 
-    from adv_large_batch.models.encoder_presets import load_classifier
-    from adv_large_batch.models.perturbable_bert import (
-        PerturbableBertClassifier,
-        load_bert_tokenizer,
-    )
+    from adv_large_batch.models.encoder_presets import load_encoder_classifier
+    from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
 
-    keras.utils.set_random_seed(seed)
     if model != TINY_MODEL:
-        return load_classifier(model, num_classes)
-    tokenizer = load_bert_tokenizer(default_model_path())
+        return load_encoder_classifier(model, num_classes)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
+        vocabulary_size=vocabulary_size,
         num_layers=2,
         num_heads=2,
         hidden_dim=32,
         intermediate_dim=64,
         max_sequence_length=512,
     )
-    return PerturbableBertClassifier(backbone, num_classes=num_classes), tokenizer
+    return PerturbableBertClassifier(backbone, num_classes=num_classes)
+
+
+def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
+    """(perturbable classifier, tokenizer) for a local encoder folder or the tiny random BERT,
+    the new head initialised from ``seed``.
+
+    Example: ``network, tokenizer = build_network("/data/roberta-large", 2, seed=0)``.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    tokenizer = build_tokenizer(model)
+    return build_classifier(model, num_classes, tokenizer.vocabulary_size()), tokenizer
+
+
+class FinetuneCommand:
+    """``adv-large-batch finetune``: the text parts of the run skeleton (``common``)."""
+
+    name = "finetune"
+
+    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan:
+        """Task -> tokenised splits -> the resumable stream and the evaluation sets."""
+        from adv_large_batch.data import text_pipeline, text_tasks
+
+        run_cfg, backend = ctx.run, ctx.backend
+        validate_run(run_cfg, ctx.adversarial, backend.size, backend.num_replicas_in_sync)
+        if run_cfg.model != TINY_MODEL:
+            from adv_large_batch.models.encoder_presets import encoder_architecture
+
+            encoder_architecture(run_cfg.model_path)  # ConfigError (exit 2) for a bad folder
+        self._warn_precision(ctx)
+        task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
+        train = task.train.take(run_cfg.train_limit)
+        require(
+            len(train) // backend.size >= ctx.per_worker_batch,
+            f"--batch-size {run_cfg.batch_size} is larger than the {len(train)} training "
+            "examples: not one full step per epoch",
+        )
+        for split_name, count in task.skipped_rows.items():
+            ctx.say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
+        tokenizer = build_tokenizer(run_cfg.model_path)
+
+        def encoded(split: Any) -> tuple[Any, Any]:
+            split = split.take(run_cfg.eval_limit)
+            features = text_pipeline.tokenize(split, tokenizer, run_cfg.max_seq_length)
+            return text_pipeline.make_eval_dataset(features, split.labels, 256), split.labels
+
+        train_x = text_pipeline.tokenize(train, tokenizer, run_cfg.max_seq_length)
+        validation = encoded(task.validation)
+        # MNLI: the mismatched validation split too (MNLI-mm), logged as val_mismatched_<metric>.
+        extra = {name: encoded(split) for name, split in task.extra_validation.items()}
+        test = encoded(task.test) if task.test is not None else None
+
+        def train_stream(start_step: int) -> Any:
+            return text_pipeline.make_epoch_stream(
+                train_x,
+                train.labels,
+                ctx.per_worker_batch,
+                run_cfg.epochs,
+                run_cfg.seed,
+                backend.rank,
+                backend.size,
+                start_step,
+            )
+
+        return Plan(
+            train_stream,
+            validation[0],
+            (len(train) // backend.size) // ctx.per_worker_batch,
+            opt,
+            f"task={task.name} train={len(train)} val={len(validation[1])} model={run_cfg.model}",
+            {"task": task, "tokenizer": tokenizer, "validation": validation, "extra": extra,
+             "test": test},
+        )  # fmt: skip
+
+    def _warn_precision(self, ctx: Context) -> None:
+        adv, precision = ctx.adversarial, ctx.run.precision
+        if precision != "float32" and adv.perturbs and adv.eps < 1e-3:
+            ctx.say(
+                f"[finetune] warning: --adv-eps {adv.eps} is below the resolution of "
+                f"{precision} activations: the perturbation is mostly rounded away "
+                "(benchmarks/pga_step_scale.py measures it); use --precision float32 for "
+                "ScaLA or a larger --adv-eps"
+            )
+
+    def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
+        import keras
+
+        from adv_large_batch.scala import ScaLA
+
+        task, run_cfg = plan.extra["task"], ctx.run
+        vocabulary = plan.extra["tokenizer"].vocabulary_size()
+        network = build_classifier(run_cfg.model_path, task.num_classes, vocabulary)
+        model = ScaLA(
+            network,
+            ctx.adversarial,
+            micro_batch_size=run_cfg.micro_batch_size,
+            backend=ctx.backend,
+            seed=run_cfg.seed,
+            steps_per_epoch=plan.steps_per_epoch,
+        )
+        if task.regression:
+            return network, model, {"loss": keras.losses.MeanSquaredError(), "metrics": []}
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        return network, model, {"loss": loss, "metrics": metrics}
+
+    def metrics_of(self, plan: Plan, dataset: Any, labels: Any, model: Any) -> dict[str, float]:
+        from adv_large_batch.data import glue_metrics
+
+        outputs = model.network.predict(dataset, verbose=0)
+        return glue_metrics.task_metrics(plan.extra["task"].metrics, labels, outputs)
+
+    def before_fit(self, ctx: Context, plan: Plan, model: Any) -> None:
+        plan.extra["untrained"] = self.metrics_of(plan, *plan.extra["validation"], model)
+        ctx.say(f"[finetune] untrained head on validation: {plan.extra['untrained']}")
+
+    def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list:
+        from adv_large_batch.data import glue_metrics
+        from adv_large_batch.engine.callbacks import EpochClock, EvaluateSplits
+
+        def metrics_of(labels: Any, outputs: Any) -> dict[str, float]:
+            return glue_metrics.task_metrics(plan.extra["task"].metrics, labels, outputs)
+
+        callbacks: list = [EpochClock()]
+        splits = {log_prefix(n): (*split, metrics_of) for n, split in plan.extra["extra"].items()}
+        if ctx.run.test_each_epoch and plan.extra["test"] is not None:
+            splits["test"] = (*plan.extra["test"], metrics_of)
+        if splits:
+            callbacks.append(EvaluateSplits(model.network, splits))
+        return callbacks
+
+    def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict:
+        import numpy as np
+
+        task, (_, val_labels) = plan.extra["task"], plan.extra["validation"]
+        after = self.metrics_of(plan, *plan.extra["validation"], model)
+        test = plan.extra["test"]
+        extra = {
+            n: self.metrics_of(plan, *split, model) for n, split in plan.extra["extra"].items()
+        }
+        examples = timing["steps_run"] * ctx.run.batch_size
+        wall = timing["wall_time_s"]
+        majority = None
+        if not task.regression:
+            counts = np.bincount(val_labels, minlength=task.num_classes)
+            majority = float(np.max(counts) / len(val_labels))
+        ctx.say(
+            f"[finetune] validation {after} (untrained head {plan.extra['untrained']}); "
+            + "".join(f"{name} {m}; " for name, m in extra.items())
+            + (
+                f"{wall:.1f}s, {examples / wall:.1f} examples/s"
+                if timing["steps_run"]
+                else "no training step left to run (the checkpoint is at the end of the run)"
+            )
+        )
+        return {
+            "task": task.name,
+            "validation": after,
+            "test": None if test is None else self.metrics_of(plan, *test, model),
+            "validation_untrained_head": plan.extra["untrained"],
+            # MNLI: {"validation_mismatched": metrics} (MNLI-mm; "validation" is MNLI-m).
+            "validation_extra": extra,
+            "majority_class_accuracy": majority,
+            "examples_per_s": examples / wall if timing["steps_run"] else 0.0,
+        }
 
 
 def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out).
 
-    ``--precision`` sets Keras' global dtype policy for the run (restored after):
-    weights stay float32, compute runs in float16/bfloat16 (float16 gets Keras'
-    dynamic loss scaling from ``compile``); the perturbation math (random start,
-    ascent step, projection, regulariser) stays in float32.
+    ``--precision`` sets Keras' global dtype policy for the run (restored after); the
+    perturbation math (random start, ascent step, projection, regulariser) stays float32.
     """
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(run_cfg.precision)
-    try:
-        return _run(run_cfg, adv, opt)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    return run_training(FinetuneCommand(), run_cfg, adv, opt)
 
 
-def _run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
-    import keras
-    import numpy as np
-
-    from adv_large_batch.data import glue_metrics, text_pipeline, text_tasks
-    from adv_large_batch.engine import checkpointing, distributed
-    from adv_large_batch.engine.callbacks import EpochClock, EvaluateSplits, standard_callbacks
-    from adv_large_batch.optimizers import build_optimizer
-    from adv_large_batch.scala import DelayedInjection, ScaLA
-
-    backend = distributed.get_backend(run_cfg.strategy)
-    per_worker_batch = validate_run(run_cfg, adv, backend.size, backend.num_replicas_in_sync)
-    if run_cfg.model != TINY_MODEL:
-        from adv_large_batch.models.encoder_presets import encoder_architecture
-
-        encoder_architecture(run_cfg.model_path)  # ConfigError (exit 2) for a bad folder
-    say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
-    if run_cfg.precision != "float32" and adv.perturbs and adv.eps < 1e-3:
-        say(
-            f"[finetune] warning: --adv-eps {adv.eps} is below the resolution of "
-            f"{run_cfg.precision} activations: the perturbation is mostly rounded away "
-            "(benchmarks/pga_step_scale.py measures it); use --precision float32 for ScaLA "
-            "or a larger --adv-eps"
-        )
-
-    task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
-    train_split = task.train.take(run_cfg.train_limit)
-    val_split = task.validation.take(run_cfg.eval_limit)
-    require(
-        len(train_split) // backend.size >= per_worker_batch,
-        f"--batch-size {run_cfg.batch_size} is larger than the {len(train_split)} training "
-        "examples: not one full step per epoch",
-    )
-
-    network, tokenizer = build_network(run_cfg.model_path, task.num_classes, run_cfg.seed)
-    train_x = text_pipeline.tokenize(train_split, tokenizer, run_cfg.max_seq_length)
-    val_x = text_pipeline.tokenize(val_split, tokenizer, run_cfg.max_seq_length)
-    val_ds = text_pipeline.make_eval_dataset(val_x, val_split.labels, 256)
-    # MNLI: the mismatched validation split too (MNLI-mm), logged as val_mismatched_<metric>.
-    extra = {}
-    for name, split in task.extra_validation.items():
-        split = split.take(run_cfg.eval_limit)
-        features = text_pipeline.tokenize(split, tokenizer, run_cfg.max_seq_length)
-        extra[name] = (text_pipeline.make_eval_dataset(features, split.labels, 256), split.labels)
-    for split_name, count in task.skipped_rows.items():
-        say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
-    test_split = task.test.take(run_cfg.eval_limit) if task.test is not None else None
-    test_ds = None
-    if test_split is not None:
-        test_x = text_pipeline.tokenize(test_split, tokenizer, run_cfg.max_seq_length)
-        test_ds = text_pipeline.make_eval_dataset(test_x, test_split.labels, 256)
-    steps_per_epoch = (len(train_split) // backend.size) // per_worker_batch
-    total_steps = steps_per_epoch * run_cfg.epochs
-
-    def train_stream(start_step: int) -> Any:
-        return text_pipeline.make_epoch_stream(
-            train_x,
-            train_split.labels,
-            per_worker_batch,
-            run_cfg.epochs,
-            run_cfg.seed,
-            backend.rank,
-            backend.size,
-            start_step,
-        )
-
-    regression = task.regression
-    loss = (
-        keras.losses.MeanSquaredError()
-        if regression
-        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    metrics = [] if regression else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    with backend.scope():
-        optimizer = build_optimizer(
-            opt, total_steps=total_steps, global_batch_size=run_cfg.batch_size
-        )
-        model = ScaLA(
-            network,
-            adv,
-            micro_batch_size=run_cfg.micro_batch_size,
-            backend=backend,
-            seed=run_cfg.seed,
-        )
-        model.compile(
-            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=backend.jit_compile
-        )
-
-    say(
-        f"[finetune] task={task.name} train={len(train_split)} val={len(val_split)} "
-        f"model={run_cfg.model} workers={backend.size} "
-        f"batch={run_cfg.batch_size} (per worker {per_worker_batch}, micro "
-        f"{run_cfg.micro_batch_size or per_worker_batch}) steps/epoch={steps_per_epoch} "
-        f"method={adv.method} optimizer={opt.optimizer} base lr={opt.lr} ({opt.lr_scaling} scaling)"
-    )
-    before = glue_metrics.task_metrics(
-        task.metrics, val_split.labels, network.predict(val_ds, verbose=0)
-    )
-    say(f"[finetune] untrained head on validation: {before}")
-
-    start_step = checkpointing.resume_step(run_cfg, model, backend, say, "finetune")
-
-    def metrics_of(labels: Any, outputs: Any) -> dict[str, float]:
-        return glue_metrics.task_metrics(task.metrics, labels, outputs)
-
-    callbacks = [DelayedInjection(adv.start_epoch, steps_per_epoch), EpochClock()]
-    splits = {log_prefix(name): (ds, labels, metrics_of) for name, (ds, labels) in extra.items()}
-    if run_cfg.test_each_epoch and test_ds is not None:
-        splits["test"] = (test_ds, test_split.labels, metrics_of)
-    if splits:
-        callbacks.append(EvaluateSplits(network, splits))
-    callbacks += standard_callbacks(
-        backend,
-        run_cfg.logdir,
-        run_cfg.checkpoint_dir,
-        global_batch_size=run_cfg.batch_size,
-        trust_ratios=opt.log_trust_ratios,
-        backup=False,
-        nonfinite=run_cfg.on_nonfinite,
-        profile_steps=(2, 4) if run_cfg.profile else None,
-    )
-    callbacks += checkpointing.step_callbacks(
-        run_cfg,
-        steps_per_epoch,
-        backend.is_chief,
-        meta={
-            "command": "finetune",
-            "adversarial": dataclasses.asdict(adv),
-            "optimizer": dataclasses.asdict(opt),
-        },
-    )
-    start = time.time()
-    history = checkpointing.fit_from_step(
-        model,
-        train_stream,
-        start_step,
-        steps_per_epoch,
-        run_cfg.epochs,
-        validation_data=val_ds,
-        callbacks=callbacks,
-        verbose=run_cfg.verbose if backend.is_chief else 0,
-    )
-    wall = time.time() - start
-    outputs = network.predict(val_ds, verbose=0)
-    after = glue_metrics.task_metrics(task.metrics, val_split.labels, outputs)
-    steps_run = checkpointing.data_position(model) - start_step  # fewer when resumed/stopped
-    examples = steps_run * run_cfg.batch_size
-    result = {
-        "task": task.name,
-        "validation": after,
-        "test": None
-        if test_ds is None
-        else metrics_of(test_split.labels, network.predict(test_ds, verbose=0)),
-        "validation_untrained_head": before,
-        # MNLI: {"validation_mismatched": metrics} (MNLI-mm; "validation" is MNLI-m).
-        "validation_extra": {
-            name: metrics_of(labels, network.predict(ds, verbose=0))
-            for name, (ds, labels) in extra.items()
-        },
-        "majority_class_accuracy": None
-        if regression
-        else float(
-            np.max(np.bincount(val_split.labels, minlength=task.num_classes)) / len(val_split)
-        ),
-        "wall_time_s": wall,
-        "steps": total_steps,
-        "steps_run": steps_run,
-        "examples_per_s": examples / wall if steps_run else 0.0,
-        "stopped_nonfinite_at": model.stopped_nonfinite_at,
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "config": run_record(run_cfg, adv, opt, backend),
-    }
-    say(
-        f"[finetune] validation {after} (untrained head {before}); "
-        + "".join(f"{name} {m}; " for name, m in result["validation_extra"].items())
-        + (
-            f"{wall:.1f}s, {examples / wall:.1f} examples/s"
-            if steps_run
-            else "no training step left to run (the checkpoint is at the end of the run)"
-        )
-    )
-    write_metrics(run_cfg, result, backend.is_chief)
-    return result
-
-
-__all__ = ["FinetuneConfig", "run", "validate_run", "ConfigError"]
+__all__ = ["FinetuneCommand", "FinetuneConfig", "build_network", "run", "validate_run"]

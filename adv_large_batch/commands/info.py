@@ -11,7 +11,7 @@ import importlib.util
 import os
 from typing import Any
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+from adv_large_batch.data.image_datasets import FASHION_MNIST_DIR
 
 
 def _version(dist: str) -> str | None:

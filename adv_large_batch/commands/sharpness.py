@@ -67,8 +67,9 @@ class SharpnessConfig:
         )
 
 
-def locate(checkpoint: str) -> tuple[str, dict[str, Any]]:
-    """(the ``ckpt-<step>`` folder, its meta) for ``--checkpoint``; ``ConfigError`` if unusable.
+def locate(checkpoint: str) -> tuple[str, Any]:
+    """(the ``ckpt-<step>`` folder, its ``checkpointing.RunMeta``) for ``--checkpoint``;
+    ``ConfigError`` naming the path if unusable.
 
     Reads files only: every bad path is reported before TensorFlow builds anything.
     """
@@ -76,21 +77,9 @@ def locate(checkpoint: str) -> tuple[str, dict[str, Any]]:
 
     try:
         path = checkpointing.resolve_checkpoint(checkpoint)
+        return path, checkpointing.run_meta(path, COMMANDS)
     except ConfigError as err:
         raise ConfigError(f"--checkpoint {checkpoint!r}: {err}") from None
-    meta = checkpointing.read_meta(path)
-    missing = [k for k in ("command", "config", "adversarial", "paths") if k not in meta]
-    require(
-        not missing,
-        f"--checkpoint {checkpoint!r}: {path}/meta.json has no {', '.join(missing)}: it was "
-        "written before `sharpness` existed; train (or resume) with this version to record them",
-    )
-    require(
-        meta["command"] in COMMANDS,
-        f"--checkpoint {checkpoint!r}: unknown command {meta['command']!r} in {path}/meta.json "
-        f"(expected one of {COMMANDS})",
-    )
-    return path, meta
 
 
 def _known_fields(cls: type, values: dict[str, Any]) -> Any:
@@ -124,13 +113,13 @@ class Problem:
         return self.loss(self.labels, self.network(self.inputs, training=False))
 
 
-def _text_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
+def _text_problem(meta: Any, cfg: SharpnessConfig) -> Problem:
     import keras
 
     from adv_large_batch.commands.finetune import FinetuneConfig, build_network
     from adv_large_batch.data import text_pipeline, text_tasks
 
-    run_cfg = _known_fields(FinetuneConfig, meta["config"])
+    run_cfg = _known_fields(FinetuneConfig, meta.config)
     task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
     train = task.train.take(cfg.data_limit or run_cfg.train_limit)
     index = batch_indices(len(train), cfg.batch_size, cfg.seed)
@@ -157,7 +146,7 @@ def _text_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
     )
 
 
-def _image_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
+def _image_problem(meta: Any, cfg: SharpnessConfig) -> Problem:
     import keras
 
     from adv_large_batch.commands.train_images import ImageTrainConfig
@@ -165,8 +154,8 @@ def _image_problem(meta: dict[str, Any], cfg: SharpnessConfig) -> Problem:
     from adv_large_batch.data import image_datasets, image_pipeline
     from adv_large_batch.models.image_models import build_image_model
 
-    run_cfg = _known_fields(ImageTrainConfig, meta["config"])
-    adv = _known_fields(ConAdvConfig, meta["adversarial"])
+    run_cfg = _known_fields(ImageTrainConfig, meta.config)
+    adv = _known_fields(ConAdvConfig, meta.adversarial)
     data = image_datasets.load_image_dataset(
         run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, run_cfg.image_size
     ).limit(cfg.data_limit or run_cfg.train_limit, 1)
@@ -208,7 +197,7 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # second derivatives in full precision
     try:
-        build = _text_problem if meta["command"] == "finetune" else _image_problem
+        build = _text_problem if meta.command == "finetune" else _image_problem
         problem = build(meta, cfg)
         weights = [v for v in problem.network.weights if keras.backend.is_float_dtype(v.dtype)]
         checkpointing.restore_variables(path, weights)  # not the seed-generator states
@@ -219,12 +208,12 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
         )
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    method = meta["adversarial"].get("method")
+    method = meta.adversarial.get("method")
     result = {
         **found,
         "checkpoint": path,
-        "checkpoint_step": int(meta["global_step"]),
-        "command": meta["command"],
+        "checkpoint_step": meta.global_step,
+        "command": meta.command,
         "method": method,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
@@ -234,7 +223,7 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
     }
     state = "converged" if found["converged"] else f"not converged to {cfg.tolerance:g}"
     print(
-        f"[sharpness] {meta['command']} method={method} {path} (step {meta['global_step']}), "
+        f"[sharpness] {meta.command} method={method} {path} (step {meta.global_step}), "
         f"{problem.description}, loss {loss:.6g}"
     )
     print(

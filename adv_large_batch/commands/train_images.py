@@ -26,13 +26,13 @@ from typing import Any
 
 import keras
 
-from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
+from adv_large_batch.commands.common import Context, Plan, run_training
+from adv_large_batch.commands.run_config import RunConfig
 from adv_large_batch.conadv import ConAdvConfig
 from adv_large_batch.conadv.buffers import WorkerBuffers
 from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.data.augment import POLICIES
 from adv_large_batch.data.image_datasets import DATASETS
-from adv_large_batch.engine import checkpointing
 from adv_large_batch.engine.losses import smoothed_cross_entropy
 from adv_large_batch.models.image_models import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
@@ -155,22 +155,153 @@ def resolve_recipe(
     return opt
 
 
-def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
-    """Train and evaluate; returns the metrics dict (also written to --metrics-out)."""
-    from adv_large_batch.data import image_datasets
-    from adv_large_batch.engine import distributed
+class TrainImagesCommand:
+    """``adv-large-batch train-images``: the image parts of the run skeleton (``common``)."""
 
-    backend = distributed.get_backend(run_cfg.strategy)
-    per_worker_batch = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)[0]
-    say = print if backend.is_chief and run_cfg.verbose else (lambda *a, **k: None)
+    name = "train-images"
+
+    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan:
+        """Dataset (at the model's resolution) -> the resumable, augmented stream (paired
+        t / t + tau for ConAdv), the test batches, and the LARS recipe for the batch."""
+        from adv_large_batch.conadv import pair_with_future
+        from adv_large_batch.data import image_pipeline
+
+        run_cfg, backend, adv = ctx.run, ctx.backend, ctx.adversarial
+        data = load_data(run_cfg)
+        steps_per_epoch = (data.num_train // backend.size) // ctx.per_worker_batch
+        require(
+            steps_per_epoch >= 1,
+            f"--batch-size {run_cfg.batch_size} is larger than the {data.num_train} training "
+            "images: not one full step per epoch",
+        )
+        augment = image_pipeline.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
+        arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
+
+        def train_stream(start_step: int) -> Any:
+            """Batches from global step ``start_step`` on (paired t / t + tau for ConAdv):
+            resumed at step g, step g gets the pair (g, g + tau) of the uninterrupted run."""
+            stream = image_pipeline.train_stream(
+                data.train,
+                data.num_train,
+                ctx.per_worker_batch,
+                run_cfg.seed,
+                augment,
+                backend.rank,
+                backend.size,
+                start_step,
+                arrays,
+            )
+            return pair_with_future(stream, adv.staleness) if adv.buffered else stream
+
+        if arrays is None and not image_pipeline.random_access(data.train):
+            ctx.say(
+                f"[train-images] {data.num_train} training images are streamed from record "
+                "files: each worker shuffles its own shard in a window (exact resume needs the "
+                "same worker count)"
+            )
+        if run_cfg.augment not in image_pipeline.SEEDED_POLICIES and (
+            run_cfg.checkpoint_dir or run_cfg.resume
+        ):
+            ctx.say(
+                f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
+                "generators, so a resumed run's augmentations differ from an uninterrupted "
+                f"run's (exact resume: --augment {' or '.join(image_pipeline.SEEDED_POLICIES)})"
+            )
+        test = image_pipeline.eval_batches(data.test, max(ctx.per_worker_batch, 256))
+        summary = (
+            f"dataset={data.name} train={data.num_train} test={data.num_test} "
+            f"image={'x'.join(map(str, data.image_shape))} model={run_cfg.model} "
+            f"eps={adv.eps}px step={adv.step_size if adv.step_size is not None else adv.eps}px "
+            f"staleness={adv.staleness} augment={run_cfg.augment}"
+        )
+        resolved = resolve_recipe(opt, run_cfg, steps_per_epoch)
+        return Plan(train_stream, test, steps_per_epoch, resolved, summary, {"data": data})
+
+    def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
+        import keras
+
+        from adv_large_batch.conadv import ConAdv
+        from adv_large_batch.models.image_models import build_image_model
+
+        run_cfg, adv, data = ctx.run, ctx.adversarial, plan.extra["data"]
+        network = build_image_model(
+            run_cfg.model, data.image_shape, data.num_classes, split_bn=adv.adversarial,
+            width=run_cfg.width,
+        )  # fmt: skip
+        replica_batch = ctx.per_worker_batch // ctx.backend.num_replicas_in_sync
+        model = ConAdv(
+            network,
+            adv,
+            micro_batch_size=run_cfg.micro_batch_size,
+            backend=ctx.backend,
+            seed=run_cfg.seed,
+            batch_size=replica_batch if adv.buffered else None,
+        )
+        return network, model, {
+            "loss": smoothed_cross_entropy(data.num_classes, run_cfg.label_smoothing),
+            "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        }  # fmt: skip
+
+    def before_fit(self, ctx: Context, plan: Plan, model: Any) -> None:
+        ctx.say(f"[train-images] {model.network.count_params():,} weights")
+
+    def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list:
+        from adv_large_batch.engine.callbacks import EpochClock
+
+        run_cfg, backend = ctx.run, ctx.backend
+        plan.extra["timer"] = timer = _StepTimer()
+        callbacks: list = [EpochClock(), timer]
+        if ctx.adversarial.buffered and backend.size * backend.num_replicas_in_sync > 1:
+            buffers = WorkerBuffers(
+                model.per_worker_variables(),
+                run_cfg.checkpoint_dir,
+                run_cfg.checkpoint_every or plan.steps_per_epoch,
+                backend.rank,
+            )
+            if start_step and not buffers.load(start_step):
+                print(
+                    f"[train-images] rank {backend.rank}: no saved adversarial buffer for step "
+                    f"{start_step} in {buffers.folder}; using the checkpoint's (rank 0, replica "
+                    "0; its images keep their own labels, but the run is no longer bit-exact)",
+                    flush=True,
+                )
+            callbacks.append(buffers)
+        return callbacks
+
+    def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict:
+        evaluation = model.evaluate(plan.validation, verbose=0, return_dict=True)
+        batch, wall = ctx.run.batch_size, timing["wall_time_s"]
+        last_steps, last_seconds = plan.extra["timer"].last_epoch()
+        result = {
+            "dataset": plan.extra["data"].name,
+            "model": ctx.run.model,
+            "method": ctx.adversarial.method,
+            "top1": float(evaluation["accuracy"]),
+            "test_loss": float(evaluation["loss"]),
+            # Training steps of the last epoch only: no tracing, no validation.
+            "images_per_s": last_steps * batch / last_seconds if last_steps else 0.0,
+            "images_per_s_overall": timing["steps_run"] * batch / wall
+            if timing["steps_run"]
+            else 0.0,
+        }
+        ctx.say(
+            f"[train-images] test top-1 {result['top1']:.4f}; fit {wall:.1f}s; "
+            f"{result['images_per_s']:.1f} images/s (training steps of the last epoch), "
+            f"{result['images_per_s_overall']:.1f} images/s overall (with tracing and "
+            "validation)"
+        )
+        return result
+
+
+def load_data(run_cfg: ImageTrainConfig) -> Any:
+    """The dataset of the run at the model's resolution (``--image-size`` unset: ResNet 224,
+    EfficientNet-B2 260 on ImageNet-scale data), checked against the model."""
+    from adv_large_batch.data import image_datasets
 
     hint = "" if run_cfg.image_size else " (or resize them with --image-size)"
-    # --image-size unset: the model's resolution on ImageNet-scale data (ResNet 224,
-    # EfficientNet-B2 260); recorded in the config (metrics, checkpoints' meta.json).
     image_size = image_datasets.resolve_image_size(
         run_cfg.dataset, run_cfg.model, run_cfg.image_size
     )
-    run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
     data = image_datasets.load_image_dataset(
         run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, image_size
     ).limit(run_cfg.train_limit, run_cfg.eval_limit)
@@ -178,195 +309,21 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
         check_input_shape(run_cfg.model, data.image_shape)
     except ConfigError as err:
         raise ConfigError(f"{err}{hint}") from None
-    steps_per_epoch = (data.num_train // backend.size) // per_worker_batch
-    require(
-        steps_per_epoch >= 1,
-        f"--batch-size {run_cfg.batch_size} is larger than the {data.num_train} training "
-        "images: not one full step per epoch",
+    return data
+
+
+def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
+    """Train and evaluate; returns the metrics dict (also written to --metrics-out).
+
+    ``--image-size`` unset is resolved to the model's resolution first, so the metrics and
+    the checkpoints' meta.json record it (``sharpness`` rebuilds at that size)."""
+    from adv_large_batch.data import image_datasets
+
+    image_size = image_datasets.resolve_image_size(
+        run_cfg.dataset, run_cfg.model, run_cfg.image_size
     )
-    opt = resolve_recipe(opt, run_cfg, steps_per_epoch)
-
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(run_cfg.precision)
-    try:
-        return _train(run_cfg, adv, opt, backend, data, per_worker_batch, steps_per_epoch, say)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _train(
-    run_cfg: ImageTrainConfig,
-    adv: ConAdvConfig,
-    opt: OptimizerConfig,
-    backend: Any,
-    data: Any,
-    per_worker_batch: int,
-    steps_per_epoch: int,
-    say: Any,
-) -> dict[str, Any]:
-    from adv_large_batch.conadv import ConAdv, pair_with_future
-    from adv_large_batch.data import image_pipeline
-    from adv_large_batch.engine.callbacks import standard_callbacks
-    from adv_large_batch.models.image_models import build_image_model
-    from adv_large_batch.optimizers import build_optimizer
-
-    total_steps = steps_per_epoch * run_cfg.epochs
-    keras.utils.set_random_seed(run_cfg.seed)
-    augment = image_pipeline.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
-    arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
-
-    def train_stream(start_step: int) -> Any:
-        """Batches from global step ``start_step`` on (paired t / t + tau for ConAdv).
-
-        Resumed at step g, ``pair_with_future`` hands step g the pair (g, g + tau)
-        that the uninterrupted run's step g got; the restored buffer holds the
-        adversarial examples of batches g .. g + tau - 1.
-        """
-        stream = image_pipeline.train_stream(
-            data.train,
-            data.num_train,
-            per_worker_batch,
-            run_cfg.seed,
-            augment,
-            backend.rank,
-            backend.size,
-            start_step,
-            arrays,
-        )
-        return pair_with_future(stream, adv.staleness) if adv.buffered else stream
-
-    test_ds = image_pipeline.eval_batches(data.test, max(per_worker_batch, 256))
-
-    replica_batch = per_worker_batch // backend.num_replicas_in_sync
-    with backend.scope():
-        network = build_image_model(
-            run_cfg.model,
-            data.image_shape,
-            data.num_classes,
-            split_bn=adv.adversarial,
-            width=run_cfg.width,
-        )
-        optimizer = build_optimizer(
-            opt, total_steps=total_steps, global_batch_size=run_cfg.batch_size
-        )
-        model = ConAdv(
-            network,
-            adv,
-            micro_batch_size=run_cfg.micro_batch_size,
-            backend=backend,
-            seed=run_cfg.seed,
-            batch_size=replica_batch if adv.buffered else None,
-        )
-        model.compile(
-            optimizer=optimizer,
-            loss=smoothed_cross_entropy(data.num_classes, run_cfg.label_smoothing),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=backend.jit_compile,
-        )
-
-    say(
-        f"[train-images] dataset={data.name} train={data.num_train} test={data.num_test} "
-        f"image={'x'.join(map(str, data.image_shape))} model={run_cfg.model} "
-        f"({network.count_params():,} weights) workers={backend.size} batch={run_cfg.batch_size} "
-        f"(per worker {per_worker_batch}, micro {run_cfg.micro_batch_size or per_worker_batch}) "
-        f"steps/epoch={steps_per_epoch} method={adv.method} eps={adv.eps}px "
-        f"step={adv.step_size if adv.step_size is not None else adv.eps}px "
-        f"staleness={adv.staleness} augment={run_cfg.augment} optimizer={opt.optimizer} "
-        f"base lr={opt.lr} ({opt.lr_scaling} scaling from {opt.base_batch_size})"
-    )
-    if arrays is None and not image_pipeline.random_access(data.train):
-        say(
-            f"[train-images] {data.num_train} training images are streamed from record files: "
-            "each worker shuffles its own shard in a window (exact resume needs the same "
-            "worker count)"
-        )
-    if run_cfg.augment not in image_pipeline.SEEDED_POLICIES and (
-        run_cfg.checkpoint_dir or run_cfg.resume
-    ):
-        say(
-            f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
-            "generators, so a resumed run's augmentations differ from an uninterrupted run's "
-            f"(exact resume: --augment {' or '.join(image_pipeline.SEEDED_POLICIES)})"
-        )
-
-    start_step = checkpointing.resume_step(run_cfg, model, backend, say, "train-images")
-    worker_buffers = None
-    if adv.buffered and backend.size * backend.num_replicas_in_sync > 1:
-        worker_buffers = WorkerBuffers(
-            [model.buffer_images, model.buffer_labels],
-            run_cfg.checkpoint_dir,
-            run_cfg.checkpoint_every or steps_per_epoch,
-            backend.rank,
-        )
-        if start_step and not worker_buffers.load(start_step):
-            print(
-                f"[train-images] rank {backend.rank}: no saved adversarial buffer for step "
-                f"{start_step} in {worker_buffers.folder}; using the checkpoint's (rank 0, "
-                "replica 0; its images keep their own labels, but the run is no longer bit-exact)",
-                flush=True,
-            )
-    callbacks = standard_callbacks(
-        backend,
-        run_cfg.logdir,
-        run_cfg.checkpoint_dir,
-        global_batch_size=run_cfg.batch_size,
-        backup=False,  # the step checkpoints below replace Keras' epoch-level backup
-        nonfinite=run_cfg.on_nonfinite,
-    )
-    callbacks += checkpointing.step_callbacks(
-        run_cfg,
-        steps_per_epoch,
-        backend.is_chief,
-        meta={
-            "command": "train-images",
-            "adversarial": dataclasses.asdict(adv),
-            "optimizer": dataclasses.asdict(opt),
-        },
-    )
-    if worker_buffers is not None:
-        callbacks.append(worker_buffers)
-    timer = _StepTimer()
-    callbacks.append(timer)
-    start = time.time()
-    history = checkpointing.fit_from_step(
-        model,
-        train_stream,
-        start_step,
-        steps_per_epoch,
-        run_cfg.epochs,
-        validation_data=test_ds,
-        callbacks=callbacks,
-        verbose=run_cfg.verbose if backend.is_chief else 0,
-    )
-    wall = time.time() - start
-    evaluation = model.evaluate(test_ds, verbose=0, return_dict=True)
-    steps_run = checkpointing.data_position(model) - start_step
-    images = steps_run * run_cfg.batch_size
-    logs = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    last_steps, last_seconds = timer.last_epoch()
-    result = {
-        "dataset": data.name,
-        "model": run_cfg.model,
-        "method": adv.method,
-        "top1": float(evaluation["accuracy"]),
-        "test_loss": float(evaluation["loss"]),
-        "wall_time_s": wall,
-        "steps": total_steps,
-        "steps_run": steps_run,  # by this process: fewer when resumed or stopped early
-        # Training steps of the last epoch only: no tracing, no validation.
-        "images_per_s": last_steps * run_cfg.batch_size / last_seconds if last_steps else 0.0,
-        "images_per_s_overall": images / wall if steps_run else 0.0,
-        "history": logs,
-        "stopped_nonfinite_at": model.stopped_nonfinite_at,
-        "config": run_record(run_cfg, adv, opt, backend),
-    }
-    say(
-        f"[train-images] test top-1 {result['top1']:.4f}; fit {wall:.1f}s; "
-        f"{result['images_per_s']:.1f} images/s (training steps of the last epoch), "
-        f"{result['images_per_s_overall']:.1f} images/s overall (with tracing and validation)"
-    )
-    write_metrics(run_cfg, result, backend.is_chief)
-    return result
+    run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
+    return run_training(TrainImagesCommand(), run_cfg, adv, opt)
 
 
 class _StepTimer(keras.callbacks.Callback):

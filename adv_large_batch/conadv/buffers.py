@@ -11,9 +11,10 @@ import numpy as np
 from adv_large_batch.engine import checkpointing
 
 
-def _replica_components(variable: Any) -> list[Any]:
-    """The per-replica variables behind a tf.distribute variable, else ``[variable]``."""
-    return list(getattr(getattr(variable, "_value", None), "values", None) or [variable])
+def replica_components(variable: Any, strategy: Any) -> list[Any]:
+    """The per-replica variables behind a Keras variable created under the tf.distribute
+    ``strategy`` (``experimental_local_results``; one for the default strategy)."""
+    return list(strategy.experimental_local_results(variable.value))
 
 
 class WorkerBuffers(keras.callbacks.Callback):
@@ -43,7 +44,10 @@ class WorkerBuffers(keras.callbacks.Callback):
         return os.path.join(self.folder, f"ckpt-{step:08d}-rank{self.rank}.npz")
 
     def _values(self) -> list[list[Any]]:
-        return [[c.numpy() for c in _replica_components(v)] for v in self.variables]
+        return [
+            [c.numpy() for c in replica_components(v, self.model.distribute_strategy)]
+            for v in self.variables
+        ]
 
     def load(self, step: int) -> bool:
         """Stage this worker's buffer saved at ``step``; False if there is none."""
@@ -71,7 +75,7 @@ class WorkerBuffers(keras.callbacks.Callback):
         if self._pending is None:
             return
         for variable, values in zip(self.variables, self._pending):
-            components = _replica_components(variable)
+            components = replica_components(variable, self.model.distribute_strategy)
             if len(components) != len(values):
                 raise ValueError(
                     f"saved adversarial buffer has {len(values)} replicas, this worker "

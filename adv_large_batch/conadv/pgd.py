@@ -28,8 +28,10 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from adv_large_batch.models.inputs import IMAGE_RANGE
+
 PIXEL_SCALE = 255.0
-VALUE_RANGE = (0.0, 1.0)
+VALUE_RANGE = IMAGE_RANGE  # the images' range (models/inputs.py)
 
 
 def pixels_to_unit(pixels: float) -> float:

@@ -1,59 +1,32 @@
-"""ConAdv: concurrent adversarial learning for large-batch image training.
+"""ConAdv's trainer: baseline, DisAdv and two ConAdv schedules, one ``train_step``.
 
-Paper: ``shared/papers/conadv.md`` §3.2 (DisAdv) and §3.3 (ConAdv, eq. 3-5).
-Three ``--method``s, one ``train_step`` (``AccumulatingTrainer``'s):
+Paper: ``shared/papers/conadv.md`` §3.2 (DisAdv) and §3.3 (ConAdv, eq. 3-5):
 
 baseline  theta_t+1 = theta_t - eta grad L(theta_t; B_t)
-disadv    x_hat_t   = PGD(theta_t; B_t)                      1st gradient computation
-          theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]   (eq. 2)
-conadv    theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]   (eq. 4)
-          x_hat_t+tau = PGD(theta_t; B_t+tau)                 beside the update (eq. 5)
+disadv    x_hat_t   = PGD(theta_t; B_t)                        (its own forward + backward)
+          theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]  (eq. 2)
+conadv    theta_t+1 = theta_t - eta/2 grad [L(theta_t; B_t) + L(theta_t; x_hat_t)]  (eq. 4)
+          x_hat_t   made at step t - tau from theta_t-tau                           (eq. 5)
 
-with ``x_hat_t`` of ConAdv made at step ``t - tau`` from ``theta_t-tau``
-(``--staleness`` tau, default 1; tau = 0 is DisAdv).  PGD is ``adv_large_batch.conadv.pgd``
-(1 step, random start, radius and step in pixels out of 255).
+ConAdv's two ways to make the next adversarial batch (``ConAdvConfig.attack_pass``):
 
-How it maps onto TensorFlow:
+* ``separate``: beside the update, PGD on batch t + tau from a snapshot of theta_t
+  (``concurrent_work``, a stateless call through the *auxiliary* BN in training mode);
+  nothing of the update consumes it, so the two may run at once, but every device does
+  DisAdv's FLOPs.  The first tau steps fall back to DisAdv (``stale_fraction``).
+* ``shared``: step t runs ONE forward/backward over [clean batch t+1; adversarial
+  batch t] (clean rows through the main BN, adversarial rows through the auxiliary BN);
+  its weight gradient is the update's and the clean rows' input gradient makes
+  ``x + alpha sign(g)`` (projected), the adversarial batch of step t+1.  Deviations from
+  the paper: FGSM from the clean point (no random start), the gradient through the main
+  BN in training mode, and the clean half of step t is batch t+1.  tau = 1 only.
 
-* **Batches t and t+tau without reading data twice.**  ``pair_with_future``
-  is a ``tf.data`` ``scan`` whose state carries the last tau batches: every
-  batch is produced (read, augmented) once and handed out twice, as the future
-  batch of step ``t - tau`` and as the clean batch of step ``t``.
-* **The buffer** of the tau adversarial batches in flight is three
-  non-trainable variables of the trainer (images, labels, step counter), so it
-  is checkpointed with the weights.  Step t reads slot ``t mod tau`` in
-  ``prepare_batch``, and ``concurrent_work`` overwrites the same slot with the
-  examples for batch ``t + tau``.  The first tau steps have nothing buffered
-  and fall back to DisAdv (``stale_fraction`` logs 0 for them, 1 after).
-  The labels are buffered with the images, so a buffer restored from a
-  checkpoint that does not line up with the restarted data still pairs each
-  adversarial image with its own label.
-* **Concurrency.**  ``concurrent_work`` reads every weight and BN statistic
-  once (a snapshot of ``theta_t``) and runs the attack on those tensors through
-  ``network.stateless_call``; nothing of the update consumes its results, so no
-  op of the update, the optimizer's variable writes included, has the
-  next-batch PGD among its inputs, and TensorFlow may run both at once
-  (``tests/test_conadv.py`` checks this on the traced graph).
-* **Step time.**  ``adv_time_s`` is the wall time of the step's PGD attacks:
-  DisAdv's current-batch attack (before the update), ConAdv's next-batch attack
-  (beside the update) plus, in its first tau steps, the DisAdv fallback.  Under
-  ConAdv the attack overlaps the update, so ``adv_time_s`` + the update's time
-  exceeds ``step_time_s`` by the overlap obtained (little on a CPU, where both
-  share the same cores).  Baseline logs 0.
-* **BatchNorm during the attack** (AdvProp's choice, ConAdv §3.2): the attack's
-  forward pass uses the *auxiliary* BN in training mode, i.e. the batch
-  statistics of the micro-batch being attacked, the same normalisation the
-  adversarial rows get in the update.  It is a stateless call: the moving
-  averages it would produce are discarded, so only the adversarial examples
-  actually trained on move the auxiliary statistics.
-* **Loss** (eq. 2/4): ``(L_clean + L_adv) / 2``, one forward over
-  ``concat([clean, adversarial])`` per micro-batch with the split BN routing the
-  halves.  Every worker attacks its own batch; only weight gradients are
-  averaged across workers (``AccumulatingTrainer``'s backend).  The random start
-  of a micro-batch is seeded by (seed, step, its index in the *global* batch), so
-  2 workers x B/2 draw the noise of 1 process accumulating 2 micro-batches of B/2.
-
-Example (ConAdv needs the paired stream and the per-worker batch for its buffer):
+The buffer of adversarial batches in flight (images with their labels) is non-trainable
+variables of the trainer, checkpointed, and per worker (``per_worker_variables``: never
+broadcast).  PGD's random start of a micro-batch is keyed by (seed, step, its index in
+the global batch), so 2 workers x B/2 draw the noise of 1 process of 2 micro-batches.
+``adv_time_s``: the PGD attacks' wall time (0 for baseline; for ``shared`` only the
+step-0 fallback: the attack gradient comes with the update's backward).
 
 ```python
 model = ConAdv(network, ConAdvConfig(method="conadv", eps=4, staleness=1), batch_size=256)

@@ -63,8 +63,10 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from adv_large_batch.models.inputs import IMAGE_RANGE
+
 POLICIES = ("none", "flip_crop", "inception_crop", "randaugment", "augmix")
-VALUE_RANGE = (0.0, 1.0)
+VALUE_RANGE = IMAGE_RANGE  # the images' range (models/inputs.py)
 #: Evaluation crop: the central ``size x size`` after resizing the shorter side to
 #: ``size / CENTRAL_FRACTION`` (256 px for 224).
 CENTRAL_FRACTION = 0.875

@@ -5,6 +5,7 @@ evaluation batches.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -215,73 +216,111 @@ def train_stream(
             "not one full step per epoch"
         )
     augment = augment or (lambda image, _seed: image)
-    first_epoch, in_epoch = divmod(start_step, steps)
-
+    keys = _StreamKeys(seed, batch_size, rank, size, steps, num_examples)
     if arrays is not None or random_access(split):
-        if arrays is not None:
-            images = tf.constant(arrays[0])
-            labels = tf.constant(arrays[1], tf.int32)
-
-            def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                return tf.gather(images, index), tf.gather(labels, index)
-
-        else:
-
-            def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                image, label = tf.data.experimental.at(split, index)
-                return image, tf.cast(label, tf.int32)
-
-        order_seed = tf.constant(seed, tf.int64)
-
-        def step_rows(step: tf.Tensor) -> tf.data.Dataset:
-            epoch = step // steps
-            first = (step % steps) * global_batch + rank * batch_size
-            positions = tf.range(first, first + batch_size, dtype=tf.int64)
-            index = tf.random.experimental.index_shuffle(
-                positions, tf.stack([order_seed, epoch]), tf.constant(num_examples - 1, tf.int64)
-            )
-            return tf.data.Dataset.from_tensor_slices((tf.fill([batch_size], epoch), index))
-
-        def load(epoch: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image, label = fetch(index)
-            return augment(to_unit_range(image), example_seed(seed, epoch, index)), label
-
-        rows = tf.data.Dataset.counter(start_step).flat_map(step_rows)
+        rows, load = _random_access_rows(split, arrays, keys, start_step, augment)
     else:
-        shard = split.enumerate()
-        if size > 1:
-            shard = shard.shard(size, rank)
-        fixed = _fixed_size(split)
-
-        def epoch_rows(epoch: tf.Tensor) -> tf.data.Dataset:
-            # A block shuffle with stateless permutations keyed by (seed, epoch, block):
-            # tf.data's own shuffle mixes in TensorFlow's global seed and is not
-            # reproducible across pipelines once that seed is set (tests/test_conadv_resume).
-            def permute(block_id: tf.Tensor, block: Any) -> Any:
-                n = tf.shape(block[0])[0]
-                key = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, block_id])
-                order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
-                return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
-
-            blocked = shard.batch(shuffle_buffer) if fixed else shard.ragged_batch(shuffle_buffer)
-            blocks = blocked.enumerate().map(permute).unbatch()
-            return blocks.take(steps * batch_size).map(
-                lambda index, example: (epoch, index, example)
-            )
-
-        def load(epoch: tf.Tensor, index: tf.Tensor, example: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-            image, label = example
-            if isinstance(image, tf.RaggedTensor):
-                image = image.to_tensor()
-            image = to_unit_range(image)
-            return augment(image, example_seed(seed, epoch, index)), tf.cast(label, tf.int32)
-
-        rows = tf.data.Dataset.counter(first_epoch).flat_map(epoch_rows).skip(in_epoch * batch_size)
+        rows, load = _streamed_rows(split, keys, start_step, augment, shuffle_buffer)
     return (
         rows.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamKeys:
+    """The facts ``train_stream``'s two paths share: seed, batch, worker, epoch size."""
+
+    seed: int
+    batch_size: int
+    rank: int
+    size: int
+    steps: int  # per epoch
+    num_examples: int
+
+
+def _random_access_rows(
+    split: tf.data.Dataset,
+    arrays: tuple[np.ndarray, np.ndarray] | None,
+    k: _StreamKeys,
+    start_step: int,
+    augment: SeededAugment,
+) -> tuple[tf.data.Dataset, Callable[..., Any]]:
+    """(epoch, index) rows of every step from ``start_step``, and their loader: epoch e's
+    order is ``index_shuffle(., [seed, e])``; rank r takes slice r of each global batch."""
+    if arrays is not None:
+        images = tf.constant(arrays[0])
+        labels = tf.constant(arrays[1], tf.int32)
+
+        def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return tf.gather(images, index), tf.gather(labels, index)
+
+    else:
+
+        def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image, label = tf.data.experimental.at(split, index)
+            return image, tf.cast(label, tf.int32)
+
+    order_seed = tf.constant(k.seed, tf.int64)
+    global_batch = k.batch_size * k.size
+
+    def step_rows(step: tf.Tensor) -> tf.data.Dataset:
+        epoch = step // k.steps
+        first = (step % k.steps) * global_batch + k.rank * k.batch_size
+        positions = tf.range(first, first + k.batch_size, dtype=tf.int64)
+        index = tf.random.experimental.index_shuffle(
+            positions, tf.stack([order_seed, epoch]), tf.constant(k.num_examples - 1, tf.int64)
+        )
+        return tf.data.Dataset.from_tensor_slices((tf.fill([k.batch_size], epoch), index))
+
+    def load(epoch: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = fetch(index)
+        return augment(to_unit_range(image), example_seed(k.seed, epoch, index)), label
+
+    return tf.data.Dataset.counter(start_step).flat_map(step_rows), load
+
+
+def _streamed_rows(
+    split: tf.data.Dataset,
+    k: _StreamKeys,
+    start_step: int,
+    augment: SeededAugment,
+    shuffle_buffer: int,
+) -> tuple[tf.data.Dataset, Callable[..., Any]]:
+    """(epoch, index, example) rows of a sequential split from ``start_step``: each worker's
+    shard, block-shuffled by (seed, epoch, block), the consumed batches skipped."""
+    first_epoch, in_epoch = divmod(start_step, k.steps)
+    shard = split.enumerate()
+    if k.size > 1:
+        shard = shard.shard(k.size, k.rank)
+    fixed = _fixed_size(split)
+
+    def epoch_rows(epoch: tf.Tensor) -> tf.data.Dataset:
+        # A block shuffle with stateless permutations keyed by (seed, epoch, block):
+        # tf.data's own shuffle mixes in TensorFlow's global seed and is not
+        # reproducible across pipelines once that seed is set (tests/test_conadv_resume).
+        def permute(block_id: tf.Tensor, block: Any) -> Any:
+            n = tf.shape(block[0])[0]
+            key = tf.stack([tf.cast(k.seed, tf.int64) * 1_000_003 + epoch, block_id])
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
+            return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
+
+        blocked = shard.batch(shuffle_buffer) if fixed else shard.ragged_batch(shuffle_buffer)
+        blocks = blocked.enumerate().map(permute).unbatch()
+        return blocks.take(k.steps * k.batch_size).map(
+            lambda index, example: (epoch, index, example)
+        )
+
+    def load(epoch: tf.Tensor, index: tf.Tensor, example: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = example
+        if isinstance(image, tf.RaggedTensor):
+            image = image.to_tensor()
+        image = to_unit_range(image)
+        return augment(image, example_seed(k.seed, epoch, index)), tf.cast(label, tf.int32)
+
+    rows = tf.data.Dataset.counter(first_epoch).flat_map(epoch_rows)
+    return rows.skip(in_epoch * k.batch_size), load
 
 
 def eval_batches(split: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

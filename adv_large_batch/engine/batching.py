@@ -7,13 +7,17 @@ from typing import Any
 import tensorflow as tf
 
 
-def dense(gradient: Any, variable: Any) -> tf.Tensor:
-    """A gradient as a dense tensor: zeros for None, IndexedSlices (embeddings) densified."""
-    if gradient is None:
-        return tf.zeros_like(variable)
+def densify(gradient: Any) -> Any:
+    """``tf.IndexedSlices`` (an embedding lookup's gradient) as a dense tensor; anything else
+    as it is."""
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def dense(gradient: Any, variable: Any) -> tf.Tensor:
+    """A gradient as a dense tensor: zeros for None, IndexedSlices (embeddings) densified."""
+    return tf.zeros_like(variable) if gradient is None else densify(gradient)
 
 
 def batch_size_of(structure: Any) -> tf.Tensor:

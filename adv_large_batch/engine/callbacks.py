@@ -136,7 +136,6 @@ def standard_callbacks(
     checkpoint_dir: str | None = None,
     global_batch_size: int | None = None,
     trust_ratios: bool = False,
-    backup: bool = True,
     nonfinite: str = "stop",
     profile_steps: tuple[int, int] | None = None,
 ) -> list[keras.callbacks.Callback]:
@@ -157,11 +156,7 @@ def standard_callbacks(
     if not backend.is_chief:
         return callbacks
     if checkpoint_dir:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        if backup and backend.size == 1:  # Keras' epoch-level backup (finetune has its own)
-            callbacks.insert(
-                0, keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup"))
-            )
+        os.makedirs(checkpoint_dir, exist_ok=True)  # (resumable step checkpoints: engine.resume)
         callbacks.append(
             keras.callbacks.ModelCheckpoint(
                 os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"), save_weights_only=True

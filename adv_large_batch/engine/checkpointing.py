@@ -49,6 +49,59 @@ _NAME = re.compile(r"^ckpt-(\d{8})$")
 STATE_FILE = "state.npz"
 
 
+#: The run part of every meta.json, written by the training commands through
+#: ``checkpoint_meta`` and read back by ``run_meta`` (``adv-large-batch sharpness``).
+RUN_KEYS = ("command", "config", "adversarial", "optimizer")
+
+
+def checkpoint_meta(command: str, run: Any, adversarial: Any, optimizer: Any) -> dict[str, Any]:
+    """The run part of a checkpoint's meta: the command name and its three configs (frozen
+    dataclasses), JSON-ready.  ``StepCheckpoint`` adds the step, epoch and variable paths."""
+    return {
+        "command": command,
+        "config": dataclasses.asdict(run),
+        "adversarial": dataclasses.asdict(adversarial),
+        "optimizer": dataclasses.asdict(optimizer),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMeta:
+    """What a checkpoint says about the run that wrote it (``run_meta``)."""
+
+    path: str
+    command: str
+    config: dict[str, Any]
+    adversarial: dict[str, Any]
+    optimizer: dict[str, Any]
+    global_step: int
+
+
+def run_meta(path: str, commands: Sequence[str]) -> RunMeta:
+    """The run part of checkpoint ``path``'s meta; ``ConfigError`` when it lacks it (written
+    before it was recorded) or names a command outside ``commands``."""
+    meta = read_meta(path)
+    missing = [k for k in (*RUN_KEYS[:3], "paths") if k not in meta]
+    if missing:
+        raise ConfigError(
+            f"{path}/meta.json has no {', '.join(missing)}: it was written before runs were "
+            "recorded in checkpoints; train (or resume) with this version to record them"
+        )
+    if meta["command"] not in commands:
+        raise ConfigError(
+            f"unknown command {meta['command']!r} in {path}/meta.json (expected one of "
+            f"{tuple(commands)})"
+        )
+    return RunMeta(
+        path,
+        meta["command"],
+        meta["config"],
+        meta["adversarial"],
+        meta.get("optimizer", {}),
+        int(meta["global_step"]),
+    )
+
+
 def state_variables(model: keras.Model) -> list[Any]:
     """Model variables then optimizer variables, in a fixed order."""
     return list(model.variables) + list(model.optimizer.variables)
@@ -303,102 +356,3 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._save(data_position(self.model))
-
-
-class StopAtStep(keras.callbacks.Callback):
-    """Ends training once ``step`` training steps (batches) are done (a budgeted or
-    interrupted run)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if data_position(self.model) >= self.step:
-            self.model.stop_training = True
-
-
-def fit_from_step(
-    model: Any,
-    stream: Any,
-    start_step: int,
-    steps_per_epoch: int,
-    epochs: int,
-    **fit_kwargs: Any,
-) -> Any:
-    """``model.fit`` over the batch stream from global step ``start_step`` to the end.
-
-    A run resumed mid-epoch first finishes that epoch (a shorter fit), then runs
-    the remaining whole epochs; the histories are concatenated.
-    """
-    epoch, in_epoch = divmod(start_step, steps_per_epoch)
-    phases = []  # (first global step, initial epoch, end epoch, steps per epoch)
-    if in_epoch:
-        phases.append((start_step, epoch, epoch + 1, steps_per_epoch - in_epoch))
-        epoch += 1
-    if epoch < epochs:
-        phases.append((epoch * steps_per_epoch, epoch, epochs, steps_per_epoch))
-    merged: dict[str, list] = {}
-    history = keras.callbacks.History()  # stays empty if the checkpoint was the last step
-    for first_step, initial_epoch, end_epoch, steps in phases:
-        history = model.fit(
-            stream(first_step),
-            initial_epoch=initial_epoch,
-            epochs=end_epoch,
-            steps_per_epoch=steps,
-            shuffle=False,  # the stream is already shuffled, deterministically per epoch
-            **fit_kwargs,
-        )
-        for key, values in history.history.items():
-            merged.setdefault(key, []).extend(values)
-        if model.stop_training:
-            break
-    history.history = merged
-    return history
-
-
-def resume_step(run_cfg: Any, model: keras.Model, backend: Any, say: Any, tag: str) -> int:
-    """Restore the newest complete checkpoint when ``--resume``; return its global step.
-
-    Restoring may build the optimizer, so it runs inside the backend's scope (under a
-    strategy the slots must be distributed variables).
-    """
-    if not run_cfg.resume:
-        return 0
-    if not complete_checkpoints(run_cfg.checkpoint_dir):
-        say(
-            f"[{tag}] --resume: no complete checkpoint in {run_cfg.checkpoint_dir}; "
-            "starting from scratch"
-        )
-        return 0
-    path = resolve_checkpoint(run_cfg.checkpoint_dir)  # newest intact; ConfigError if none
-    with backend.scope():
-        meta = restore_checkpoint(path, model)
-    step = int(meta["global_step"])
-    say(f"[{tag}] resumed from {path} at optimizer step {step}")
-    return step
-
-
-def step_callbacks(
-    run_cfg: Any, steps_per_epoch: int, is_chief: bool, meta: dict[str, Any] | None = None
-) -> list:
-    """StepCheckpoint (given --checkpoint-dir) and StopAtStep (given --stop-at-step).
-
-    Every checkpoint's meta.json holds ``config`` (``run_cfg``) and ``meta``: the
-    training commands add ``command`` and their ``adversarial`` and ``optimizer``
-    configs, which is what ``adv-large-batch sharpness`` rebuilds the network from.
-    """
-    callbacks: list[keras.callbacks.Callback] = []
-    if run_cfg.checkpoint_dir:
-        callbacks.append(
-            StepCheckpoint(
-                run_cfg.checkpoint_dir,
-                run_cfg.checkpoint_every or steps_per_epoch,
-                steps_per_epoch,
-                meta={"config": dataclasses.asdict(run_cfg), **(meta or {})},
-                is_chief=is_chief,
-            )
-        )
-    if run_cfg.stop_at_step is not None:
-        callbacks.append(StopAtStep(run_cfg.stop_at_step))
-    return callbacks

@@ -84,6 +84,7 @@ import tensorflow as tf
 from adv_large_batch.commands.run_config import BACKENDS as BACKEND_KINDS
 from adv_large_batch.commands.run_config import MULTIWORKER_REFUSED
 from adv_large_batch.config import ConfigError
+from adv_large_batch.engine.batching import densify
 
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "
@@ -216,7 +217,7 @@ class HorovodBackend(Backend):
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
             return grads
-        dense = [tf.convert_to_tensor(grads[i]) for i in present]
+        dense = [densify(grads[i]) for i in present]
         reduced = self.hvd.grouped_allreduce(dense, op=self.hvd.Average)
         for i, g in zip(present, reduced):
             grads[i] = g
@@ -262,7 +263,7 @@ class StrategyBackend(Backend):
             return grads
         present = [i for i, g in enumerate(grads) if g is not None]
         reduced = context.all_reduce(
-            tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(grads[i]) for i in present]
+            tf.distribute.ReduceOp.SUM, [densify(grads[i]) for i in present]
         )
         for i, g in zip(present, reduced):
             grads[i] = g

@@ -15,14 +15,9 @@ that only says how to get *the gradients of one micro-batch*
    or under tf.distribute one all-reduce in replica context (each replica's loss is
    pre-scaled by ``1 / replicas``), after which every replica holds the applied
    gradient and the optimizer is told not to reduce it again;
-3. one ``optimizer.apply`` — skipped when the loss of any micro-batch on any worker
-   or replica was not finite, or when the gradient is not finite (counted in the
-   ``nonfinite_steps`` metric; ``NonFiniteLoss`` then stops the run, or lets it go on).
-   The decision is made from reduced values, so it is the same everywhere.  Under
-   ``mixed_float16`` (Keras' ``LossScaleOptimizer``) a gradient overflow with a finite
-   loss is the loss scale's business: the optimizer skips the step and halves its scale
-   (``loss_scale_skips``); only a non-finite loss, or an overflow at a scale that
-   has collapsed to <= 1, counts as non-finite;
+3. one ``optimizer.apply``, or none when the step is unsound (a non-finite loss or
+   gradient; a mixed_float16 overflow goes to the loss scale): ``engine.update``, which
+   decides from reduced values, so the same everywhere;
 4. ``batches_seen`` += 1: the checkpointed batch counter, advanced by every step,
    applied or skipped.  It is the data position (a resumed run continues from it) and
    the key of every random draw (``adv_large_batch.engine.randomness``).  The learning-rate
@@ -55,7 +50,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch.engine import randomness
+from adv_large_batch.engine import randomness, update
 from adv_large_batch.engine.batching import (
     batch_size_of,
     dense,
@@ -77,18 +72,6 @@ from adv_large_batch.engine.timing import (
 def distribution_loss_scale() -> float:
     """1 / replicas under tf.distribute (how Keras scales the compiled loss), else 1."""
     return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
-    """True when every entry of every tensor is finite."""
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
-
-
-def uses_dynamic_loss_scale(optimizer: Any) -> bool:
-    """True for Keras' ``LossScaleOptimizer`` with a dynamic scale (``mixed_float16``)."""
-    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and bool(
-        getattr(optimizer, "dynamic", True)
-    )
 
 
 class FiniteMean(keras.metrics.Mean):
@@ -341,44 +324,6 @@ class AccumulatingTrainer(keras.Model):
         self._emitted_rows = {name: array.concat() for name, array in arrays.items()}
         return grads
 
-    def apply_if(self, grads: list[tf.Tensor], apply: tf.Tensor) -> None:
-        """``optimizer.apply(grads)`` when ``apply`` (the same on every worker/replica).
-
-        Outside tf.distribute (and where a strategy needs no merge call) this is a
-        ``tf.cond`` in the step.  Otherwise (MirroredStrategy) the optimizer's apply
-        enters cross-replica context through ``merge_call``, which a ``tf.cond`` in
-        replica context may not contain; so, as Keras' ``LossScaleOptimizer`` does, the
-        cond runs in cross-replica context and its branch applies on every replica.
-        A skipped step leaves weights, slots and ``iterations`` untouched.
-        """
-        if not self.optimizer.built:  # variables cannot be created inside the cond
-            self.optimizer.build(self.trainable_variables)
-        variables = self.trainable_variables
-
-        def update() -> tf.Tensor:
-            self.optimizer.apply(grads, variables)
-            return tf.constant(True)
-
-        def skip() -> tf.Tensor:
-            return tf.constant(False)
-
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(apply, update, skip)
-            return
-
-        def cross_replica(strategy: Any, grads: Any, apply: Any) -> tf.Tensor:
-            decided = strategy.experimental_local_results(apply)[0]  # equal on all replicas
-
-            def update_every_replica() -> tf.Tensor:
-                strategy.extended.call_for_each_replica(
-                    self.optimizer.apply, args=(grads, variables)
-                )
-                return tf.constant(True)
-
-            return tf.cond(decided, update_every_replica, skip)
-
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, apply))
-
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         timing = can_time()
         if timing:
@@ -395,28 +340,15 @@ class AccumulatingTrainer(keras.Model):
         *grads, bad_losses = self.backend.allreduce_gradients(
             [*grads, self._log.total("nonfinite_losses")]
         )
-        loss_ok = tf.equal(bad_losses, 0.0)
-        grads_ok = all_finite(grads)
-        if uses_dynamic_loss_scale(self.optimizer):
-            scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-            overflow = tf.logical_and(loss_ok, tf.logical_not(grads_ok))
-            collapsed = tf.logical_and(overflow, scale <= 1.0)
-            diverged = tf.logical_or(tf.logical_not(loss_ok), collapsed)
-            # A finite loss goes to the LossScaleOptimizer, which skips an overflowing
-            # step itself and halves its scale; a non-finite loss never reaches it.
-            self.apply_if(grads, loss_ok)
-            skipped_by_scale = tf.logical_and(overflow, tf.logical_not(collapsed))
-        else:
-            scale = tf.constant(1.0)
-            diverged = tf.logical_not(tf.logical_and(loss_ok, grads_ok))
-            self.apply_if(grads, tf.logical_not(diverged))
-            skipped_by_scale = tf.constant(False)
-        applied = tf.logical_and(loss_ok, grads_ok)
-        self.grad_norm_tracker.update_state(
-            tf.linalg.global_norm(grads) / scale, sample_weight=tf.cast(applied, tf.float32)
+        decision = update.apply_if_sound(
+            self.optimizer, grads, self.trainable_variables, bad_losses
         )
-        self.nonfinite_tracker.update_state(tf.cast(diverged, tf.float32))
-        self.loss_scale_skip_tracker.update_state(tf.cast(skipped_by_scale, tf.float32))
+        applied = decision.applied
+        self.grad_norm_tracker.update_state(
+            decision.grad_norm, sample_weight=tf.cast(applied, tf.float32)
+        )
+        self.nonfinite_tracker.update_state(tf.cast(decision.diverged, tf.float32))
+        self.loss_scale_skip_tracker.update_state(tf.cast(decision.skipped_by_scale, tf.float32))
         adv_seconds = self._log.total("adv_seconds")
         self._log.reset()  # no graph tensors kept after tracing
         self._step, self._emitted_rows = None, {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -30,8 +32,80 @@ from adv_large_batch.optimizers.schedules import (
     scale_learning_rate,
 )
 
-OPTIMIZERS = ("adam", "adamw", "lamb", "lars", "sgd")
 SCHEDULES = ("warmup_linear", "warmup_poly", "constant")
+
+
+def _layerwise_args(config: OptimizerConfig) -> dict[str, Any]:
+    return {
+        "weight_decay": config.weight_decay,
+        "no_decay_patterns": config.no_decay_pattern,
+        "no_adapt_patterns": config.no_adapt_pattern,
+        "trust_ratio_min": config.trust_ratio_min,
+        "trust_ratio_max": config.trust_ratio_max,
+        "log_trust_ratios": config.log_trust_ratios,
+    }
+
+
+def _lamb(config: OptimizerConfig, learning_rate: Any) -> keras.optimizers.Optimizer:
+    upper = None if math.isinf(config.trust_clip_upper) else config.trust_clip_upper
+    return LAMB(
+        learning_rate,
+        beta_1=config.beta1,
+        beta_2=config.beta2,
+        epsilon=config.adam_epsilon,
+        bias_correction=config.lamb_bias_correction,
+        weight_norm_lower=config.trust_clip_lower,
+        weight_norm_upper=upper,
+        **_layerwise_args(config),
+    )
+
+
+def _lars(config: OptimizerConfig, learning_rate: Any) -> keras.optimizers.Optimizer:
+    return LARS(
+        learning_rate,
+        momentum=config.momentum,
+        eta=config.lars_eta,
+        nesterov=config.nesterov,
+        **_layerwise_args(config),
+    )
+
+
+def _adamw(config: OptimizerConfig, learning_rate: Any) -> keras.optimizers.Optimizer:
+    return PathDecayAdamW(
+        learning_rate,
+        weight_decay=config.weight_decay,
+        beta_1=config.beta1,
+        beta_2=config.beta2,
+        epsilon=config.adam_epsilon,
+        no_decay_patterns=config.no_decay_pattern,
+    )
+
+
+def _sgd(config: OptimizerConfig, learning_rate: Any) -> keras.optimizers.Optimizer:
+    return PathDecaySGD(
+        learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay or None,
+        no_decay_patterns=config.no_decay_pattern,
+    )
+
+
+def _adam(config: OptimizerConfig, learning_rate: Any) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(
+        learning_rate, beta_1=config.beta1, beta_2=config.beta2, epsilon=config.adam_epsilon
+    )
+
+
+#: ``--optimizer``: name -> builder(config, learning rate or schedule).
+OPTIMIZERS_BY_NAME: dict[str, Callable[[OptimizerConfig, Any], keras.optimizers.Optimizer]] = {
+    "adam": _adam,
+    "adamw": _adamw,
+    "lamb": _lamb,
+    "lars": _lars,
+    "sgd": _sgd,
+}
+OPTIMIZERS = tuple(OPTIMIZERS_BY_NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +193,8 @@ class OptimizerConfig:
     )
 
     def __post_init__(self) -> None:
+        # Long on purpose: one check per flag, each naming the flag and what is allowed,
+        # read top to bottom in the order of the fields above.
         require(
             self.optimizer in OPTIMIZERS,
             f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
@@ -290,52 +366,4 @@ def build_optimizer(
         config.lr, global_batch_size, config.base_batch_size, config.lr_scaling
     )
     learning_rate = build_schedule(config, peak, total_steps)
-    layerwise = {
-        "weight_decay": config.weight_decay,
-        "no_decay_patterns": config.no_decay_pattern,
-        "no_adapt_patterns": config.no_adapt_pattern,
-        "trust_ratio_min": config.trust_ratio_min,
-        "trust_ratio_max": config.trust_ratio_max,
-        "log_trust_ratios": config.log_trust_ratios,
-    }
-    if config.optimizer == "lamb":
-        return LAMB(
-            learning_rate,
-            beta_1=config.beta1,
-            beta_2=config.beta2,
-            epsilon=config.adam_epsilon,
-            bias_correction=config.lamb_bias_correction,
-            weight_norm_lower=config.trust_clip_lower,
-            weight_norm_upper=None
-            if math.isinf(config.trust_clip_upper)
-            else config.trust_clip_upper,
-            **layerwise,
-        )
-    if config.optimizer == "lars":
-        return LARS(
-            learning_rate,
-            momentum=config.momentum,
-            eta=config.lars_eta,
-            nesterov=config.nesterov,
-            **layerwise,
-        )
-    if config.optimizer == "adamw":
-        return PathDecayAdamW(
-            learning_rate,
-            weight_decay=config.weight_decay,
-            beta_1=config.beta1,
-            beta_2=config.beta2,
-            epsilon=config.adam_epsilon,
-            no_decay_patterns=config.no_decay_pattern,
-        )
-    if config.optimizer == "sgd":
-        return PathDecaySGD(
-            learning_rate,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay or None,
-            no_decay_patterns=config.no_decay_pattern,
-        )
-    return keras.optimizers.Adam(
-        learning_rate, beta_1=config.beta1, beta_2=config.beta2, epsilon=config.adam_epsilon
-    )
+    return OPTIMIZERS_BY_NAME[config.optimizer](config, learning_rate)

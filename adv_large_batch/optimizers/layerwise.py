@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from adv_large_batch.engine.batching import densify
 from adv_large_batch.optimizers.param_groups import (
     DEFAULT_NO_ADAPT_PATTERNS,
     DEFAULT_NO_DECAY_PATTERNS,
@@ -37,9 +37,7 @@ def dense_gradient(gradient: Tensor, dtype: Any) -> Tensor:
     """``gradient`` as a dense tensor of ``dtype``: embedding gradients arrive as
     ``tf.IndexedSlices``, but the trust ratio needs the norm of the whole update and the
     moments decay on every row anyway."""
-    if isinstance(gradient, tf.IndexedSlices):
-        gradient = tf.convert_to_tensor(gradient)
-    return ops.cast(gradient, dtype)
+    return ops.cast(densify(gradient), dtype)
 
 
 def l2_norm(x: Tensor) -> Tensor:

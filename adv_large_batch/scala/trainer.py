@@ -79,7 +79,9 @@ class ScaLA(AccumulatingTrainer):
         config: a ``ScaLAConfig``; ``method="baseline"`` trains without perturbation.
         micro_batch_size: rows per pass; the per-worker batch is a multiple of it.
         backend: distributed backend (default: this process's).
-        seed: seed for the random starts.
+        seed: the run seed of the random starts and dropout masks.
+        steps_per_epoch: steps of one epoch of the run, for t_s given in epochs
+            (``DelayedInjection``); default: each ``fit``'s own ``steps``.
     """
 
     def __init__(
@@ -89,11 +91,13 @@ class ScaLA(AccumulatingTrainer):
         micro_batch_size: int | None = None,
         backend: Any = None,
         seed: int | None = None,
+        steps_per_epoch: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
         )
+        self.steps_per_epoch = steps_per_epoch
         if isinstance(config, dict):
             config = ScaLAConfig(**config)
         self.config = config or ScaLAConfig()
@@ -221,14 +225,16 @@ class ScaLA(AccumulatingTrainer):
         return grads
 
     def fit(self, x: Any = None, *args: Any, callbacks: list | None = None, **kwargs: Any) -> Any:
-        """``keras.Model.fit``, adding ``DelayedInjection`` when t_s is given in epochs."""
+        """``keras.Model.fit`` with ``DelayedInjection`` (the one place it is wired): it sets
+        t_s from the epoch (with ``steps_per_epoch``) and announces the switch."""
         callbacks = list(callbacks or [])
-        needs_switch = self.config.perturbs and self.config.start_step is None
-        if needs_switch and not any(isinstance(c, DelayedInjection) for c in callbacks):
-            callbacks.insert(0, DelayedInjection(self.config.start_epoch))
+        if self.config.perturbs and not any(isinstance(c, DelayedInjection) for c in callbacks):
+            callbacks.insert(0, DelayedInjection(self.config.start_epoch, self.steps_per_epoch))
         return super().fit(x, *args, callbacks=callbacks, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"config": dataclasses.asdict(self.config)})
+        config.update(
+            {"config": dataclasses.asdict(self.config), "steps_per_epoch": self.steps_per_epoch}
+        )
         return config

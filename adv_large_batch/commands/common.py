@@ -1,0 +1,189 @@
+"""The one run skeleton of the training commands (``finetune``, ``train-images``).
+
+Top to bottom, the same for both:
+
+    precision policy -> backend -> batch split -> seed
+      -> command.prepare   (data: the resumable train stream, evaluation sets, steps/epoch,
+                            the optimizer config resolved for the run)
+      -> in the backend's scope: command.build (network + trainer), optimizer, compile
+      -> summary line -> command.before_fit -> resume from the newest intact checkpoint
+      -> callbacks: command's first, then the standard ones, then the checkpoint writers
+      -> fit from the step -> command.evaluate -> the metrics dict -> --metrics-out
+
+A command supplies only what differs (``TrainingCommand``); everything above is here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
+from adv_large_batch.optimizers import OptimizerConfig
+
+Say = Callable[..., None]
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a command's ``prepare`` hands the skeleton (``extra``: the command's own)."""
+
+    train_stream: Callable[[int], Any]  # global step -> batches from that step on
+    validation: Any  # a tf.data.Dataset for fit's validation_data
+    steps_per_epoch: int
+    optimizer: OptimizerConfig  # resolved for this run (e.g. the LARS recipe)
+    summary: str  # the data half of the run's first line
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The run's fixed facts every hook may read."""
+
+    run: RunConfig
+    adversarial: Any
+    backend: Any
+    per_worker_batch: int
+    say: Say
+
+
+class TrainingCommand(Protocol):
+    """The parts of a training command the skeleton calls, in this order."""
+
+    name: str  # the subcommand ("finetune"): the checkpoints' meta and the log prefix
+
+    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan: ...
+
+    def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
+        """(network, trainer, compile kwargs: loss and metrics), inside the backend's scope."""
+        ...
+
+    def before_fit(self, ctx: Context, plan: Plan, model: Any) -> None: ...
+
+    def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list: ...
+
+    def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict: ...
+
+
+@contextlib.contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy ``name`` for the run, the previous one restored after.
+
+    Weights stay float32; compute runs in float16/bfloat16 (float16 gets Keras' dynamic
+    loss scaling from ``compile``).
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def printer(backend: Any, verbose: int) -> Say:
+    """``print`` on the chief with ``--verbose`` > 0, else a no-op."""
+    return print if backend.is_chief and verbose else (lambda *a, **k: None)
+
+
+def history_dict(history: Any) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def run_training(
+    command: TrainingCommand, run_cfg: RunConfig, adv: Any, opt: OptimizerConfig
+) -> dict[str, Any]:
+    """Train and evaluate with ``command``; returns the metrics dict (also --metrics-out)."""
+    import keras
+
+    from adv_large_batch.engine import checkpointing, distributed, resume
+    from adv_large_batch.optimizers import build_optimizer
+
+    with precision_policy(run_cfg.precision):
+        backend = distributed.get_backend(run_cfg.strategy)
+        per_worker, _ = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)
+        ctx = Context(run_cfg, adv, backend, per_worker, printer(backend, run_cfg.verbose))
+        keras.utils.set_random_seed(run_cfg.seed)
+        plan = command.prepare(ctx, opt)
+        total_steps = plan.steps_per_epoch * run_cfg.epochs
+        with backend.scope():
+            network, model, compile_kwargs = command.build(ctx, plan)
+            optimizer = build_optimizer(plan.optimizer, total_steps, run_cfg.batch_size)
+            model.compile(optimizer=optimizer, jit_compile=backend.jit_compile, **compile_kwargs)
+        ctx.say(f"[{command.name}] {plan.summary} " + _batch_summary(ctx, plan, adv))
+        command.before_fit(ctx, plan, model)
+        start_step = 0
+        if run_cfg.resume:
+            start_step = resume.resume_step(
+                run_cfg.checkpoint_dir, model, backend, ctx.say, command.name
+            )
+        callbacks = _callbacks(command, ctx, plan, model, start_step)
+        start = time.time()
+        history = resume.fit_from_step(
+            model,
+            plan.train_stream,
+            start_step,
+            plan.steps_per_epoch,
+            run_cfg.epochs,
+            validation_data=plan.validation,
+            callbacks=callbacks,
+            verbose=run_cfg.verbose if backend.is_chief else 0,
+        )
+        wall = time.time() - start
+        steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
+        timing = {"wall_time_s": wall, "steps": total_steps, "steps_run": steps_run}
+        result = {
+            **command.evaluate(ctx, plan, model, timing),
+            **timing,
+            "stopped_nonfinite_at": model.stopped_nonfinite_at,
+            "history": history_dict(history),
+            "config": run_record(run_cfg, adv, plan.optimizer, backend),
+        }
+        write_metrics(run_cfg, result, backend.is_chief)
+        return result
+
+
+def _callbacks(
+    command: TrainingCommand, ctx: Context, plan: Plan, model: Any, start_step: int
+) -> list:
+    """The command's callbacks, then the standard ones, then the checkpoint writers."""
+    from adv_large_batch.engine import checkpointing, resume
+    from adv_large_batch.engine.callbacks import standard_callbacks
+
+    run_cfg, backend = ctx.run, ctx.backend
+    meta = checkpointing.checkpoint_meta(command.name, run_cfg, ctx.adversarial, plan.optimizer)
+    callbacks = command.callbacks(ctx, plan, model, start_step)
+    callbacks += standard_callbacks(
+        backend,
+        run_cfg.logdir,
+        run_cfg.checkpoint_dir,
+        global_batch_size=run_cfg.batch_size,
+        trust_ratios=plan.optimizer.log_trust_ratios,
+        nonfinite=run_cfg.on_nonfinite,
+        profile_steps=(2, 4) if getattr(run_cfg, "profile", False) else None,
+    )
+    return callbacks + resume.step_callbacks(
+        run_cfg.checkpoint_dir,
+        run_cfg.checkpoint_every,
+        run_cfg.stop_at_step,
+        plan.steps_per_epoch,
+        backend.is_chief,
+        meta,
+    )
+
+
+def _batch_summary(ctx: Context, plan: Plan, adv: Any) -> str:
+    run, opt = ctx.run, plan.optimizer
+    return (
+        f"workers={ctx.backend.size} batch={run.batch_size} (per worker "
+        f"{ctx.per_worker_batch}, micro {run.micro_batch_size or ctx.per_worker_batch}) "
+        f"steps/epoch={plan.steps_per_epoch} method={adv.method} optimizer={opt.optimizer} "
+        f"base lr={opt.lr:g} ({opt.lr_scaling} scaling from {opt.base_batch_size})"
+    )
+
+
+__all__ = ["Context", "Plan", "TrainingCommand", "precision_policy", "printer", "run_training"]

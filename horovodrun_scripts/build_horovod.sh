@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Horovod 0.28.1 (the last release) against the TensorFlow installed in $PYTHON.
 #
-# Horovod is the data-parallel backend of adv_large_batch.distributed (the large-batch
+# Horovod is the data-parallel backend of adv_large_batch.engine.distributed (the large-batch
 # experiments average per-worker gradients with hvd.grouped_allreduce). No wheel of Horovod
 # exists for TF 2.21, and the 0.28.1 sdist does not compile against it unpatched:
 # horovod/tensorflow/xla_mpi_ops.cc includes XLA headers that TF no longer ships. We drop that

@@ -13,7 +13,7 @@ CLI=.venv/bin/adv-large-batch
 
 $HVD -np 2 -H localhost:2 --gloo $CLI finetune --strategy horovod \
   --task rotten_tomatoes --train-limit 1024 --eval-limit 256 \
-  --batch-size 64 --micro-batch-size 16 --epochs 2 --adv-start-epoch 1 \
+  --batch-size 64 --micro-batch-size 16 --epochs 2 --adv-start-epoch 2 \
   --optimizer lamb --lr 2e-3 --lr-scaling sqrt --base-batch-size 32 \
   --logdir runs/hvd_local/scala --metrics-out runs/hvd_local/scala.json --verbose 2 "$@"
 

@@ -11,12 +11,19 @@ Architecture -> classifier: ``bert`` -> ``PerturbableBertClassifier`` (BERT,
 MiniLM and other ``BertModel`` checkpoints), ``roberta`` ->
 ``PerturbableRobertaClassifier``.  Detection reads only ``config.json`` (no
 TensorFlow), so a bad folder is refused before anything is built.
+
+A ``--model`` that is not a path is a keras-hub preset name or handle
+(``bert_base_en_uncased``, ``kaggle://keras/bert/keras/bert_base_en_uncased``,
+``hf://google-bert/bert-base-uncased``): it goes to keras-hub's ``from_preset``, which
+downloads where the network is reachable; when it cannot, one line names the preset and
+how to use a local folder instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from adv_large_batch.config import ConfigError
@@ -55,11 +62,54 @@ def describe_config(config: dict[str, Any]) -> str:
     return "neither registered_name nor model_type"
 
 
+#: What a keras-hub preset handle looks like: a scheme://, or a bare preset name.
+_HANDLE = re.compile(r"^([a-z]+://.+|[a-z][a-z0-9_]*)$")
+
+
+def is_preset_handle(value: str) -> bool:
+    """True for a keras-hub preset name or handle (``bert_base_en_uncased``,
+    ``kaggle://...``, ``hf://...``) that is not an existing path."""
+    return not os.path.exists(value) and bool(_HANDLE.match(value))
+
+
+def _from_preset(handle: str, load: Any) -> Any:
+    """``load(handle)`` (a keras-hub ``from_preset``), its failures as one ``ConfigError``."""
+    try:
+        return load(handle)
+    except Exception as exc:  # noqa: BLE001 -- network, missing preset, wrong class: one line
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(
+            f"--model {handle!r}: keras-hub could not load this preset ({type(exc).__name__}: "
+            f"{reason}); without network access download it elsewhere and pass the folder: "
+            f"python -c \"import keras_hub as k; k.models.Backbone.from_preset('{handle}')"
+            ".save_to_preset('DIR'); k.models.Tokenizer.from_preset("
+            f"'{handle}').save_to_preset('DIR')\" then --model DIR"
+        ) from None
+
+
+def _preset_backbone(handle: str, load_weights: bool = True) -> Any:
+    import keras_hub
+
+    return _from_preset(
+        handle, lambda h: keras_hub.models.Backbone.from_preset(h, load_weights=load_weights)
+    )
+
+
 def encoder_architecture(path: str) -> str:
-    """``"bert"`` or ``"roberta"`` for a local encoder folder; ``ConfigError`` otherwise.
+    """``"bert"`` or ``"roberta"`` for a local encoder folder or a keras-hub preset handle;
+    ``ConfigError`` otherwise.
 
     Example: ``encoder_architecture("/data/roberta-large")  # "roberta"``.
     """
+    if is_preset_handle(path):
+        backbone = _preset_backbone(path, load_weights=False)
+        architecture = KERAS_HUB_BACKBONES.get(type(backbone).__name__)
+        if architecture is None:
+            raise ConfigError(
+                f"--model {path!r} is a {type(backbone).__name__}; supported: "
+                f"{', '.join(KERAS_HUB_BACKBONES)}"
+            )
+        return architecture
     expected = (
         "expected a local keras-hub preset folder (save_to_preset: config.json with "
         "registered_name BertBackbone or RobertaBackbone) or a Hugging Face BERT / RoBERTa "
@@ -85,7 +135,12 @@ def encoder_architecture(path: str) -> str:
 
 
 def load_tokenizer(path: str) -> Any:
-    """The tokenizer of the encoder in a local folder (WordPiece for BERT, BPE for RoBERTa)."""
+    """The tokenizer of the encoder in a local folder or preset (WordPiece for BERT, BPE for
+    RoBERTa)."""
+    if is_preset_handle(path):
+        import keras_hub
+
+        return _from_preset(path, keras_hub.models.Tokenizer.from_preset)
     if encoder_architecture(path) == "roberta":
         from adv_large_batch.models import perturbable_roberta as roberta
 
@@ -96,15 +151,21 @@ def load_tokenizer(path: str) -> Any:
 
 
 def load_encoder_classifier(path: str, num_classes: int) -> Any:
-    """The perturbable classifier of the encoder in a local folder (pretrained weights)."""
-    if encoder_architecture(path) == "roberta":
-        from adv_large_batch.models import perturbable_roberta as roberta
-
-        backbone = roberta.load_roberta_backbone(path)
-        return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes)
+    """The perturbable classifier of the encoder in a local folder or preset (pretrained
+    weights)."""
     from adv_large_batch.models import perturbable_bert as bert
+    from adv_large_batch.models import perturbable_roberta as roberta
 
-    return bert.PerturbableBertClassifier(bert.load_bert_backbone(path), num_classes=num_classes)
+    architecture = encoder_architecture(path)
+    if is_preset_handle(path):
+        backbone = _preset_backbone(path)
+    elif architecture == "roberta":
+        backbone = roberta.load_roberta_backbone(path)
+    else:
+        backbone = bert.load_bert_backbone(path)
+    if architecture == "roberta":
+        return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes)
+    return bert.PerturbableBertClassifier(backbone, num_classes=num_classes)
 
 
 def load_classifier(path: str, num_classes: int) -> tuple[Any, Any]:

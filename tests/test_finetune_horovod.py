@@ -28,7 +28,7 @@ def test_finetune_cli_two_ranks_rank0_alone_writes(horovodrun, tmp_path):
         "--epochs",
         "2",
         "--adv-start-epoch",
-        "1",
+        "2",
         "--max-seq-length",
         "32",
         "--optimizer",

@@ -28,7 +28,7 @@ def test_real_minilm_scala_finetune_beats_majority_class(tmp_path):
             "--method",
             "scala",
             "--adv-start-epoch",
-            "1",
+            "2",
             "--optimizer",
             "adamw",
             "--lr",

@@ -28,7 +28,7 @@ RUN = [
     "--method",
     "scala",
     "--adv-start-epoch",
-    "1",
+    "2",
     "--optimizer",
     "lamb",
     "--lr",

@@ -120,7 +120,7 @@ def test_start_step_in_steps_is_not_overridden_by_the_epoch_callback(capsys):
     )
     assert int(model.adv_start_step.numpy()) == 3
     assert history.history["adv_on"] == [0.0, 0.5, 1.0]
-    assert "epoch 1: adversarial perturbation ON from optimizer step 3" in capsys.readouterr().out
+    assert "epoch 2/3: adversarial perturbation ON from step 3" in capsys.readouterr().out
 
 
 def test_finetune_honours_adv_start_step():
@@ -146,11 +146,12 @@ def test_finetune_honours_adv_start_step():
 
 def test_delayed_injection_by_epoch_prints_the_switch(capsys):
     x, y = token_batch(64)
-    model = compiled(ScaLA(tiny_classifier(), ScaLAConfig(start_epoch=1), backend=SingleProcess()))
+    model = compiled(ScaLA(tiny_classifier(), ScaLAConfig(start_epoch=2), backend=SingleProcess()))
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
-    assert history.history["adv_on"] == [0.0, 1.0]
+    assert history.history["adv_on"] == [0.0, 1.0]  # t_s = 2 of 2: on in the 2nd epoch
     assert int(model.adv_start_step.numpy()) == 2
-    assert "adversarial perturbation ON from optimizer step 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[ScaLA] epoch 2/2: adversarial perturbation ON from step 2" in out
 
 
 def test_evaluate_is_unaffected_by_the_perturbation():

@@ -36,6 +36,8 @@ class Plan:
     steps_per_epoch: int
     optimizer: OptimizerConfig  # resolved for this run (e.g. the LARS recipe)
     summary: str  # the data half of the run's first line
+    metrics: tuple[str, ...] = ()  # the task metrics the progress line shows
+    perturbation_from: str = "never"  # when the adversarial work starts (the dry run)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -66,6 +68,10 @@ class TrainingCommand(Protocol):
     def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list: ...
 
     def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict: ...
+
+    def headline(self, result: dict[str, Any]) -> str:
+        """The final metric(s) of the run's last line (``validation {'accuracy': 0.81}``)."""
+        ...
 
 
 @contextlib.contextmanager
@@ -115,6 +121,8 @@ def run_training(
             optimizer = build_optimizer(plan.optimizer, total_steps, run_cfg.batch_size)
             model.compile(optimizer=optimizer, jit_compile=backend.jit_compile, **compile_kwargs)
         ctx.say(f"[{command.name}] {plan.summary} " + _batch_summary(ctx, plan, adv))
+        if run_cfg.dry_run:
+            return dry_run(command, ctx, plan, model, total_steps)
         command.before_fit(ctx, plan, model)
         start_step = 0
         if run_cfg.resume:
@@ -131,7 +139,7 @@ def run_training(
             run_cfg.epochs,
             validation_data=plan.validation,
             callbacks=callbacks,
-            verbose=run_cfg.verbose if backend.is_chief else 0,
+            verbose=0,  # engine.progress.Progress prints what a person watches
         )
         wall = time.time() - start
         steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
@@ -144,7 +152,80 @@ def run_training(
             "config": run_record(run_cfg, adv, plan.optimizer, backend),
         }
         write_metrics(run_cfg, result, backend.is_chief)
+        ctx.say(last_line(command, run_cfg, result))
         return result
+
+
+def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, Any]) -> str:
+    """The run's one closing line: final metric(s), wall time, throughput, where things are."""
+    from adv_large_batch.engine import checkpointing
+
+    wall, steps = result["wall_time_s"], result["steps_run"]
+    unit = "img/s" if command.name == "train-images" else "ex/s"
+    rate = f"{steps * run_cfg.batch_size / wall:.1f} {unit}" if steps else "no step left to train"
+    newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
+    places = [
+        f"TensorBoard {run_cfg.logdir}" if run_cfg.logdir else None,
+        f"metrics {run_cfg.metrics_out}" if run_cfg.metrics_out else None,
+        f"checkpoint {newest}" if newest else None,
+    ]
+    stopped = result["stopped_nonfinite_at"]
+    state = [] if stopped is None else [f"STOPPED at a non-finite step ({stopped})"]
+    return " | ".join(
+        [f"[{command.name}] {command.headline(result)}", *state, f"{wall:.0f} s, {rate}"]
+        + [p for p in places if p]
+    )
+
+
+def dry_run(
+    command: TrainingCommand, ctx: Context, plan: Plan, model: Any, total_steps: int
+) -> dict[str, Any]:
+    """``--dry-run``: the resolved arithmetic of the run, printed (chief only), nothing
+    trained; returned as ``{"dry_run": {...}}`` (also to --metrics-out)."""
+    from adv_large_batch.optimizers import describe_parameter_groups
+    from adv_large_batch.optimizers.param_groups import effective_parameter_groups
+    from adv_large_batch.optimizers.schedules import scale_learning_rate
+
+    run, opt, backend = ctx.run, plan.optimizer, ctx.backend
+    replicas = backend.num_replicas_in_sync
+    per_replica = ctx.per_worker_batch // replicas
+    micro = run.micro_batch_size or per_replica
+    peak = scale_learning_rate(opt.lr, run.batch_size, opt.base_batch_size, opt.lr_scaling)
+    warmup = 0 if opt.schedule == "constant" else opt.warmup_steps_for(total_steps)
+    variables = model.network.trainable_variables
+    groups = [
+        {
+            "weight_decay": g.weight_decay,
+            "layer_adaptation": g.layer_adaptation,
+            "variables": len(g.paths),
+            "weights": g.num_weights,
+        }
+        for g in effective_parameter_groups(model.optimizer, variables)
+    ]
+    facts = {
+        "workers": backend.size,
+        "replicas_per_worker": replicas,
+        "global_batch": run.batch_size,
+        "per_worker_batch": ctx.per_worker_batch,
+        "per_replica_batch": per_replica,
+        "micro_batch": micro,
+        "micro_batches_per_replica": -(-per_replica // micro),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": run.epochs,
+        "total_steps": total_steps,
+        "peak_learning_rate": peak,
+        "warmup_steps": warmup,
+        "perturbation_from": plan.perturbation_from,
+        "parameter_groups": groups,
+    }
+    for key, value in facts.items():
+        if key != "parameter_groups":
+            ctx.say(f"[{command.name}] dry run: {key} = {value}")
+    ctx.say(describe_parameter_groups(model.optimizer, variables))
+    ctx.say(f"[{command.name}] dry run: nothing trained")
+    result = {"dry_run": facts, "config": run_record(run, ctx.adversarial, opt, backend)}
+    write_metrics(run, result, backend.is_chief)
+    return result
 
 
 def _callbacks(
@@ -165,6 +246,9 @@ def _callbacks(
         trust_ratios=plan.optimizer.log_trust_ratios,
         nonfinite=run_cfg.on_nonfinite,
         profile_steps=(2, 4) if getattr(run_cfg, "profile", False) else None,
+        progress=progress(ctx, plan, command),
+        hparams=run_record(run_cfg, ctx.adversarial, plan.optimizer, backend),
+        metrics=plan.metrics,
     )
     return callbacks + resume.step_callbacks(
         run_cfg.checkpoint_dir,
@@ -174,6 +258,16 @@ def _callbacks(
         backend.is_chief,
         meta,
     )
+
+
+def progress(ctx: Context, plan: Plan, command: TrainingCommand) -> Any:
+    """The progress line (chief only, ``--verbose`` 1 or 2), or None."""
+    from adv_large_batch.engine.progress import Progress
+
+    if not (ctx.backend.is_chief and ctx.run.verbose):
+        return None
+    unit = "img/s" if command.name == "train-images" else "ex/s"
+    return Progress(ctx.run.verbose, plan.metrics, ctx.run.batch_size, unit)
 
 
 def _batch_summary(ctx: Context, plan: Plan, adv: Any) -> str:

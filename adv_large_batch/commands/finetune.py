@@ -46,9 +46,10 @@ class FinetuneConfig(RunConfig):
     model: str = cli_field(
         "bundled",
         "--model",
-        "local encoder folder, BERT-family or RoBERTa (keras-hub preset or Hugging Face "
-        f"folder); 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = a 2-layer random BERT with "
-        "the bundled vocabulary (smoke tests)",
+        "encoder: a local folder, BERT-family or RoBERTa (keras-hub preset or Hugging Face "
+        "folder), or a keras-hub preset name/handle (bert_base_en_uncased, kaggle://..., "
+        f"hf://...; downloaded by keras-hub); 'bundled' = all-MiniLM-L6-v2; '{TINY_MODEL}' = "
+        "a 2-layer random BERT with the bundled vocabulary (smoke tests)",
     )
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
     profile: bool = cli_field(
@@ -80,9 +81,10 @@ class FinetuneConfig(RunConfig):
 def validate_run(run: FinetuneConfig, adv: ScaLAConfig, workers: int, replicas: int = 1) -> int:
     """Cross-flag checks; returns the per-worker batch."""
     require(
-        not adv.perturbs or adv.start_step is not None or adv.start_epoch < run.epochs,
+        not adv.perturbs or adv.start_step is not None or adv.start_epoch <= run.epochs,
         f"--adv-start-epoch {adv.start_epoch} is beyond --epochs {run.epochs}: the perturbation "
-        f"would never turn on (allowed: 0..{run.epochs - 1})",
+        f"would never turn on (allowed: 0..{run.epochs}; epochs count from 1, 0 or 1 = from "
+        "the start)",
     )
     return split_batch(run, workers, replicas)[0]
 
@@ -189,15 +191,35 @@ class FinetuneCommand:
                 start_step,
             )
 
+        steps_per_epoch = (len(train) // backend.size) // ctx.per_worker_batch
         return Plan(
             train_stream,
             validation[0],
-            (len(train) // backend.size) // ctx.per_worker_batch,
+            steps_per_epoch,
             opt,
             f"task={task.name} train={len(train)} val={len(validation[1])} model={run_cfg.model}",
+            tuple(task.metrics),
+            self._perturbation_from(ctx.adversarial, steps_per_epoch),
             {"task": task, "tokenizer": tokenizer, "validation": validation, "extra": extra,
              "test": test},
         )  # fmt: skip
+
+    @staticmethod
+    def _perturbation_from(adv: ScaLAConfig, steps_per_epoch: int) -> str:
+        from adv_large_batch.scala.injection import first_step_of_epoch
+
+        if not adv.perturbs:
+            return "never (--method baseline)"
+        if adv.start_step is not None:
+            return f"step {adv.start_step} (--adv-start-step)"
+        step = first_step_of_epoch(adv.start_epoch, steps_per_epoch)
+        return f"step {step} (epoch {max(adv.start_epoch, 1)}, counted from 1)"
+
+    def headline(self, result: dict[str, Any]) -> str:
+        extra = "".join(f"; {n} {m}" for n, m in result["validation_extra"].items())
+        test = "" if result["test"] is None else f"; test {result['test']}"
+        untrained = result["validation_untrained_head"]
+        return f"validation {result['validation']} (untrained head {untrained}){extra}{test}"
 
     def _warn_precision(self, ctx: Context) -> None:
         adv, precision = ctx.adversarial, ctx.run.precision
@@ -271,15 +293,6 @@ class FinetuneCommand:
         if not task.regression:
             counts = np.bincount(val_labels, minlength=task.num_classes)
             majority = float(np.max(counts) / len(val_labels))
-        ctx.say(
-            f"[finetune] validation {after} (untrained head {plan.extra['untrained']}); "
-            + "".join(f"{name} {m}; " for name, m in extra.items())
-            + (
-                f"{wall:.1f}s, {examples / wall:.1f} examples/s"
-                if timing["steps_run"]
-                else "no training step left to run (the checkpoint is at the end of the run)"
-            )
-        )
         return {
             "task": task.name,
             "validation": after,

@@ -78,7 +78,16 @@ class RunConfig:
         None, "--metrics-out", "write final metrics + config as JSON"
     )
     verbose: int = cli_field(
-        1, "--verbose", "0 silent, 1 progress bar, 2 one line per epoch", (0, 1, 2)
+        1,
+        "--verbose",
+        "0 silent, 1 a progress line rewritten every step, 2 one line per epoch",
+        (0, 1, 2),
+    )
+    dry_run: bool = cli_field(
+        False,
+        "--dry-run",
+        "print the resolved plan (workers, batches, steps, peak LR, warm-up, when the "
+        "perturbation turns on, parameter groups) and exit without training",
     )
 
     def __post_init__(self) -> None:

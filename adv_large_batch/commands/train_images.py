@@ -215,7 +215,33 @@ class TrainImagesCommand:
             f"staleness={adv.staleness} augment={run_cfg.augment}"
         )
         resolved = resolve_recipe(opt, run_cfg, steps_per_epoch)
-        return Plan(train_stream, test, steps_per_epoch, resolved, summary, {"data": data})
+        return Plan(
+            train_stream,
+            test,
+            steps_per_epoch,
+            resolved,
+            summary,
+            ("accuracy",),
+            self._adversarial_from(adv),
+            {"data": data},
+        )
+
+    @staticmethod
+    def _adversarial_from(adv: ConAdvConfig) -> str:
+        if not adv.adversarial:
+            return "never (--method baseline)"
+        if not adv.buffered:
+            return "step 0 (DisAdv: every step attacks its own batch first)"
+        return (
+            f"step 0; steps 0..{adv.staleness - 1} attack their own batch (DisAdv), later steps "
+            f"train on the examples made {adv.staleness} step(s) earlier ({adv.attack_pass})"
+        )
+
+    def headline(self, result: dict[str, Any]) -> str:
+        return (
+            f"test top-1 {result['top1']:.4f}, test loss {result['test_loss']:.4f} "
+            f"({result['images_per_s']:.1f} img/s in the last epoch's steps)"
+        )
 
     def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
         import keras
@@ -284,12 +310,6 @@ class TrainImagesCommand:
             if timing["steps_run"]
             else 0.0,
         }
-        ctx.say(
-            f"[train-images] test top-1 {result['top1']:.4f}; fit {wall:.1f}s; "
-            f"{result['images_per_s']:.1f} images/s (training steps of the last epoch), "
-            f"{result['images_per_s_overall']:.1f} images/s overall (with tracing and "
-            "validation)"
-        )
         return result
 
 

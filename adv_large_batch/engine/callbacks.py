@@ -7,8 +7,10 @@ broadcast of rank 0's initial state and the epoch-end metric averaging.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -138,8 +140,14 @@ def standard_callbacks(
     trust_ratios: bool = False,
     nonfinite: str = "stop",
     profile_steps: tuple[int, int] | None = None,
+    progress: keras.callbacks.Callback | None = None,
+    hparams: dict[str, Any] | None = None,
+    metrics: Sequence[str] = (),
 ) -> list[keras.callbacks.Callback]:
-    """Broadcast + metric averaging (Horovod), then chief-only writers.
+    """Broadcast + metric averaging (Horovod), then chief-only writers and ``progress``
+    (last: it prints the logs every callback before it completed).
+
+    ``hparams``: the run's config, written to ``logdir`` as TensorBoard hparams.
 
     ``trust_ratios``: also write LAMB/LARS per-variable trust ratios and update norms
     (the optimizer must be built with ``log_trust_ratios=True``) under ``logdir/trust_ratios``.
@@ -172,4 +180,53 @@ def standard_callbacks(
             from adv_large_batch.optimizers import TrustRatioLogger
 
             callbacks.append(TrustRatioLogger(os.path.join(logdir, "trust_ratios")))
+        if hparams is not None:
+            callbacks.append(HParamsLogger(logdir, hparams, metrics))
+    if progress is not None:
+        callbacks.append(progress)
     return callbacks
+
+
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested run config as TensorBoard hparams: ``{"run.batch_size": 1024, ...}``, every
+    value a bool, int, float or str (tuples and lists as text, None as "none")."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        elif value is None:
+            out[name] = "none"
+        else:
+            out[name] = json.dumps(value)
+    return out
+
+
+class HParamsLogger(keras.callbacks.Callback):
+    """Writes the run's resolved configuration once, at the start of training, into the
+    TensorBoard folder: as hparams (the HParams tab compares runs by them, against the
+    epoch metrics Keras' TensorBoard callback writes under ``train/`` and ``validation/``)
+    and as a JSON text summary."""
+
+    def __init__(self, logdir: str, config: dict[str, Any], metrics: Sequence[str]) -> None:
+        super().__init__()
+        self.logdir = logdir
+        self.config = config
+        self.metrics = tuple(metrics)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
+
+        values = flat_hparams(self.config)
+        tracked = [
+            hp.Metric(f"epoch_{name}", group=group, display_name=f"{group} {name}")
+            for name in ("loss", *self.metrics)
+            for group in ("train", "validation")
+        ]
+        with tf.summary.create_file_writer(self.logdir).as_default():
+            hp.hparams_config(hparams=[hp.HParam(k) for k in values], metrics=tracked)
+            hp.hparams(values, trial_id=os.path.basename(os.path.abspath(self.logdir)))
+            tf.summary.text("run_config", json.dumps(self.config, indent=1), step=0)

@@ -142,6 +142,20 @@ def groups_from_flags(
     ]
 
 
+def effective_parameter_groups(
+    optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]
+) -> list[ParameterGroup]:
+    """The (weight decay, layer adaptation) groups ``optimizer`` applies to ``variables``
+    (a ``LossScaleOptimizer``'s inner optimizer's)."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    variables = list(variables)
+    if hasattr(optimizer, "parameter_groups"):
+        return optimizer.parameter_groups(variables)
+    rate = float(optimizer.weight_decay or 0.0)
+    flags = [(rate if rate and optimizer._use_weight_decay(v) else 0.0, False) for v in variables]
+    return groups_from_flags(variables, flags)
+
+
 def describe_parameter_groups(
     optimizer: keras.optimizers.Optimizer, variables: Sequence[Any] | None = None
 ) -> str:
@@ -158,15 +172,7 @@ def describe_parameter_groups(
                 "built yet; pass model.trainable_variables."
             )
         variables = optimizer._trainable_variables
-    variables = list(variables)
-    if hasattr(optimizer, "parameter_groups"):
-        groups = optimizer.parameter_groups(variables)
-    else:
-        rate = float(optimizer.weight_decay or 0.0)
-        flags = [
-            (rate if rate and optimizer._use_weight_decay(v) else 0.0, False) for v in variables
-        ]
-        groups = groups_from_flags(variables, flags)
+    groups = effective_parameter_groups(optimizer, variables)
     total = sum(g.num_weights for g in groups)
     header = (
         f"{type(optimizer).__name__} '{optimizer.name}': {len(variables)} variables, "

@@ -40,7 +40,10 @@ class ScaLAConfig:
     steps: int = cli_field(1, "--adv-steps", "K, the number of ascent steps (PGA-K)")
     weight: float = cli_field(1.0, "--adv-lambda", "lambda, the weight of the regulariser r")
     start_epoch: int = cli_field(
-        0, "--adv-start-epoch", "t_s: no perturbation before this epoch (0 = from the start)"
+        0,
+        "--adv-start-epoch",
+        "t_s, the paper's 1-based epoch: the perturbation is on in epochs t >= t_s of 1..T "
+        "(0 or 1 = from the start; t_s = 3 of 6 = epochs 3-6)",
     )
     start_step: int | None = cli_field(
         None, "--adv-start-step", "t_s in optimizer steps instead of epochs (overrides the epoch)"

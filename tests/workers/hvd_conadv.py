@@ -1,4 +1,4 @@
-"""Horovod worker for tests/test_conadv_distributed.py: ConAdv (tau = 1) on 2 ranks.
+"""Horovod worker for tests/conadv/test_conadv_distributed.py: ConAdv (tau = 1) on 2 ranks.
 
 Under ``horovodrun -np 2`` each rank starts from its own weights (seed 10 + rank) that
 ``BroadcastCallback`` replaces with rank 0's, takes its contiguous half of every global

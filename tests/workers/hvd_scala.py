@@ -1,4 +1,5 @@
-"""Horovod worker for tests/test_scala_distributed.py: ScaLA's default configuration on 2 ranks.
+"""Horovod worker for tests/scala/test_scala_distributed.py: ScaLA's default configuration
+on 2 ranks.
 
 The default configuration with dropout on: LAMB, the probs target (symmetric KL against
 the model's own detached probabilities), a uniform random start, PGA-1 with the l-inf

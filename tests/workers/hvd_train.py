@@ -1,4 +1,5 @@
-"""Horovod worker for tests/test_distributed.py (run by ``horovodrun -np 2 --gloo``, or alone).
+"""Horovod worker for tests/engine/test_distributed.py (run by ``horovodrun -np 2 --gloo``, or
+alone).
 
 ``--mode train``: every rank starts from different weights (seed + rank), BroadcastCallback makes
 them rank 0's, ``backend.shard`` gives rank r the per-rank batches r, r + size, ... and the

@@ -1,4 +1,4 @@
-"""MirroredStrategy worker for tests/test_conadv_distributed.py: ConAdv on 2 logical CPUs.
+"""MirroredStrategy worker for tests/conadv/test_conadv_distributed.py: ConAdv on 2 logical CPUs.
 
 Splits the CPU into 2 logical devices; Keras hands replica r the contiguous half r of
 each global batch, each replica attacks its own half (its own slot of the

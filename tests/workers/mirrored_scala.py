@@ -1,4 +1,4 @@
-"""MirroredStrategy worker for tests/test_scala_distributed.py: ScaLA's default configuration
+"""MirroredStrategy worker for tests/scala/test_scala_distributed.py: ScaLA's default configuration
 (LAMB, probs target, uniform start, dropout 0.1; ``hvd_scala.CONFIG``) on 2 logical CPUs.
 
 ``--backend mirrored`` makes 2 replicas; replica r gets the contiguous half r of every

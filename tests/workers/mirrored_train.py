@@ -1,4 +1,4 @@
-"""MirroredStrategy worker for tests/test_distributed.py.
+"""MirroredStrategy worker for tests/engine/test_distributed.py.
 
 ``--backend mirrored`` splits the CPU into 2 logical devices (2 replicas) and trains the shared
 model with ``model.fit`` on global batches; each replica's hand-written loss is multiplied by

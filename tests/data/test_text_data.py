@@ -99,7 +99,7 @@ def test_glue_metrics_against_hand_values():
 
 
 # ---- GLUE files as published (tests/fixtures/glue/) ------------------------------------
-FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "glue"
 
 
 def test_mrpc_with_byte_order_mark_and_unquoted_quotes():

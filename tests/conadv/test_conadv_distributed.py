@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_conadv_resume import final_state, strip
-from tests.test_distributed import WORKERS, _horovodrun, _run
+from tests.conadv.test_conadv_resume import final_state, strip
+from tests.processes import WORKERS, horovodrun_2, run_checked
 
 GLOBAL_BATCH, STEPS = 32, 4
 
@@ -49,7 +49,9 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
     """1 process, global batch 32 as 2 accumulated micro-batches of 16."""
     out = tmp_path_factory.mktemp("one_process")
     worker = WORKERS / "hvd_conadv.py"
-    _run([sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, "--out", out])
+    run_checked(
+        [sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, "--out", out]
+    )
     weights, extra = _load(out / "rank0.npz")
     assert int(extra["workers"]) == int(extra["replicas"]) == 1
     assert int(extra["iterations"]) == int(extra["batches_seen"]) == STEPS
@@ -74,7 +76,7 @@ def test_conadv_two_horovod_ranks_equal_one_process_of_two_micro_batches(
 ) -> None:
     worker = str(WORKERS / "hvd_conadv.py")
     half = str(GLOBAL_BATCH // 2)
-    _horovodrun(horovodrun, worker, "--batch", half, "--micro-batch", half, "--out", str(tmp_path))
+    horovodrun_2(horovodrun, worker, "--batch", half, "--micro-batch", half, "--out", str(tmp_path))
     (w0, r0), (w1, r1) = (_load(tmp_path / f"rank{r}.npz") for r in (0, 1))
     assert int(r0["workers"]) == int(r1["workers"]) == 2
     # Both ranks end identical: broadcast start (they were initialised differently) and the
@@ -102,7 +104,7 @@ def test_conadv_buffers_survive_the_broadcast_of_a_second_fit(
     rank 1 trained step 2 on rank 0's adversarial images and the weights drifted."""
     worker = str(WORKERS / "hvd_conadv.py")
     half = str(GLOBAL_BATCH // 2)
-    _horovodrun(
+    horovodrun_2(
         horovodrun, worker, "--batch", half, "--micro-batch", half, "--fits", "2",
         "--out", str(tmp_path),
     )  # fmt: skip
@@ -117,7 +119,7 @@ def test_conadv_mirrored_strategy_equals_one_device_of_two_micro_batches(
     tmp_path: Path, one_process: tuple[list, dict]
 ) -> None:
     worker = WORKERS / "mirrored_conadv.py"
-    _run([sys.executable, worker, "--batch", GLOBAL_BATCH, "--out", tmp_path])
+    run_checked([sys.executable, worker, "--batch", GLOBAL_BATCH, "--out", tmp_path])
     weights, extra = _load(tmp_path / "mirrored.npz")
     assert int(extra["replicas"]) == 2 and int(extra["workers"]) == 1
     _assert_matches(weights, extra, one_process)
@@ -150,7 +152,7 @@ def test_conadv_on_two_horovod_ranks_resumes_exactly(horovodrun: Path, tmp_path:
     both ranks' buffers equal an uninterrupted run's.  Rank 1's adversarial batch in flight
     is not in rank 0's checkpoint; without ``WorkerBuffers`` it would restart from rank 0's
     and the averaged gradients of the first resumed step would differ."""
-    _horovodrun(
+    horovodrun_2(
         horovodrun, str(WORKERS / "hvd_conadv.py"), "--resume-check", "--out", str(tmp_path)
     )
     _assert_resumed_equals_whole(tmp_path, files=4)
@@ -161,7 +163,9 @@ def test_conadv_on_two_mirrored_replicas_resumes_exactly(tmp_path: Path) -> None
     """The same under MirroredStrategy (2 logical CPUs): replica 1's buffer is restored from
     the worker file (the checkpoint's variable reads replica 0's), and the optimizer slots
     are built inside the strategy scope when the checkpoint is loaded."""
-    _run([sys.executable, WORKERS / "mirrored_conadv.py", "--resume-check", "--out", tmp_path])
+    run_checked(
+        [sys.executable, WORKERS / "mirrored_conadv.py", "--resume-check", "--out", tmp_path]
+    )
     _assert_resumed_equals_whole(tmp_path, files=2)
 
 
@@ -175,16 +179,16 @@ def test_shared_pass_on_two_ranks_and_two_replicas_equals_one_process(
     2 micro-batches, buffers side by side included."""
     worker = str(WORKERS / "hvd_conadv.py")
     half, shared = str(GLOBAL_BATCH // 2), ("--attack-pass", "shared")
-    _run([sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, *shared,
+    run_checked([sys.executable, worker, "--batch", GLOBAL_BATCH, "--micro-batch", 16, *shared,
           "--out", tmp_path / "one"])  # fmt: skip
     reference = _load(tmp_path / "one" / "rank0.npz")
-    _horovodrun(horovodrun, worker, "--batch", half, "--micro-batch", half, *shared,
+    horovodrun_2(horovodrun, worker, "--batch", half, "--micro-batch", half, *shared,
                 "--out", str(tmp_path / "hvd"))  # fmt: skip
     (w0, r0), (_, r1) = (_load(tmp_path / "hvd" / f"rank{r}.npz") for r in (0, 1))
     _assert_matches(w0, r0, reference)
     both = np.concatenate([r0["buffer_images"], r1["buffer_images"]], axis=1)
     np.testing.assert_allclose(both, reference[1]["buffer_images"], atol=1e-5)
-    _run([sys.executable, WORKERS / "mirrored_conadv.py", "--batch", GLOBAL_BATCH, *shared,
+    run_checked([sys.executable, WORKERS / "mirrored_conadv.py", "--batch", GLOBAL_BATCH, *shared,
           "--out", tmp_path / "mirrored"])  # fmt: skip
     weights, extra = _load(tmp_path / "mirrored" / "mirrored.npz")
     _assert_matches(weights, extra, reference)

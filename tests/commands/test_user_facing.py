@@ -68,7 +68,7 @@ def test_dry_run_arithmetic_under_two_horovod_ranks(horovodrun, tmp_path):
     """2 workers x (16 rows = 2 micro-batches of 8), 256 examples: 8 steps per epoch, 16 in
     all; peak LR 1e-3 x sqrt(32 / 8); warm-up ceil(0.1 x 16) = 2; t_s = 2 -> step 8.
     Only rank 0 prints, nothing is trained, and the plan goes to --metrics-out."""
-    from tests.test_distributed import REPO, _env
+    from tests.processes import REPO, quiet_env
 
     out = tmp_path / "plan.json"
     exe = Path(sys.executable).parent / "adv-large-batch"
@@ -80,7 +80,9 @@ def test_dry_run_arithmetic_under_two_horovod_ranks(horovodrun, tmp_path):
         "--base-batch-size", "8", "--checkpoint-dir", str(tmp_path / "ckpt"),
         "--metrics-out", str(out), "--dry-run",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     said = dict(re.findall(r"dry run: (\w+) = (.+)", proc.stdout))
     expected = {

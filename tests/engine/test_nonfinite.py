@@ -156,7 +156,7 @@ def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged(precisio
         os.environ,
         CUDA_VISIBLE_DEVICES="-1",
         TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(Path(__file__).parent.parent),
+        PYTHONPATH=str(Path(__file__).parents[2]),
     )
     done = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT, precision, str(bad_row)],

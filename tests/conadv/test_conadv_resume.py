@@ -20,7 +20,7 @@ from adv_large_batch import cli
 from adv_large_batch.data import image_pipeline
 from adv_large_batch.data.augment import crop_padding
 from adv_large_batch.engine import checkpointing
-from tests.test_image_data import is_crop_of_padded
+from tests.data.test_image_data import is_crop_of_padded
 
 N, SHAPE = 40, (8, 8, 1)
 

@@ -35,14 +35,14 @@ SCRIPT = textwrap.dedent(
     with dist.scope():
         if sys.argv[1] == "conadv":
             from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-            from tests.test_conadv import image_batches, tiny_cnn
+            from tests.conadv.test_conadv import image_batches, tiny_cnn
             model = ConAdv(tiny_cnn(), ConAdvConfig(method="conadv", eps=8, staleness=1),
                            micro_batch_size=2, backend=dist, seed=0, batch_size=4)
             ds = pair_with_future(image_batches(4), 1)
             region, consumer = "next_batch_attack/", "adv_buffer_write/"
         else:  # disadv: the attack of the current batch, before the update
             from adv_large_batch.conadv import ConAdv, ConAdvConfig
-            from tests.test_conadv import image_batches, tiny_cnn
+            from tests.conadv.test_conadv import image_batches, tiny_cnn
             model = ConAdv(tiny_cnn(), ConAdvConfig(method="disadv", eps=8),
                            micro_batch_size=2, backend=dist, seed=0)
             ds = image_batches(4)
@@ -91,7 +91,7 @@ def test_replica_one_does_not_wait_for_replica_zero_attack(method):
         os.environ,
         CUDA_VISIBLE_DEVICES="-1",
         TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(Path(__file__).parent.parent),
+        PYTHONPATH=str(Path(__file__).parents[2]),
     )
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, method], capture_output=True, text=True, env=env, timeout=300

@@ -4,8 +4,6 @@ against one process on the same global batches."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,47 +13,7 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch.engine.distributed import BACKEND_KINDS, Backend, get_backend
-
-WORKERS = Path(__file__).parent / "workers"
-REPO = Path(__file__).parent.parent
-TIMEOUT_S = 300
-
-
-def _env() -> dict[str, str]:
-    """Quiet, CPU-only, one thread per op pool: 2 ranks share 2 cores."""
-    env = dict(os.environ)
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
-        TF_NUM_INTRAOP_THREADS="1",
-        TF_NUM_INTEROP_THREADS="1",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    for key in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"):  # never "auto" into horovod by accident
-        env.pop(key, None)
-    return env
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(
-            [str(c) for c in cmd],
-            check=False,
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"timed out after {TIMEOUT_S} s: {cmd}\n{err.stdout}\n{err.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n"
-            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-        )
-    return proc
+from tests.processes import WORKERS, horovodrun_2, run_checked
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -134,22 +92,20 @@ def test_import_without_horovod() -> None:
             raise AssertionError("get_backend('horovod') worked without horovod")
         """
     )
-    proc = _run([sys.executable, "-c", code])
+    proc = run_checked([sys.executable, "-c", code])
     assert "OK:" in proc.stdout
 
 
 # --- Horovod: 2 real processes over Gloo ------------------------------------------------------
 
 
-def _horovodrun(horovodrun: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args])
-
-
 @pytest.mark.horovod
 def test_horovod_training_matches_single_process(horovodrun: Path, tmp_path: Path) -> None:
     worker = WORKERS / "hvd_train.py"
-    _horovodrun(horovodrun, str(worker), "--mode", "train", "--batch", "4", "--out", str(tmp_path))
-    _run([sys.executable, worker, "--mode", "train", "--batch", "8", "--out", tmp_path / "single"])
+    horovodrun_2(horovodrun, str(worker), "--mode", "train", "--batch", "4", "--out", str(tmp_path))
+    run_checked(
+        [sys.executable, worker, "--mode", "train", "--batch", "8", "--out", tmp_path / "single"]
+    )
 
     rank0 = _arrays(tmp_path / "weights_rank0.npz")
     rank1 = _arrays(tmp_path / "weights_rank1.npz")
@@ -169,7 +125,7 @@ def test_horovod_training_matches_single_process(horovodrun: Path, tmp_path: Pat
 
 @pytest.mark.horovod
 def test_horovod_broadcast_variables(horovodrun: Path, tmp_path: Path) -> None:
-    _horovodrun(
+    horovodrun_2(
         horovodrun, str(WORKERS / "hvd_train.py"), "--mode", "broadcast", "--out", str(tmp_path)
     )
     before = [_variables(_arrays(tmp_path / f"before_rank{r}.npz")) for r in (0, 1)]
@@ -192,8 +148,8 @@ def test_horovod_broadcast_variables(horovodrun: Path, tmp_path: Path) -> None:
 
 def test_mirrored_strategy_matches_single_device(tmp_path: Path) -> None:
     worker = WORKERS / "mirrored_train.py"
-    _run([sys.executable, worker, "--backend", "mirrored", "--out", tmp_path])
-    _run([sys.executable, worker, "--backend", "single", "--out", tmp_path])
+    run_checked([sys.executable, worker, "--backend", "mirrored", "--out", tmp_path])
+    run_checked([sys.executable, worker, "--backend", "single", "--out", tmp_path])
     mirrored = _arrays(tmp_path / "mirrored.npz")
     single = _arrays(tmp_path / "single.npz")
     assert int(mirrored["replicas"]) == 2 and int(single["replicas"]) == 1

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.test_distributed import WORKERS, _horovodrun, _run
+from tests.processes import WORKERS, horovodrun_2, run_checked
 
 
 def _weights(path):
@@ -22,8 +22,8 @@ def test_scala_two_horovod_ranks_equal_one_process(horovodrun, tmp_path):
     batch: rank r's micro-batch j draws what the one process's micro-batch 2r + j draws.
     (Before: every rank drew the same masks and starts as rank 0, and this failed.)"""
     worker = str(WORKERS / "hvd_scala.py")
-    _horovodrun(horovodrun, worker, "--batch", "8", "--out", str(tmp_path / "hvd"))
-    _run([sys.executable, worker, "--batch", "16", "--out", str(tmp_path / "single")])
+    horovodrun_2(horovodrun, worker, "--batch", "8", "--out", str(tmp_path / "hvd"))
+    run_checked([sys.executable, worker, "--batch", "16", "--out", str(tmp_path / "single")])
     rank0, meta0 = _weights(tmp_path / "hvd" / "weights_rank0.npz")
     rank1, _ = _weights(tmp_path / "hvd" / "weights_rank1.npz")
     single, meta = _weights(tmp_path / "single" / "weights_rank0.npz")
@@ -41,7 +41,7 @@ def test_scala_ranks_draw_their_own_dropout_masks_and_starts(horovodrun, tmp_pat
     """The same batches on both ranks: their local losses and regularisers differ only
     because their dropout masks and random starts do (before: they were equal)."""
     worker = str(WORKERS / "hvd_scala.py")
-    _horovodrun(horovodrun, worker, "--batch", "8", "--same-data", "--out", str(tmp_path))
+    horovodrun_2(horovodrun, worker, "--batch", "8", "--same-data", "--out", str(tmp_path))
     _, r0 = _weights(tmp_path / "weights_rank0.npz")
     _, r1 = _weights(tmp_path / "weights_rank1.npz")
     for key in ("local_task_loss", "local_regulariser", "local_regulariser_y0"):
@@ -54,8 +54,8 @@ def test_scala_mirrored_strategy_equals_single_device(tmp_path):
     logged gradient norm is the applied (all-replica) gradient's, not a mean of the
     replicas' 1/2-scaled local norms."""
     worker = str(WORKERS / "mirrored_scala.py")
-    _run([sys.executable, worker, "--backend", "mirrored", "--out", str(tmp_path)])
-    _run([sys.executable, worker, "--backend", "single", "--out", str(tmp_path)])
+    run_checked([sys.executable, worker, "--backend", "mirrored", "--out", str(tmp_path)])
+    run_checked([sys.executable, worker, "--backend", "single", "--out", str(tmp_path)])
     mirrored, meta_m = _weights(tmp_path / "mirrored.npz")
     single, meta_s = _weights(tmp_path / "single.npz")
     assert int(meta_m["replicas"]) == 2 and int(meta_s["replicas"]) == 1

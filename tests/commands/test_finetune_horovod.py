@@ -4,12 +4,12 @@ import json
 import sys
 from pathlib import Path
 
-from tests.test_distributed import _horovodrun
+from tests.processes import horovodrun_2
 
 
 def test_finetune_cli_two_ranks_rank0_alone_writes(horovodrun, tmp_path):
     cli = Path(sys.executable).parent / "adv-large-batch"
-    proc = _horovodrun(
+    proc = horovodrun_2(
         horovodrun,
         str(cli),
         "finetune",
@@ -66,7 +66,7 @@ def test_a_nonfinite_stop_under_horovodrun_is_a_failed_launch(horovodrun, tmp_pa
     import subprocess
 
     from adv_large_batch.cli import EXIT_NONFINITE
-    from tests.test_distributed import REPO, _env
+    from tests.processes import REPO, quiet_env
 
     cli = Path(sys.executable).parent / "adv-large-batch"
     cmd = [
@@ -76,7 +76,9 @@ def test_a_nonfinite_stop_under_horovodrun_is_a_failed_launch(horovodrun, tmp_pa
         "--method", "baseline", "--optimizer", "sgd", "--lr", "1e25", "--lr-scaling", "none",
         "--verbose", "0",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode != 0, proc.stdout[-2000:]
     # horovodrun exits 1 and names the first failing rank's status ("Exit code: 3").
     said = (proc.stdout + proc.stderr).lower()

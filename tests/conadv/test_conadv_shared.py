@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
 from adv_large_batch.config import ConfigError
-from tests.test_conadv import (
+from tests.conadv.test_conadv import (
     CE,
     EPS,
     LR,
@@ -29,7 +29,7 @@ SHARED = ConAdvConfig(method="conadv", eps=8, staleness=1, attack_pass="shared")
 
 
 def shared_linear_trainer(w0, b0):
-    """The linear model of tests/test_conadv.py under the shared schedule (no BN)."""
+    """The linear model of tests/conadv/test_conadv.py under the shared schedule (no BN)."""
     network = keras.Sequential([keras.Input((D,)), keras.layers.Dense(K)])
     network.layers[-1].set_weights([w0, b0])
     config = ConAdvConfig(

@@ -1,0 +1,58 @@
+"""Running the real processes of a test: workers under ``horovodrun -np 2 --gloo``, and
+plain subprocesses, quiet, CPU-only, one thread per op pool (2 ranks share 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKERS = Path(__file__).parent / "workers"
+REPO = Path(__file__).parent.parent
+TIMEOUT_S = 300
+
+
+def quiet_env() -> dict[str, str]:
+    """Quiet, CPU-only, one thread per op pool: 2 ranks share 2 cores."""
+    env = dict(os.environ)
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        TF_NUM_INTRAOP_THREADS="1",
+        TF_NUM_INTEROP_THREADS="1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    for key in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"):  # never "auto" into horovod by accident
+        env.pop(key, None)
+    return env
+
+
+def run_checked(cmd: list[str]) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd],
+            check=False,
+            cwd=REPO,
+            env=quiet_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"timed out after {TIMEOUT_S} s: {cmd}\n{err.stdout}\n{err.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+    return proc
+
+
+def horovodrun_2(horovodrun: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_checked(
+        [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args]
+    )

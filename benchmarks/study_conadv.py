@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from repro_common import PlannedRun, execute, markdown_table, read_log, summarise  # noqa: E402
-from study_scala import git_commit, matmul_gflops  # noqa: E402
+from repro_common import PlannedRun  # noqa: E402
+from study_scala import run_study  # noqa: E402
 
 LOG = "docs/data/study_conadv.jsonl"
 GAP_BATCHES = (256, 1024, 2048, 4096, 8192)
@@ -119,16 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.summary_only:
-        print(markdown_table(summarise(read_log(args.log))))
-        return 0
-    args.commit = git_commit()
-    gflops = matmul_gflops()
-    print(f"[study] host float32 matmul {gflops:.1f} GFLOP/s; commit {args.commit}", flush=True)
-    records = execute(plan(args), args.log, lambda run: train(args, run, gflops))
-    print(markdown_table(summarise(records)))
-    return 0
+    return run_study(args, plan, train)
 
 
 if __name__ == "__main__":

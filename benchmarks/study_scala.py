@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,6 +95,24 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
         (a @ b).numpy()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def run_study(
+    args: argparse.Namespace,
+    plan: Callable[[argparse.Namespace], list[PlannedRun]],
+    train: Callable[[argparse.Namespace, PlannedRun, float], dict[str, Any]],
+) -> int:
+    """Both studies' main loop: print the table (``--summary-only``), or run what the log lacks."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.summary_only:
+        print(markdown_table(summarise(read_log(args.log))))
+        return 0
+    args.commit = git_commit()
+    gflops = matmul_gflops()
+    print(f"[study] host float32 matmul {gflops:.1f} GFLOP/s; commit {args.commit}", flush=True)
+    records = execute(plan(args), args.log, lambda run: train(args, run, gflops))
+    print(markdown_table(summarise(records)))
+    return 0
 
 
 def _run(arm: str, batch: int, seed: int, lr: float, precision: str = "float32") -> PlannedRun:
@@ -222,16 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if bad:
         p.error(f"batches {bad} are not multiples of --micro-batch-size {args.micro_batch_size}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.summary_only:
-        print(markdown_table(summarise(read_log(args.log))))
-        return 0
-    args.commit = git_commit()
-    gflops = matmul_gflops()
-    print(f"[study] host float32 matmul {gflops:.1f} GFLOP/s; commit {args.commit}", flush=True)
-    records = execute(plan(args), args.log, lambda run: train(args, run, gflops))
-    print(markdown_table(summarise(records)))
-    return 0
+    return run_study(args, plan, train)
 
 
 if __name__ == "__main__":

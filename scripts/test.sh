@@ -8,5 +8,9 @@ bash scripts/install.sh
 export ALB_REQUIRE_HOROVOD=${ALB_REQUIRE_HOROVOD:-1} TF_CPP_MIN_LOG_LEVEL=2
 start=$(date +%s)
 .venv/bin/python -m ruff check adv_large_batch models tests benchmarks
-.venv/bin/python -m pytest -ra --durations=15 "$@"
+# Two pytest workers: on 2 cores the suite is bound by single-threaded tracing
+# as much as by kernels, so two processes finish it ~1.6x sooner (measured on
+# tests/scala/test_scala.py + tests/conadv/test_conadv.py: 108 s -> 71 s).
+# ALB_TEST_WORKERS=0 runs it in one process.
+.venv/bin/python -m pytest -ra --durations=15 -n "${ALB_TEST_WORKERS:-2}" "$@"
 echo "[test] pytest finished in $(( $(date +%s) - start ))s"

@@ -162,7 +162,11 @@ def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, An
 
     wall, steps = result["wall_time_s"], result["steps_run"]
     unit = "img/s" if command.name == "train-images" else "ex/s"
-    rate = f"{steps * run_cfg.batch_size / wall:.1f} {unit}" if steps else "no step left to train"
+    rate = (
+        f"{steps * run_cfg.batch_size / wall:.1f} {unit}"
+        if steps
+        else "no training step left to run (the checkpoint is at the end of the run)"
+    )
     newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
     places = [
         f"TensorBoard {run_cfg.logdir}" if run_cfg.logdir else None,

@@ -124,7 +124,7 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     if args.stage == "gap":
         runs.append(_run("adamw", SMALL_BATCH, 0, args.adamw_lr))
-        for batch in GAP_BATCHES:
+        for batch in args.gap_batches:
             runs.append(_run("lamb", batch, 0, args.lamb_lr))
     elif args.stage == "lr":
         for lr in args.lr_grid:
@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=[a for a in ARMS if a != "adamw"],
         default=["lamb", "scala", "rdrop", "perturbation-only", "scala-relative"],
     )
+    p.add_argument(
+        "--gap-batches",
+        type=int,
+        nargs="+",
+        default=list(GAP_BATCHES),
+        help="the LAMB batches of the gap stage, in the order to run them",
+    )
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--max-seq-length", type=int, default=64)
     p.add_argument("--micro-batch-size", type=int, default=32)
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bad = [
         b
-        for b in (args.batch, *GAP_BATCHES)
+        for b in (args.batch, *args.gap_batches)
         if b % args.micro_batch_size and b > args.micro_batch_size
     ]
     if bad:

@@ -67,15 +67,17 @@ def scala_table(records: list[dict[str, Any]]) -> str:
     """One row per ScaLA-study run: test accuracy of the last epoch and of the epoch with the
     best validation accuracy (the model selected on validation)."""
     lines = [
-        "| method | batch | seed | optimizer steps | best validation % (epoch) | its test % "
+        "| method | batch | seed | LR at 32 (sqrt-scaled) | optimizer steps "
+        "| best validation % (epoch) | its test % "
         "| last-epoch validation % | last-epoch test % | train wall s | ex/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (r["batch_size"], r["method"], r["seed"])):
+        lr = r["key"].split("|")[3].removeprefix("lr=")
         val, test = r["curves"]["val_accuracy"], r["curves"]["test_accuracy"]
         best = max(range(len(val)), key=val.__getitem__)
         lines.append(
-            f"| {r['method']} | {r['batch_size']:,} | {r['seed']} | {r['steps']} "
+            f"| {r['method']} | {r['batch_size']:,} | {r['seed']} | {lr} | {r['steps']} "
             f"| {100 * val[best]:.2f} ({best + 1}) | {100 * test[best]:.2f} "
             f"| {100 * r['score']:.2f} | {100 * r['test']:.2f} | {r['wall_time_s']:.0f} "
             f"| {r['examples_per_s']:.1f} |"

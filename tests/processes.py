@@ -12,7 +12,7 @@ import pytest
 
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # a guard against hangs; two pytest workers share the cores
 
 
 def quiet_env() -> dict[str, str]:

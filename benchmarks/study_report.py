@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import _pyplot  # noqa: E402
 from repro_common import read_log  # noqa: E402
 
 #: two-sided 95% quantiles of Student's t, by degrees of freedom
@@ -119,11 +120,7 @@ def methods_table(records: list[dict[str, Any]], batch: int, arms: list[str]) ->
 
 
 def plot_time_to_accuracy(records: list[dict[str, Any]], batch: int, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for r in records:
         if r["batch_size"] != batch or r["seed"] != 0:
@@ -143,11 +140,7 @@ def plot_time_to_accuracy(records: list[dict[str, Any]], batch: int, path: str) 
 
 
 def plot_gap(records: list[dict[str, Any]], method: str, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = sorted(
         (r for r in records if r["method"] == method and r["seed"] == 0),
         key=lambda r: r["batch_size"],

@@ -6,7 +6,11 @@
   methods stage at the chosen batch: mean, std, the paired difference (same seed) to the
   baseline and to DisAdv with a 95% t-interval, images/s and wall time, and a
   time-to-accuracy plot (test accuracy after each epoch against seconds of ``fit``).
-* ScaLA (``docs/data/study_scala.jsonl``): whatever runs the log holds, by batch.
+* ScaLA (``docs/data/study_scala.jsonl``): every run, by batch; the arms at the chosen batch
+  and LAMB LR: mean, std and the paired difference to LAMB (95% t-interval) of the test
+  accuracy of the validation-best epoch and of the last epoch, the regulariser, wall time and
+  examples/s; and a time-to-accuracy plot (validation accuracy after each epoch against
+  seconds of ``fit``) of the seed-0 runs at that batch.
 """
 
 from __future__ import annotations
@@ -86,6 +90,124 @@ def scala_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _lr(record: dict[str, Any]) -> float:
+    return float(record["key"].split("|")[3].removeprefix("lr="))
+
+
+def _best_epoch_test(record: dict[str, Any]) -> float:
+    """Test accuracy (%) of the epoch with the best validation accuracy."""
+    val, test = record["curves"]["val_accuracy"], record["curves"]["test_accuracy"]
+    return 100.0 * test[max(range(len(val)), key=val.__getitem__)]
+
+
+def scala_arms_table(
+    records: list[dict[str, Any]], batch: int, lr: float, arms: list[str], reference: str = "lamb"
+) -> str:
+    """Arms at ``batch`` and LAMB LR ``lr``, seeds paired against ``reference``."""
+    lines = [
+        "| arm | seeds | test % of the val-best epoch: mean (std) "
+        f"| minus {reference}, paired (95% CI) | last-epoch test %: mean (std) "
+        f"| minus {reference}, paired (95% CI) | regulariser r, last epoch (mean) "
+        "| train wall s (mean) | ex/s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def runs(arm: str) -> dict[int, dict[str, Any]]:
+        return {
+            r["seed"]: r
+            for r in records
+            if r["method"] == arm and r["batch_size"] == batch and _lr(r) == lr
+        }
+
+    ref = runs(reference)
+    for arm in arms:
+        rs = runs(arm)
+        if not rs:
+            continue
+        cells = []
+        for value in (_best_epoch_test, lambda r: 100.0 * float(r["test"])):
+            scores = {s: value(r) for s, r in rs.items()}
+            values = list(scores.values())
+            std = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-"
+            cells.append(f"{statistics.fmean(values):.2f} ({std})")
+            seeds = sorted(set(scores) & set(ref))
+            if arm == reference or not seeds:
+                cells.append("")
+                continue
+            mean, half = paired_interval([scores[s] - value(ref[s]) for s in seeds])
+            interval = f" ± {half:.2f}" if len(seeds) > 1 else ""
+            cells.append(f"{mean:+.2f}{interval} (n={len(seeds)})")
+        reg = [r["curves"].get("regulariser", [0.0])[-1] for r in rs.values()]
+        wall = statistics.fmean(float(r["wall_time_s"]) for r in rs.values())
+        rate = statistics.fmean(float(r["examples_per_s"]) for r in rs.values())
+        lines.append(
+            f"| {arm} | {','.join(str(s) for s in sorted(rs))} | {' | '.join(cells)} "
+            f"| {statistics.fmean(reg):.3g} | {wall:.0f} | {rate:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _finish(
+    plt: Any,
+    fig: Any,
+    ax: Any,
+    path: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    legend_size: int,
+) -> None:
+    """Label, grid and legend a time-to-accuracy axis, then write ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scala_time_to_accuracy(
+    records: list[dict[str, Any]], batch: int, lr: float, small_batch: int, path: str
+) -> None:
+    """Validation accuracy after each epoch against seconds of fit: the seed-0 arms at
+    ``batch`` / ``lr`` and the small-batch runs (another host: their seconds are scaled by
+    the ratio of the hosts' matmul rates, said in the legend)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    here = [r for r in records if r["batch_size"] == batch and r["seed"] == 0 and _lr(r) == lr]
+    rate = statistics.fmean(float(r["host_matmul_gflops"]) for r in here) if here else 0.0
+    for r in here:
+        curves = r["curves"]
+        ax.plot(
+            curves["elapsed_s"], [100 * a for a in curves["val_accuracy"]], "o-", label=r["method"]
+        )
+    for r in records:
+        if r["batch_size"] != small_batch or r["seed"] != 0 or not rate:
+            continue
+        scale = float(r["host_matmul_gflops"]) / rate
+        ax.plot(
+            [t * scale for t in r["curves"]["elapsed_s"]],
+            [100 * a for a in r["curves"]["val_accuracy"]],
+            "s--",
+            alpha=0.6,
+            label=f"{r['method']} @ {small_batch} (seconds x {scale:.2f}: other host)",
+        )
+    ax.set_xscale("log")
+    title = f"Rotten Tomatoes, MiniLM-L6, batch {batch:,}, LAMB LR {lr:g} at 32, seed 0"
+    _finish(
+        plt,
+        fig,
+        ax,
+        path,
+        "seconds of fit (2 CPU cores, log scale)",
+        "validation accuracy % after each epoch",
+        title,
+        legend_size=7,
+    )
+
+
 def methods_table(records: list[dict[str, Any]], batch: int, arms: list[str]) -> str:
     lines = [
         "| arm | seeds | mean % | std | minus baseline, paired (95% CI) "
@@ -129,14 +251,16 @@ def plot_time_to_accuracy(records: list[dict[str, Any]], batch: int, path: str) 
         ax.plot(
             curves["elapsed_s"], [100 * a for a in curves["val_accuracy"]], "o-", label=r["method"]
         )
-    ax.set_xlabel("seconds of fit (2 CPU cores)")
-    ax.set_ylabel("test top-1 % after each epoch")
-    ax.set_title(f"Fashion-MNIST, batch {batch:,}, seed 0")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(
+        plt,
+        fig,
+        ax,
+        path,
+        "seconds of fit (2 CPU cores)",
+        "test top-1 % after each epoch",
+        f"Fashion-MNIST, batch {batch:,}, seed 0",
+        legend_size=8,
+    )
 
 
 def plot_gap(records: list[dict[str, Any]], method: str, path: str, title: str) -> None:
@@ -161,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conadv-log", default="docs/data/study_conadv.jsonl")
     p.add_argument("--scala-log", default="docs/data/study_scala.jsonl")
     p.add_argument("--conadv-batch", type=int, default=4096)
+    p.add_argument("--scala-batch", type=int, default=1024)
+    p.add_argument("--scala-lr", type=float, default=1e-3, help="the arms' LAMB LR at 32")
     p.add_argument("--plots", default="docs")
     args = p.parse_args(argv)
     conadv = read_log(args.conadv_log)
@@ -187,7 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     scala = read_log(args.scala_log)
     if scala:
-        print("ScaLA study (so far):\n" + scala_table(scala) + "\n")
+        print("ScaLA study, every run:\n" + scala_table(scala) + "\n")
+        arms = ["lamb", "scala", "rdrop", "perturbation-only", "scala-relative", "lamb-bf16"]
+        print(f"ScaLA arms at {args.scala_batch:,}, LAMB LR {args.scala_lr:g}:")
+        print(scala_arms_table(scala, args.scala_batch, args.scala_lr, arms) + "\n")
+        plot_scala_time_to_accuracy(
+            scala,
+            args.scala_batch,
+            args.scala_lr,
+            32,
+            f"{args.plots}/study_scala_time_to_accuracy.png",
+        )
     return 0
 
 

@@ -15,11 +15,12 @@ started again, one run at a time):
   (the same symmetric KL between two dropout passes, no perturbation); perturbation only
   (ScaLA with one dropout mask shared by all passes); ScaLA with eps relative to the
   per-example embedding RMS.
-* ``bf16``: LAMB and ScaLA under ``mixed_bfloat16`` at ``--batch``, seed 0.
+* ``bf16``: LAMB and ScaLA (those of them in ``--arms``) under ``mixed_bfloat16`` at
+  ``--batch``, seed 0.
 
 Every record holds per-epoch validation and test accuracy, wall and CPU seconds since the
 start of training, the host's measured matmul GFLOP/s and the git commit it ran on.
-``benchmarks/report_study.py`` turns the log into the tables and plots of docs/results.md.
+``benchmarks/study_report.py`` turns the log into the tables and plots of docs/results.md.
 
     .venv/bin/python benchmarks/study_scala.py --stage gap
     .venv/bin/python benchmarks/study_scala.py --stage arms --batch 1024 --seeds 0 1 2 3 4
@@ -134,7 +135,7 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
             for arm in args.arms:
                 runs.append(_run(arm, args.batch, seed, args.lamb_lr))
     elif args.stage == "bf16":
-        for arm in ("lamb", "scala"):
+        for arm in [a for a in ("lamb", "scala") if a in args.arms]:
             runs.append(_run(f"{arm}-bf16", args.batch, 0, args.lamb_lr, "mixed_bfloat16"))
     return runs
 

@@ -38,6 +38,10 @@ def main() -> None:
     parser.add_argument("--radii", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2])
     parser.add_argument("--relative-radius", type=float, default=0.1)
     args = parser.parse_args()
+    if args.examples < 1:
+        parser.error(f"--examples must be >= 1, got {args.examples}")
+    if any(eps <= 0 for eps in args.radii) or args.relative_radius <= 0:
+        parser.error(f"radii must be > 0, got {args.radii} and {args.relative_radius}")
 
     task = text_tasks.load_task("rotten_tomatoes")
     net, tokenizer = build_network(default_model_path(), 2, seed=0)

@@ -78,7 +78,7 @@ def scala_table(records: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (r["batch_size"], r["method"], r["seed"])):
-        lr = r["key"].split("|")[3].removeprefix("lr=")
+        lr = f"{_lr(r):g}"
         val, test = r["curves"]["val_accuracy"], r["curves"]["test_accuracy"]
         best = max(range(len(val)), key=val.__getitem__)
         lines.append(
@@ -91,7 +91,7 @@ def scala_table(records: list[dict[str, Any]]) -> str:
 
 
 def _lr(record: dict[str, Any]) -> float:
-    return float(record["key"].split("|")[3].removeprefix("lr="))
+    return float(record["flags"]["lr"])
 
 
 def _best_epoch_test(record: dict[str, Any]) -> float:

@@ -7,13 +7,9 @@ checkpoint's training loss).  Every flag comes from a config
 dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
 
-Exit status (what a launcher, ``horovodrun`` or a scheduler sees):
-
-* 0 (``EXIT_OK``): the command finished;
-* 2 (``EXIT_BAD_INPUT``): a bad flag value, a missing file or folder, no intact
-  checkpoint to resume from; nothing was trained;
-* 3 (``EXIT_NONFINITE``): training stopped at a non-finite loss/gradient
-  (``--on-nonfinite stop``); the newest checkpoint is from before that step.
+Exit statuses (what a launcher, ``horovodrun`` or a scheduler sees): ``adv_large_batch.exits``
+(0 done, 2 bad input, 3 non-finite stop, 74 a checkpoint could not be written, 75 preempted:
+resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -22,14 +18,22 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from adv_large_batch import __version__
 from adv_large_batch.config import ConfigError, add_arguments, add_deprecated_alias, from_args
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 2, 3
+from adv_large_batch.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT_WRITE,
+    EXIT_NONFINITE,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    CheckpointWriteError,
+    Preempted,
+)
 
 
 def _status(result: dict) -> int:
@@ -154,8 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes the run of ``argv`` (``--resume`` added once)."""
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["adv-large-batch", *args])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -170,6 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Preempted as stop:
+        if stop.is_chief:
+            print(stop.report(args.command, resume_command(argv)), file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except CheckpointWriteError as exc:
+        print(f"adv-large-batch {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        print(
+            f"[{args.command}] stopped: free space or fix the folder, then resume with: "
+            + resume_command(argv),
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_CHECKPOINT_WRITE
 
 
 if __name__ == "__main__":

@@ -31,13 +31,22 @@ def quiet_env() -> dict[str, str]:
     return env
 
 
-def run_checked(cmd: list[str]) -> subprocess.CompletedProcess:
+def deterministic_env() -> dict[str, str]:
+    """``quiet_env`` with op determinism (the README's advice for bit-exact reruns) and
+    TensorFlow's own (Eigen) kernels instead of oneDNN's: with one thread per pool every
+    reduction is summed in one fixed order, so two runs that should agree bit for bit do,
+    also on a loaded host (oneDNN may split a reduction differently from one call to the
+    next)."""
+    return {**quiet_env(), "TF_ENABLE_ONEDNN_OPTS": "0", "TF_DETERMINISTIC_OPS": "1"}
+
+
+def run_checked(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(
             [str(c) for c in cmd],
             check=False,
             cwd=REPO,
-            env=quiet_env(),
+            env=env or quiet_env(),
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -52,7 +61,10 @@ def run_checked(cmd: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def horovodrun_2(horovodrun: Path, *args: str) -> subprocess.CompletedProcess:
+def horovodrun_2(
+    horovodrun: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``horovodrun -np 2 --gloo python *args`` (the ranks inherit ``env``)."""
     return run_checked(
-        [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args]
+        [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args], env
     )

@@ -8,7 +8,8 @@ Top to bottom, the same for both:
       -> in the backend's scope: command.build (network + trainer), optimizer, compile
       -> summary line -> command.before_fit -> resume from the newest intact checkpoint
       -> callbacks: command's first, then the standard ones, then the checkpoint writers
-      -> fit from the step -> command.evaluate -> the metrics dict -> --metrics-out
+      -> fit from the step (SIGTERM / SIGINT: checkpoint the step, raise ``Preempted``)
+      -> command.evaluate -> the metrics dict -> --metrics-out
 
 A command supplies only what differs (``TrainingCommand``); everything above is here once.
 """
@@ -107,6 +108,7 @@ def run_training(
     import keras
 
     from adv_large_batch.engine import checkpointing, distributed, resume
+    from adv_large_batch.engine.preemption import SignalWatch
     from adv_large_batch.optimizers import build_optimizer
 
     with precision_policy(run_cfg.precision):
@@ -129,18 +131,18 @@ def run_training(
             start_step = resume.resume_step(
                 run_cfg.checkpoint_dir, model, backend, ctx.say, command.name
             )
-        callbacks = _callbacks(command, ctx, plan, model, start_step)
         start = time.time()
-        history = resume.fit_from_step(
-            model,
-            plan.train_stream,
-            start_step,
-            plan.steps_per_epoch,
-            run_cfg.epochs,
-            validation_data=plan.validation,
-            callbacks=callbacks,
-            verbose=0,  # engine.progress.Progress prints what a person watches
-        )
+        with SignalWatch() as watch:  # SIGTERM / SIGINT: checkpoint, then Preempted
+            history = resume.fit_from_step(
+                model,
+                plan.train_stream,
+                start_step,
+                plan.steps_per_epoch,
+                run_cfg.epochs,
+                validation_data=plan.validation,
+                callbacks=_callbacks(command, ctx, plan, model, start_step, watch),
+                verbose=0,  # engine.progress.Progress prints what a person watches
+            )
         wall = time.time() - start
         steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
         timing = {"wall_time_s": wall, "steps": total_steps, "steps_run": steps_run}
@@ -233,9 +235,15 @@ def dry_run(
 
 
 def _callbacks(
-    command: TrainingCommand, ctx: Context, plan: Plan, model: Any, start_step: int
+    command: TrainingCommand,
+    ctx: Context,
+    plan: Plan,
+    model: Any,
+    start_step: int,
+    watch: Any = None,
 ) -> list:
-    """The command's callbacks, then the standard ones, then the checkpoint writers."""
+    """The command's callbacks, then the standard ones, then the checkpoint writers (and
+    the preemption handler of ``watch``)."""
     from adv_large_batch.engine import checkpointing, resume
     from adv_large_batch.engine.callbacks import standard_callbacks
 
@@ -259,8 +267,9 @@ def _callbacks(
         run_cfg.checkpoint_every,
         run_cfg.stop_at_step,
         plan.steps_per_epoch,
-        backend.is_chief,
+        backend,
         meta,
+        watch,
     )
 
 

@@ -80,7 +80,8 @@ class RunConfig:
     verbose: int = cli_field(
         1,
         "--verbose",
-        "0 silent, 1 a progress line rewritten every step, 2 one line per epoch",
+        "0 silent, 1 a progress line rewritten every step (in a log file: a line at most every "
+        "60 s and one per epoch), 2 one line per epoch",
         (0, 1, 2),
     )
     dry_run: bool = cli_field(

@@ -193,6 +193,9 @@ class TrainImagesCommand:
             )
             return pair_with_future(stream, adv.staleness) if adv.buffered else stream
 
+        skipped = data.skipped_files.line() if data.skipped_files else None
+        if skipped:  # damaged and stray files of an image folder; also in --metrics-out
+            ctx.say(f"[train-images] {skipped}")
         if arrays is None and not image_pipeline.random_access(data.train):
             ctx.say(
                 f"[train-images] {data.num_train} training images are streamed from record "
@@ -309,8 +312,16 @@ class TrainImagesCommand:
             "images_per_s_overall": timing["steps_run"] * batch / wall
             if timing["steps_run"]
             else 0.0,
+            "skipped_files": _skipped_files(plan.extra["data"]),
         }
         return result
+
+
+def _skipped_files(data: Any) -> dict[str, Any]:
+    """The metrics' ``skipped_files``: an image folder's files left out (or substituted)."""
+    if data.skipped_files is None:
+        return {"count": 0, "by_kind": {}, "examples": []}
+    return data.skipped_files.summary()
 
 
 def load_data(run_cfg: ImageTrainConfig) -> Any:

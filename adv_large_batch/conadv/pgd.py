@@ -16,6 +16,13 @@ constraint (FGSM / PGD as in Madry et al. [21], AdvProp [34] and FastAdv
 [33]); the paper writes the raw gradient in eq. (3) but measures the
 perturbation in l-inf pixel units, which only the sign step respects.
 
+A non-finite gradient entry (a ``mixed_float16`` overflow of the loss-scaled input
+gradient) gives no direction: that pixel takes no step (it keeps its start value, the
+clean pixel for FGSM from the clean point), so neither ``sign`` nor the projection ever
+sees NaN and the examples stay finite.  An inf is treated the same: after an overflow
+of a partial sum its sign need not be the true one.  ``pgd_attack_with_overflow`` and
+``nonfinite_entries`` count such entries, so the caller can lower its loss scale.
+
 Pure TensorFlow functions: the model enters only through ``loss_fn(x) ->
 scalar``, so the caller decides which weights and which BatchNorm statistics
 the attack sees (``ConAdv`` uses a stateless call of the network with the
@@ -64,9 +71,23 @@ def project(
     return tf.clip_by_value(x_adv, value_range[0], value_range[1])
 
 
+def finite_or_zero(grad: tf.Tensor) -> tf.Tensor:
+    """``grad`` with its non-finite entries (inf, NaN) replaced by 0: no direction there."""
+    return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+
+
+def nonfinite_entries(grad: tf.Tensor, per_row: bool = False) -> tf.Tensor:
+    """How many entries of ``grad`` are not finite (float32): in all, or one count per row."""
+    bad = tf.cast(tf.logical_not(tf.math.is_finite(grad)), tf.float32)
+    if per_row:
+        return tf.reduce_sum(tf.reshape(bad, [tf.shape(bad)[0], -1]), axis=1)
+    return tf.reduce_sum(bad)
+
+
 def ascent_step(x_adv: tf.Tensor, grad: tf.Tensor, step: float) -> tf.Tensor:
-    """One l-inf steepest-ascent step: ``x_adv + step * sign(grad)``."""
-    return x_adv + step * tf.sign(tf.cast(grad, x_adv.dtype))
+    """One l-inf steepest-ascent step: ``x_adv + step * sign(grad)``; an entry whose
+    gradient is not finite does not move (``finite_or_zero``)."""
+    return x_adv + step * tf.sign(tf.cast(finite_or_zero(grad), x_adv.dtype))
 
 
 def input_gradient(loss_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -90,14 +111,32 @@ def pgd_attack(
     """PGD-``steps`` adversarial examples of ``x`` for the loss ``loss_fn`` (to be increased).
 
     ``eps`` and ``step`` are in the units of ``x`` (use ``pixels_to_unit``).  The
-    result lies in the ball and in ``value_range`` and carries no gradient.
+    result lies in the ball and in ``value_range`` and carries no gradient; a pixel
+    whose gradient is not finite does not move at that step.
     """
+    return pgd_attack_with_overflow(loss_fn, x, eps, step, seed, steps, random_init, value_range)[0]
+
+
+def pgd_attack_with_overflow(
+    loss_fn: Callable[[tf.Tensor], tf.Tensor],
+    x: tf.Tensor,
+    eps: float,
+    step: float,
+    seed: tf.Tensor,
+    steps: int = 1,
+    random_init: bool = True,
+    value_range: tuple[float, float] = VALUE_RANGE,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(pgd_attack(...), n)``: ``n`` (float32) counts the non-finite input-gradient
+    entries over all steps (0 when nothing overflowed)."""
     x = tf.stop_gradient(x)
     x_adv = random_start(x, eps, seed, value_range) if random_init else x
+    nonfinite = tf.constant(0.0)
     for _ in range(steps):
         grad = input_gradient(loss_fn, x_adv)
+        nonfinite += nonfinite_entries(grad)
         x_adv = project(ascent_step(x_adv, grad, step), x, eps, value_range)
-    return tf.stop_gradient(x_adv)
+    return tf.stop_gradient(x_adv), nonfinite
 
 
 def linf_distance(x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
@@ -107,7 +146,8 @@ def linf_distance(x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
 
 def shared_pass_examples(x: tf.Tensor, input_grad: tf.Tensor, eps: float, step: float) -> tf.Tensor:
     """FGSM from the clean point: ``x + step sign(g)`` projected to the eps ball around
-    ``x`` and to [0, 1] (no gradient flows through the result)."""
+    ``x`` and to [0, 1] (no gradient flows through the result); where ``g`` is not
+    finite the clean pixel is kept."""
     x = tf.stop_gradient(x)
     return tf.stop_gradient(project(ascent_step(x, input_grad, step), x, eps))
 
@@ -116,9 +156,12 @@ __all__ = [
     "PIXEL_SCALE",
     "VALUE_RANGE",
     "ascent_step",
+    "finite_or_zero",
     "input_gradient",
     "linf_distance",
+    "nonfinite_entries",
     "pgd_attack",
+    "pgd_attack_with_overflow",
     "pixels_to_unit",
     "project",
     "random_start",

@@ -28,6 +28,18 @@ the global batch), so 2 workers x B/2 draw the noise of 1 process of 2 micro-bat
 ``adv_time_s``: the PGD attacks' wall time (0 for baseline; for ``shared`` only the
 step-0 fallback: the attack gradient comes with the update's backward).
 
+``mixed_float16``: the attack's loss is multiplied by the loss scale (so float16 input
+gradients do not underflow), and at too large a scale its input gradient overflows.  A
+non-finite entry never reaches the examples (that pixel keeps its start / clean value,
+``pgd``), and the overflow is folded into the step's gradients (``update.fold_overflow``)
+so the ``LossScaleOptimizer`` skips the step and halves its scale, as for any overflow;
+it is not a non-finite step.  DisAdv, the fallback steps and the shared pass fold it
+into the step that made the examples; the separate schedule's next-batch attack runs
+beside the update, which must not wait for it, so its overflow is kept in
+``adv_buffer_overflow`` (per worker, checkpointed) and folded into the next step.
+``attack_overflows``: the fraction of steps whose decision got such an overflow (this
+worker's attacks).
+
 ```python
 model = ConAdv(network, ConAdvConfig(method="conadv", eps=4, staleness=1), batch_size=256)
 model.compile(optimizer=LARS(5.0), metrics=["accuracy"],
@@ -47,7 +59,7 @@ import tensorflow as tf
 from adv_large_batch.conadv import pgd
 from adv_large_batch.conadv.config import ConAdvConfig
 from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES, NEXT_LABELS
-from adv_large_batch.engine import randomness
+from adv_large_batch.engine import randomness, update
 from adv_large_batch.engine.batching import batch_size_of
 from adv_large_batch.engine.timing import timed
 from adv_large_batch.engine.trainer import AccumulatingTrainer, distribution_loss_scale
@@ -121,6 +133,7 @@ class ConAdv(AccumulatingTrainer):
             self.adv_loss_tracker = self.add_tracker("adv_loss")
             self.adv_accuracy_tracker = self.add_tracker("adv_accuracy")
             self.linf_tracker = self.add_tracker("perturbation_linf_px")
+            self.attack_overflow_tracker = self.add_tracker("attack_overflows")
         if self.config.buffered:
             if batch_size is None:
                 raise ValueError(
@@ -140,6 +153,14 @@ class ConAdv(AccumulatingTrainer):
                 name="adv_buffer_labels",
                 **per_worker,
             )
+            if not self.config.shared:
+                # Non-finite input-gradient entries of the last next-batch attack, folded
+                # into the next step's gradients (see the module docstring).
+                self.buffer_overflow = keras.Variable(
+                    0.0, trainable=False, name="adv_buffer_overflow", **per_worker
+                )
+        # The attacks' non-finite gradient counts of the step being traced.
+        self._attack_overflows: list[tf.Tensor] = []
         # Every variable exists now (the network is built): saving and loading weights work
         # before the first call.
         self.built = network.built
@@ -154,7 +175,9 @@ class ConAdv(AccumulatingTrainer):
         """The buffer of this worker's (and replica's) own adversarial batches."""
         if not self.config.buffered:
             return []
-        return [self.buffer_images, self.buffer_labels]
+        if self.config.shared:
+            return [self.buffer_images, self.buffer_labels]
+        return [self.buffer_images, self.buffer_labels, self.buffer_overflow]
 
     # ---- the attack ------------------------------------------------------------------
     def weights_snapshot(self) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
@@ -173,6 +196,12 @@ class ConAdv(AccumulatingTrainer):
 
     def attack(self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, seed: tf.Tensor) -> tf.Tensor:
         """PGD examples of one micro-batch: snapshot weights, auxiliary BN in training mode."""
+        return self.attack_with_overflow(x, y, snapshot, seed)[0]
+
+    def attack_with_overflow(
+        self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(attack(...), n)``: ``n`` non-finite input-gradient entries (float32)."""
         trainable, state, loss_scale = snapshot
         cfg = self.config
 
@@ -181,14 +210,15 @@ class ConAdv(AccumulatingTrainer):
                 logits, _ = self.network.stateless_call(trainable, state, x_in, training=True)
             return self.attack_loss(y, logits) * tf.cast(loss_scale, tf.float32)
 
-        return pgd.pgd_attack(
+        return pgd.pgd_attack_with_overflow(
             loss_fn, x, cfg.eps_unit, cfg.step_unit, seed, cfg.steps, cfg.random_init
         )
 
     def adversarial_batch(
         self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, purpose: int
-    ) -> tf.Tensor:
-        """PGD examples of a per-replica batch, one micro-batch at a time.
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """PGD examples of a per-replica batch, one micro-batch at a time, and the count of
+        non-finite input-gradient entries (``attack_with_overflow``).
 
         The random start of micro-batch i is drawn from (seed, purpose, step, its index in
         the global batch): 2 workers x n micro-batches draw what 1 process x 2n draws.
@@ -196,28 +226,31 @@ class ConAdv(AccumulatingTrainer):
         m = self.micro_batch_size
         if m is None:
             key = self.draw_key(purpose, micro=self.global_micro_index(0, 1))
-            return self.attack(x, y, snapshot, key)
+            return self.attack_with_overflow(x, y, snapshot, key)
         batch = batch_size_of(x)
         n = batch // m
         xs = tf.reshape(x, tf.concat([[n, m], tf.shape(x)[1:]], axis=0))
         ys = tf.reshape(y, tf.concat([[n, m], tf.shape(y)[1:]], axis=0))
 
-        def one(args: tuple) -> tf.Tensor:
+        def one(args: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             i, xi, yi = args
             key = self.draw_key(purpose, micro=self.global_micro_index(i, n))
-            return self.attack(xi, yi, snapshot, key)
+            return self.attack_with_overflow(xi, yi, snapshot, key)
 
-        out = tf.map_fn(
+        out, nonfinite = tf.map_fn(
             one,
             (tf.range(n), xs, ys),
-            fn_output_signature=tf.TensorSpec([m, *x.shape[1:]], x.dtype),
+            fn_output_signature=(
+                tf.TensorSpec([m, *x.shape[1:]], x.dtype),
+                tf.TensorSpec([], tf.float32),
+            ),
             parallel_iterations=1,
         )
-        return tf.reshape(out, tf.shape(x))
+        return tf.reshape(out, tf.shape(x)), tf.reduce_sum(nonfinite)
 
     def timed_attack(
         self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, purpose: int
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], tf.Tensor]:
         """``(adversarial_batch(...), seconds)``: the attack's wall time (``adv_time_s``)."""
         return timed(lambda xs, ys: self.adversarial_batch(xs, ys, snapshot, purpose), x, y)
 
@@ -227,12 +260,16 @@ class ConAdv(AccumulatingTrainer):
         cfg = self.config
         paired = isinstance(x, dict) and NEXT_IMAGES in x
         images = x[IMAGES] if isinstance(x, dict) else x
+        self._attack_overflows = []
         if not cfg.adversarial:
             return images, y, sample_weight
         if not cfg.buffered:
             with tf.name_scope("current_batch_attack"):
-                adv, seconds = self.timed_attack(images, y, self.weights_snapshot(), _CURRENT)
+                (adv, nonfinite), seconds = self.timed_attack(
+                    images, y, self.weights_snapshot(), _CURRENT
+                )
             self.record_adv_seconds(seconds)
+            self._attack_overflows.append(nonfinite)
             return (images, adv), (y, y), sample_weight
         if not paired:
             raise ValueError(
@@ -248,16 +285,22 @@ class ConAdv(AccumulatingTrainer):
         buffered_images = tf.gather(self.buffer_images.value, slot)
         buffered_labels = tf.gather(self.buffer_labels.value, slot)
 
-        def fresh() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:  # the first tau steps: DisAdv
+        # The last step's next-batch attack: its overflow lowers the scale at this step.
+        self._attack_overflows.append(read(self.buffer_overflow))
+
+        def fresh() -> tuple[tf.Tensor, ...]:  # the first tau steps: DisAdv
             with tf.name_scope("current_batch_attack"):
-                adv, seconds = self.timed_attack(images, y, self.weights_snapshot(), _CURRENT)
-            return adv, tf.cast(y, tf.int32), seconds
+                (adv, nonfinite), seconds = self.timed_attack(
+                    images, y, self.weights_snapshot(), _CURRENT
+                )
+            return adv, tf.cast(y, tf.int32), seconds, nonfinite
 
-        def buffered() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            return buffered_images, buffered_labels, tf.constant(0.0)
+        def buffered() -> tuple[tf.Tensor, ...]:
+            return buffered_images, buffered_labels, tf.constant(0.0), tf.constant(0.0)
 
-        adv, adv_labels, seconds = tf.cond(ready, buffered, fresh)
+        adv, adv_labels, seconds, nonfinite = tf.cond(ready, buffered, fresh)
         self.record_adv_seconds(seconds)
+        self._attack_overflows.append(nonfinite)
         self.stale_tracker.update_state(tf.cast(ready, tf.float32))
         return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
 
@@ -266,6 +309,13 @@ class ConAdv(AccumulatingTrainer):
         """``x + alpha sign(grad_x L)`` projected to the ball and [0, 1], the gradient taken
         at the clean point through the main BN in training mode (the shared pass's rule),
         as a stateless call: the moving statistics do not move."""
+        return self.fgsm_with_overflow(x, y, snapshot)[0]
+
+    def fgsm_with_overflow(
+        self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(fgsm_from_clean(...), n)``: ``n`` non-finite input-gradient entries (float32);
+        where the gradient is not finite the clean pixel is kept."""
         trainable, state, loss_scale = snapshot
         cfg = self.config
 
@@ -275,7 +325,8 @@ class ConAdv(AccumulatingTrainer):
             return self.attack_loss(y, logits) * tf.cast(loss_scale, tf.float32)
 
         grad = pgd.input_gradient(loss_fn, tf.stop_gradient(x))
-        return pgd.shared_pass_examples(x, grad, cfg.eps_unit, cfg.step_unit)
+        examples = pgd.shared_pass_examples(x, grad, cfg.eps_unit, cfg.step_unit)
+        return examples, pgd.nonfinite_entries(grad)
 
     def _shared_batch(self, x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[Any, Any, None]:
         """Step t of the shared pass: clean rows = batch t + 1, adversarial rows = the
@@ -284,17 +335,22 @@ class ConAdv(AccumulatingTrainer):
         images = x[IMAGES]
         ready = self._step >= 1
 
-        def fresh() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def fresh() -> tuple[tf.Tensor, ...]:
             with tf.name_scope("current_batch_attack"):
                 snapshot = self.weights_snapshot()
-                adv, seconds = timed(lambda xs: self.fgsm_from_clean(xs, y, snapshot), images)
-            return adv, tf.cast(y, tf.int32), seconds
+                (adv, nonfinite), seconds = timed(
+                    lambda xs: self.fgsm_with_overflow(xs, y, snapshot), images
+                )
+            return adv, tf.cast(y, tf.int32), seconds, nonfinite
 
-        def buffered() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            return self.buffer_images.value[0], self.buffer_labels.value[0], tf.constant(0.0)
+        def buffered() -> tuple[tf.Tensor, ...]:
+            # (an overflow of the backward that made them was folded into that step)
+            images_t, labels_t = self.buffer_images.value[0], self.buffer_labels.value[0]
+            return images_t, labels_t, tf.constant(0.0), tf.constant(0.0)
 
-        adv, adv_labels, seconds = tf.cond(ready, buffered, fresh)
+        adv, adv_labels, seconds, nonfinite = tf.cond(ready, buffered, fresh)
         self.record_adv_seconds(seconds)
+        self._attack_overflows.append(nonfinite)
         self.stale_tracker.update_state(tf.cast(ready, tf.float32))
         # The buffered rows are perturbations of this element's images (batch t).
         self.linf_tracker.update_state(pgd.linf_distance(adv, images) * pgd.PIXEL_SCALE)
@@ -304,7 +360,10 @@ class ConAdv(AccumulatingTrainer):
     def emitted_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
         if not self.config.shared:
             return {}
-        return {"next_adversarial": (tf.float32, tuple(self.network.input_shape[1:]))}
+        return {
+            "next_adversarial": (tf.float32, tuple(self.network.input_shape[1:])),
+            "next_adversarial_overflow": (tf.float32, ()),  # non-finite entries per row
+        }
 
     def accumulated_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
         grads = super().accumulated_gradients(x, y, sample_weight)
@@ -314,7 +373,16 @@ class ConAdv(AccumulatingTrainer):
             with tf.name_scope("adv_buffer_write"):
                 self.buffer_images.assign(adv[None])
                 self.buffer_labels.assign(tf.cast(clean_labels, tf.int32)[None])
-        return grads
+            self._attack_overflows.append(
+                tf.reduce_sum(self.emitted_rows("next_adversarial_overflow"))
+            )
+        if not self.config.adversarial:
+            return grads
+        # An attack whose loss-scaled input gradient overflowed lowers the loss scale.
+        counts, self._attack_overflows = self._attack_overflows, []
+        overflowed = tf.add_n(counts) > 0.0 if counts else tf.constant(False)
+        self.attack_overflow_tracker.update_state(tf.cast(overflowed, tf.float32))
+        return update.fold_overflow(self.optimizer, grads, overflowed)
 
     def concurrent_work(self, data: Any) -> None:
         """ConAdv: the adversarial examples of batch t + tau, from this step's weights."""
@@ -323,7 +391,9 @@ class ConAdv(AccumulatingTrainer):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         snapshot = self.weights_snapshot()
         with tf.name_scope("next_batch_attack"):
-            adv, seconds = self.timed_attack(x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE)
+            (adv, nonfinite), seconds = self.timed_attack(
+                x[NEXT_IMAGES], x[NEXT_LABELS], snapshot, _FUTURE
+            )
         self.record_adv_seconds(seconds)  # the step's end waits for it; the update does not
         with tf.name_scope("adv_buffer_write"):
             slot = self._step % self.config.staleness
@@ -335,6 +405,8 @@ class ConAdv(AccumulatingTrainer):
             self.buffer_labels.assign(
                 tf.tensor_scatter_nd_update(self.buffer_labels.value, index, labels[None])
             )
+            # Read by the next step's prepare_batch (this step read the last one's before).
+            self.buffer_overflow.assign(nonfinite)
 
     def micro_batch_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
         if not self.config.adversarial:
@@ -360,6 +432,7 @@ class ConAdv(AccumulatingTrainer):
                 "next_adversarial",
                 pgd.shared_pass_examples(clean, input_grad, cfg.eps_unit, cfg.step_unit),
             )
+            self.emit("next_adversarial_overflow", pgd.nonfinite_entries(input_grad, per_row=True))
         else:
             grads = tape.gradient(scaled, self.trainable_variables)
         self.update_task_metrics(loss, y_clean, clean_logits, sample_weight)

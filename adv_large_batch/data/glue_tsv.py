@@ -1,5 +1,6 @@
 """GLUE from the original TSV folders (``SST-2/train.tsv``, ``dev.tsv``, ...), as published:
-a UTF-8 byte-order mark (MRPC), ``QUOTE_NONE``, malformed rows (QQP) skipped and counted.
+a UTF-8 byte-order mark (MRPC), ``QUOTE_NONE``, malformed rows (QQP) and rows with a byte
+that is not UTF-8 skipped and counted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def _label_parser(name: str) -> tuple[Any, str]:
     return parse_class, allowed + "an integer class index"
 
 
+def _is_utf8(row: list[str]) -> bool:
+    """False if a field holds a byte that was not UTF-8 (a surrogate from surrogateescape)."""
+    try:
+        "\t".join(row).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_tsv(path: str, name: str) -> TextSplit:
     """One GLUE TSV file as a split; malformed rows are skipped and counted (module docstring)."""
     folder, _, text_cols, label_col = TASKS[name]["tsv"]
@@ -52,7 +62,9 @@ def _read_tsv(path: str, name: str) -> TextSplit:
         raise FileNotFoundError(
             f"GLUE file {path} not found (expected the {folder}/ folder layout)"
         )
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drops MRPC's BOM
+    # utf-8-sig drops MRPC's BOM; surrogateescape keeps a byte that is not UTF-8 as a lone
+    # surrogate, so that its row is skipped and counted below instead of ending the read.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         rows = [(reader.line_num, row) for row in reader]
     if name == "cola":
@@ -73,9 +85,13 @@ def _read_tsv(path: str, name: str) -> TextSplit:
     parse, allowed = _label_parser(name)
     cols: list[list[str]] = [[] for _ in text_index]
     labels = []
-    short, bad_labels, first_bad = 0, [], None
+    short, undecodable, bad_labels, first_bad = 0, 0, [], None
     for line, row in body:
         if not row:  # a blank line, as csv.DictReader skips them
+            continue
+        if not _is_utf8(row):
+            undecodable += 1
+            first_bad = first_bad or line
             continue
         label = parse(row[label_index]) if len(row) >= width else None
         if label is None:
@@ -88,11 +104,13 @@ def _read_tsv(path: str, name: str) -> TextSplit:
         for col, i in zip(cols, text_index):
             col.append(row[i])
         labels.append(label)
-    skipped = short + len(bad_labels)
+    skipped = short + undecodable + len(bad_labels)
     if skipped:
         what = []
         if short:
             what.append(f"{short} with fewer than {width} columns")
+        if undecodable:
+            what.append(f"{undecodable} with bytes that are not UTF-8")
         if bad_labels:
             shown = sorted(set(bad_labels))[:5]
             what.append(f"{len(bad_labels)} with labels {shown} that are not {allowed}")

@@ -25,11 +25,12 @@ with one), a header row except CoLA's ``train.tsv`` / ``dev.tsv`` (``source,
 label, original label, sentence``), columns found by header name.  Like
 tensorflow-datasets' and Hugging Face's GLUE loaders, rows that cannot be used
 are skipped, not fatal: a row with fewer fields than the header (QQP has some,
-from questions broken across lines) or whose label does not parse (empty, not
-a class name or index, not a finite score).  Each file warns once (a
-``UserWarning`` naming the file, the count and the first line) and the count is
-kept as ``TextSplit.skipped_rows`` (``TextTask.skipped_rows`` maps each split
-that lost rows to its count); a file in which no row is usable is a ``ConfigError``.
+from questions broken across lines), a row holding a byte that is not UTF-8, or
+a row whose label does not parse (empty, not a class name or index, not a finite
+score).  Each file warns once (a ``UserWarning`` naming the file, the count and
+the first line) and the count is kept as ``TextSplit.skipped_rows``
+(``TextTask.skipped_rows`` maps each split that lost rows to its count); a file in
+which no row is usable is a ``ConfigError``.
 
 Texts are tokenised once (WordPiece, pairs packed as ``[CLS] a [SEP] b [SEP]``)
 into fixed-length arrays; the train step trims each micro-batch to its longest

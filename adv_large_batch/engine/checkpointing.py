@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from adv_large_batch.config import ConfigError
+from adv_large_batch.exits import CheckpointWriteError
 
 _NAME = re.compile(r"^ckpt-(\d{8})$")
 
@@ -123,10 +124,33 @@ def file_digest(path: str) -> dict[str, Any]:
 
 
 def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], keep: int = 2) -> str:
-    """Write ``ckpt-<step>/`` atomically and keep the newest ``keep`` complete ones."""
+    """Write ``ckpt-<step>/`` atomically and keep the newest ``keep`` complete ones.
+
+    A write that fails (``OSError``: a full disk, a read-only folder) removes its
+    ``.partial`` folder, leaves every complete checkpoint as it was and raises
+    ``CheckpointWriteError`` naming the folder, the cause and the newest intact checkpoint.
+    """
     step = int(meta["global_step"])
     final = os.path.join(directory, f"ckpt-{step:08d}")
     partial = final + ".partial"
+    try:
+        _write_partial(partial, model, meta)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        newest = latest_checkpoint(directory, warn=False)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final} ({type(err).__name__}: {err}); the partial "
+            f"folder was removed; newest intact checkpoint: {newest or 'none'}"
+        ) from err
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    for old in complete_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_partial(partial: str, model: keras.Model, meta: dict[str, Any]) -> None:
+    """``state.npz`` and ``meta.json`` (with the state's size and SHA-256) into ``partial``."""
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     variables = state_variables(model)
@@ -135,11 +159,6 @@ def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], ke
     files = {STATE_FILE: file_digest(state)}
     with open(os.path.join(partial, "meta.json"), "w") as f:
         json.dump({**meta, "paths": [v.path for v in variables], "files": files}, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    for old in complete_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def complete_checkpoints(directory: str) -> list[str]:
@@ -253,8 +272,30 @@ def restore_checkpoint(path: str, model: keras.Model) -> dict[str, Any]:
                 f"checkpoint {path} holds {len(data.files)} variables but this model has "
                 f"{len(variables)}: it was written by a different model or optimizer"
             )
+        mismatch = first_path_mismatch(meta["paths"], [v.path for v in variables])
+        if mismatch is not None:
+            i, saved, wanted = mismatch
+            raise ConfigError(
+                f"checkpoint {path} does not fit this model: its variable {i} is {saved!r}, "
+                f"the model's is {wanted!r} (written by a different model or optimizer)"
+            )
         _assign(path, data, meta["paths"], list(enumerate(variables)))
     return meta
+
+
+def _comparable_path(path: str) -> str:
+    """A variable path without Keras' per-process name counters anywhere in it
+    (``dense_3/kernel``, ``lamb/dense_3_kernel_momentum``)."""
+    return re.sub(r"_\d+(?=[/_]|$)", "", path)
+
+
+def first_path_mismatch(saved: Sequence[str], wanted: Sequence[str]) -> tuple[int, str, str] | None:
+    """``(index, saved path, wanted path)`` of the first variable whose recorded path
+    differs from the model's (Keras' name counters aside), or None when all agree."""
+    for i, (a, b) in enumerate(zip(saved, wanted)):
+        if _comparable_path(a) != _comparable_path(b):
+            return i, a, b
+    return None
 
 
 def restore_variables(path: str, variables: Sequence[Any]) -> dict[str, Any]:
@@ -317,7 +358,13 @@ def _assign(path: str, data: Any, saved_paths: Sequence[str], pairs: list[tuple[
 
 
 class StepCheckpoint(keras.callbacks.Callback):
-    """Saves a resumable checkpoint every ``every`` optimizer steps and when training ends."""
+    """Saves a resumable checkpoint every ``every`` optimizer steps and when training ends.
+
+    Only the chief writes.  With a ``backend`` of several workers, every worker learns
+    whether the chief's write failed (one scalar all-reduce after each write), so all of
+    them stop with ``CheckpointWriteError`` at the same step instead of the others waiting
+    in the next step's all-reduce for a chief that is gone.
+    """
 
     def __init__(
         self,
@@ -327,6 +374,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         meta: dict[str, Any] | None = None,
         is_chief: bool = True,
         keep: int = 2,
+        backend: Any = None,
     ) -> None:
         super().__init__()
         self.directory = directory
@@ -335,19 +383,43 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.meta = dict(meta or {})
         self.is_chief = is_chief
         self.keep = keep
+        self.backend = backend
+
+    def path_of(self, step: int) -> str:
+        return os.path.join(self.directory, f"ckpt-{step:08d}")
 
     def _save(self, step: int) -> None:
         if getattr(self.model, "stopped_nonfinite_at", None) is not None:
             return  # stopped on a non-finite step: keep the last good checkpoint the newest
-        if not self.is_chief or os.path.isdir(os.path.join(self.directory, f"ckpt-{step:08d}")):
-            return
-        meta = {
-            **self.meta,
-            "global_step": step,
-            "epoch": step // self.steps_per_epoch,
-            "step_in_epoch": step % self.steps_per_epoch,
-        }
-        save_checkpoint(self.directory, self.model, meta, self.keep)
+        failure = None
+        if self.is_chief and not os.path.isdir(self.path_of(step)):
+            meta = {
+                **self.meta,
+                "global_step": step,
+                "epoch": step // self.steps_per_epoch,
+                "step_in_epoch": step % self.steps_per_epoch,
+            }
+            try:
+                save_checkpoint(self.directory, self.model, meta, self.keep)
+            except CheckpointWriteError as err:
+                failure = err
+        if self.backend is not None and self.backend.size > 1:
+            failed = float(self.backend.allreduce_mean(0.0 if failure is None else 1.0)) > 0
+            if failed and failure is None:
+                failure = CheckpointWriteError(
+                    f"the chief could not write checkpoint {self.path_of(step)} (its log says why)"
+                )
+        if failure is not None:
+            raise failure
+
+    def save_now(self) -> str | None:
+        """Checkpoint the model's step now, whatever ``every`` says; its folder (every
+        worker), or the newest intact one after a non-finite stop (None: none)."""
+        step = data_position(self.model)
+        self._save(step)
+        if getattr(self.model, "stopped_nonfinite_at", None) is not None:
+            return latest_checkpoint(self.directory, warn=False)
+        return self.path_of(step)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         step = data_position(self.model)

@@ -199,6 +199,20 @@ class Backend:
         )
 
 
+#: Horovod's own knobs for a rank that stops answering without dying (a frozen host, a
+#: hung filesystem): the coordinator names the ranks a collective waits for after
+#: ``HOROVOD_STALL_CHECK_TIME_SECONDS`` and shuts the job down after
+#: ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` (Horovod's default: never).  Set here unless the
+#: launcher's environment sets them; the shutdown time must exceed the longest work one
+#: rank does alone (the chief's checkpoint write).  A rank that dies (``kill -9``, the OOM
+#: killer) needs none of them: its peers' sockets are reset, and ``horovodrun`` stops the
+#: other ranks (SIGTERM, then SIGKILL 5 s later) as soon as one exits non-zero.
+HOROVOD_FAULT_DEFAULTS = {
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
+}
+
+
 class HorovodBackend(Backend):
     """One process per worker launched by ``horovodrun``; collectives over Gloo (or NCCL)."""
 
@@ -207,6 +221,8 @@ class HorovodBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self.hvd = hvd = _import_horovod()
+        for key, value in HOROVOD_FAULT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         hvd.init()
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()

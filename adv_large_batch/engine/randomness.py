@@ -39,6 +39,23 @@ import tensorflow as tf
 DROPOUT, SCALA_START, CONADV_CURRENT, CONADV_FUTURE = 0, 1, 2, 3
 
 
+def run_seed(seed: int | None = None) -> int:
+    """The run seed of a trainer: ``seed`` when given, else Keras' global seed (what
+    ``keras.utils.set_random_seed`` set), else a fresh random one (as Keras' own
+    unseeded ``SeedGenerator`` does), so two notebook runs that differ only in
+    ``set_random_seed`` draw different masks and starts."""
+    if seed is not None:
+        return int(seed)
+    from keras.src.utils import rng_utils  # no public getter in Keras 3.15
+
+    global_seed = rng_utils.get_random_seed()
+    if global_seed is not None:
+        return int(global_seed)
+    import random
+
+    return random.randint(1, 2**31 - 1)
+
+
 def draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -> tf.Tensor:
     """A shape-[2] int32 stateless seed for one family of draws of one micro-batch.
 

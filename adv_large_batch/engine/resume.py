@@ -3,7 +3,8 @@
 ``resume_step`` restores (``checkpointing.restore_checkpoint``) and returns the data
 position, ``fit_from_step`` runs ``model.fit`` over the deterministic batch stream from
 there (first the rest of an interrupted epoch, then whole epochs), and ``step_callbacks``
-are the writers of a resumable run: ``StepCheckpoint`` and ``StopAtStep``.
+are the writers of a resumable run: ``StepCheckpoint``, ``StopAtStep`` and the
+``PreemptionCheckpoint`` of a SIGTERM / SIGINT (``engine.preemption``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from adv_large_batch.engine.checkpointing import (
     resolve_checkpoint,
     restore_checkpoint,
 )
+from adv_large_batch.engine.preemption import PreemptionCheckpoint, SignalWatch
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -99,18 +101,32 @@ def step_callbacks(
     every: int | None,
     stop_at_step: int | None,
     steps_per_epoch: int,
-    is_chief: bool,
+    backend: Any,
     meta: dict[str, Any],
+    watch: SignalWatch | None = None,
 ) -> list[keras.callbacks.Callback]:
-    """``StepCheckpoint`` into ``directory`` every ``every`` steps (default: each epoch) and
-    ``StopAtStep(stop_at_step)``, each when given; ``meta`` is ``checkpoint_meta(...)``."""
+    """The writers of a resumable run, last in the callback list: ``StepCheckpoint`` into
+    ``directory`` every ``every`` steps (default: each epoch), ``StopAtStep(stop_at_step)``,
+    each when given, and with an active signal ``watch`` the ``PreemptionCheckpoint`` that
+    checkpoints the step a SIGTERM / SIGINT arrived at; ``meta`` is ``checkpoint_meta(...)``."""
     callbacks: list[keras.callbacks.Callback] = []
+    writer = None
     if directory:
-        callbacks.append(
-            StepCheckpoint(directory, every or steps_per_epoch, steps_per_epoch, meta, is_chief)
+        writer = StepCheckpoint(
+            directory,
+            every or steps_per_epoch,
+            steps_per_epoch,
+            meta,
+            backend.is_chief,
+            backend=backend,
         )
+        callbacks.append(writer)
     if stop_at_step is not None:
         callbacks.append(StopAtStep(stop_at_step))
+    if watch is not None:
+        callbacks.append(
+            PreemptionCheckpoint(watch, backend, writer.save_now if writer is not None else None)
+        )
     return callbacks
 
 

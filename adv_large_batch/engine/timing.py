@@ -23,7 +23,13 @@ T = TypeVar("T")
 
 # ---- timing inside the compiled step ---------------------------------------------------------
 def can_time() -> bool:
-    """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing)."""
+    """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing),
+    and under op determinism (``TF_DETERMINISTIC_OPS=1``), which refuses it: such runs log
+    no ``step_time_s`` / ``adv_time_s``."""
+    from tensorflow.python.framework import config  # no public getter in TF 2.21
+
+    if config.is_op_determinism_enabled():
+        return False
     return tf.__internal__.get_enclosing_xla_context() is None
 
 

@@ -104,7 +104,9 @@ class AccumulatingTrainer(keras.Model):
         backend: an ``adv_large_batch.engine.distributed`` backend; default: the one
             for this process (single, or Horovod under ``horovodrun``).
         seed: the run seed of every random draw of the step (dropout masks, random
-            starts), combined with the batch counter and the micro-batch's place.
+            starts), combined with the batch counter and the micro-batch's place;
+            ``None``: Keras' global seed (``keras.utils.set_random_seed``), else a
+            random one.
 
     Example:
 
@@ -134,8 +136,8 @@ class AccumulatingTrainer(keras.Model):
 
             backend = distributed.get_backend("auto")
         self.backend = backend
-        self.seed = seed
-        self._seed = int(seed or 0)
+        self.seed = randomness.run_seed(seed)  # resolved once: get_config records it
+        self._seed = self.seed
         self.batches_seen = keras.Variable(0, dtype="int64", trainable=False, name="batches_seen")
         #: The optimizer step at which ``NonFiniteLoss`` stopped the run (None: it did not).
         self.stopped_nonfinite_at: int | None = None

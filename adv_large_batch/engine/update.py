@@ -6,6 +6,11 @@ finite and the (reduced) gradient is finite.  Under ``mixed_float16`` (Keras'
 business: the optimizer skips the step and halves its scale (``skipped_by_scale``); only
 a non-finite loss, or an overflow at a scale that has collapsed to <= 1, is a non-finite
 step (``diverged``), which never reaches the optimizer.
+
+An overflow elsewhere in a step's loss-scaled backward passes (ConAdv's attack: the
+input gradient of a loss multiplied by the scale) is folded into the gradients before
+they are reduced (``fold_overflow``), so the loss scale sees it like any overflow: the
+step is skipped and the scale halved, everywhere alike, and it is not a non-finite step.
 """
 
 from __future__ import annotations
@@ -36,7 +41,28 @@ class Decision:
     applied: tf.Tensor  # the update reached the weights
     diverged: tf.Tensor  # a non-finite step (counted in ``nonfinite_steps``)
     skipped_by_scale: tf.Tensor  # a mixed_float16 overflow the loss scale absorbed
-    grad_norm: tf.Tensor  # l2 norm of the reduced gradient, in loss units
+    grad_norm: tf.Tensor  # l2 norm of the reduced gradient, in loss units (0: not applied)
+
+
+def fold_overflow(optimizer: Any, grads: list[tf.Tensor], overflowed: Any) -> list[tf.Tensor]:
+    """``grads``, made non-finite where ``overflowed`` (a local scalar bool) is True and the
+    optimizer has a dynamic loss scale; otherwise unchanged.
+
+    Call before the gradients are reduced: the NaN reaches every worker and replica with
+    the reduction, and ``apply_if_sound`` then hands the step to the
+    ``LossScaleOptimizer``, which skips it and halves its scale (its own overflow path,
+    through the public ``apply``); with a finite loss this is ``skipped_by_scale``, not
+    ``diverged`` (except at a collapsed scale, as for any overflow).  One NaN is added to
+    the smallest gradient tensor, so the cost is one small elementwise op.
+    """
+    if not grads or not uses_dynamic_loss_scale(optimizer):
+        return list(grads)
+    grads = list(grads)
+    sizes = [g.shape.num_elements() for g in grads]
+    i = min(range(len(grads)), key=lambda k: sizes[k] if sizes[k] is not None else float("inf"))
+    poison = tf.where(tf.cast(overflowed, tf.bool), float("nan"), 0.0)
+    grads[i] = grads[i] + tf.cast(poison, grads[i].dtype)
+    return grads
 
 
 def apply_if_sound(
@@ -63,7 +89,9 @@ def apply_if_sound(
         apply_if(optimizer, grads, variables, tf.logical_not(diverged))
         skipped_by_scale = tf.constant(False)
     applied = tf.logical_and(loss_ok, grads_ok)
-    return Decision(applied, diverged, skipped_by_scale, tf.linalg.global_norm(grads) / scale)
+    # 0 for a step not applied: a weight-0 NaN would still make the epoch's mean NaN.
+    grad_norm = tf.where(applied, tf.linalg.global_norm(grads) / scale, 0.0)
+    return Decision(applied, diverged, skipped_by_scale, grad_norm)
 
 
 def apply_if(
@@ -104,4 +132,11 @@ def apply_if(
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, apply))
 
 
-__all__ = ["Decision", "all_finite", "apply_if", "apply_if_sound", "uses_dynamic_loss_scale"]
+__all__ = [
+    "Decision",
+    "all_finite",
+    "apply_if",
+    "apply_if_sound",
+    "fold_overflow",
+    "uses_dynamic_loss_scale",
+]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from adv_large_batch.data import image_pipeline
 from adv_large_batch.data.augment import crop_padding
 from adv_large_batch.engine import checkpointing
 from tests.data.test_image_data import is_crop_of_padded
+from tests.processes import WORKERS, deterministic_env, run_checked
 
 N, SHAPE = 40, (8, 8, 1)
 
@@ -105,33 +107,47 @@ def final_state(directory) -> tuple[dict, list[np.ndarray]]:
 
 @pytest.mark.parametrize("attack_pass", ["separate", "shared"])
 def test_conadv_stopped_mid_epoch_and_at_an_epoch_boundary_resumes_exactly(tmp_path, attack_pass):
+    """The five runs go through one subprocess with deterministic kernels (``cli_runs``):
+    the buffer holds ``sign`` of input gradients, and a gradient near zero summed in
+    another order (oneDNN under load) flipped one pixel by twice the step once."""
     run = [*RUN, "--attack-pass", attack_pass]
-    assert cli.main([*run, "--checkpoint-dir", str(tmp_path / "whole")]) == 0
-    cut = [*run, "--checkpoint-dir", str(tmp_path / "cut")]
-
-    assert cli.main([*cut, "--stop-at-step", "3"]) == 0  # mid-epoch
-    meta, _ = final_state(tmp_path / "cut")
-    assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (3, 0, 3)
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     metrics = tmp_path / "resumed.json"
-    assert cli.main([*cut, "--resume", "--stop-at-step", "4", "--metrics-out", str(metrics)]) == 0
-    meta, _ = final_state(tmp_path / "cut")
-    assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (4, 1, 0)  # boundary
+    runs = [
+        {"argv": [*run, "--checkpoint-dir", whole], "checkpoint_dir": whole},
+        {"argv": [*run, "--checkpoint-dir", cut, "--stop-at-step", "3"], "checkpoint_dir": cut},
+        {
+            "argv": [*run, "--checkpoint-dir", cut, "--resume", "--stop-at-step", "4"]
+            + ["--metrics-out", str(metrics)],
+            "checkpoint_dir": cut,
+        },
+        {"argv": [*run, "--checkpoint-dir", cut, "--resume"], "checkpoint_dir": cut},
+    ]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    out = tmp_path / "out.json"
+    run_checked(
+        [sys.executable, WORKERS / "cli_runs.py", tmp_path / "runs.json", out],
+        env=deterministic_env(),
+    )
+    results = json.loads(out.read_text())
+    assert [r["status"] for r in results] == [0, 0, 0, 0]
+    assert results[1]["position"] == [3, 0, 3]  # stopped mid-epoch
+    assert results[2]["position"] == [4, 1, 0]  # resumed, stopped at an epoch boundary
     resumed = json.loads(metrics.read_text())
     assert resumed["steps_run"] == 1
     # Step 3 of the resumed process trained on the restored buffer, not a fresh attack.
     assert resumed["history"]["stale_fraction"] == [1.0]
-    assert cli.main([*cut, "--resume"]) == 0
 
-    meta_whole, whole = final_state(tmp_path / "whole")
-    meta_cut, cut_state = final_state(tmp_path / "cut")
+    meta_whole, whole_state = final_state(whole)
+    meta_cut, cut_state = final_state(cut)
     assert meta_whole["global_step"] == meta_cut["global_step"] == 8
     paths = meta_whole["paths"]
     assert [strip(p) for p in paths] == [strip(p) for p in meta_cut["paths"]]
     buffer = next(i for i, p in enumerate(paths) if p.endswith("adv_buffer_images"))
-    assert np.abs(whole[buffer]).max() > 0  # the in-flight adversarial batch is in the state
+    assert np.abs(whole_state[buffer]).max() > 0  # the in-flight adversarial batch is saved
     # Weights, BN statistics (main and auxiliary), LARS slots and step, the adversarial
     # buffer (images and labels) and its step counter.
-    for path, a, b in zip(paths, whole, cut_state):
+    for path, a, b in zip(paths, whole_state, cut_state):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
 
 

@@ -1,0 +1,116 @@
+"""Preemption: SIGTERM / SIGINT end a run at a step every worker agrees on, checkpointed.
+
+What a scheduler does to a long run (Kubernetes, SLURM, a spot VM, ``horovodrun`` passing
+on its own SIGTERM, Ctrl-C): it sends SIGTERM (or SIGINT), waits a grace period, then
+kills.  The contract, as TensorFlow's ``PreemptionCheckpointHandler`` and Orbax's
+preemption sync set it:
+
+1. the step in flight finishes (the handler only records the signal; Python runs it
+   when the compiled step returns to the interpreter);
+2. after every step each worker contributes "a signal reached me" to one all-reduce
+   (a scalar; Horovod ranks; one process holds every tf.distribute replica), so all
+   workers stop after the *same* step, whichever of them the signal reached;
+3. that step is checkpointed (``StepCheckpoint.save_now``: the chief writes, whatever
+   ``--checkpoint-every`` says, then every worker waits for it), and training ends with
+   ``Preempted``: no validation, no further step;
+4. the command exits with ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL``: "try again") after
+   one line naming the checkpoint and the command that resumes it; without
+   ``--checkpoint-dir`` the line says that nothing could be saved.
+
+A second signal while the first is being handled restores the default handlers and
+delivers itself again: the process dies at once (status 143 / 130), as a user who presses
+Ctrl-C twice expects.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import keras
+
+from adv_large_batch.exits import EXIT_PREEMPTED, Preempted
+
+#: The signals a run treats as preemption.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalWatch:
+    """Records the first SIGTERM / SIGINT while active (a context manager); a second one
+    kills the process as the default handler would.  Handlers can only be installed from
+    the main thread: elsewhere the watch stays inactive and ``requested`` stays None."""
+
+    def __init__(self, signals: tuple[int, ...] = SIGNALS) -> None:
+        self.signals = signals
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:  # the second signal: die now
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "SignalWatch":
+        try:
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave the handlers alone
+            self._restore()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    @property
+    def signal_name(self) -> str:
+        return "nothing" if self.requested is None else signal.Signals(self.requested).name
+
+
+class PreemptionCheckpoint(keras.callbacks.Callback):
+    """After every training step: stop all workers at the same step once a signal reached
+    any of them, checkpoint that step, raise ``Preempted`` (see the module docstring).
+
+    Args:
+        watch: the active ``SignalWatch``.
+        backend: the run's distributed backend (``allreduce_mean``, ``barrier``, chief).
+        save: writes the checkpoint of the model's step and returns its folder, or None
+            when the run keeps no checkpoints (``StepCheckpoint.save_now``).
+    """
+
+    def __init__(
+        self, watch: SignalWatch, backend: Any, save: Callable[[], str | None] | None
+    ) -> None:
+        super().__init__()
+        self.watch = watch
+        self.backend = backend
+        self.save = save
+
+    def agreed(self) -> bool:
+        """True on every worker once the signal reached any worker (one scalar all-reduce)."""
+        mine = 0.0 if self.watch.requested is None else 1.0
+        if self.backend.size == 1:
+            return mine > 0
+        return float(self.backend.allreduce_mean(mine)) > 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not self.agreed():
+            return
+        from adv_large_batch.engine.checkpointing import data_position
+
+        step = data_position(self.model)
+        path = self.save() if self.save is not None else None
+        self.backend.barrier()  # every worker leaves after the chief's checkpoint is complete
+        name = self.watch.signal_name if self.watch.requested is not None else "a signal to a peer"
+        raise Preempted(step, name, path, self.backend.is_chief)
+
+
+__all__ = ["EXIT_PREEMPTED", "SIGNALS", "Preempted", "PreemptionCheckpoint", "SignalWatch"]

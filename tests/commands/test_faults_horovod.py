@@ -1,0 +1,106 @@
+"""Faults of a real ``horovodrun -np 2 --gloo`` job: SIGTERM to one rank, then ``kill -9`` of
+one rank, each followed by ``--resume`` on the same checkpoint folder."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from adv_large_batch import cli
+from adv_large_batch.engine import checkpointing
+from tests.processes import REPO, TIMEOUT_S, quiet_env
+
+RUN = [
+    "finetune", "--model", "tiny-random", "--strategy", "horovod", "--train-limit", "512",
+    "--eval-limit", "16", "--batch-size", "32", "--micro-batch-size", "8", "--epochs", "3",
+    "--max-seq-length", "16", "--adv-start-epoch", "2", "--verbose", "2",
+]  # fmt: skip
+# 16 steps per epoch (per-rank batch 16), 48 in all; ScaLA from step 16.
+
+
+def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:
+    """The worker process of ``rank`` among the launcher's descendants (``sh -c`` execs it)."""
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            worker = any("adv-large-batch" in part for part in child.cmdline())
+            if worker and child.environ().get("HOROVOD_RANK") == str(rank):
+                return child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no process of rank {rank}")
+
+
+def launch_and(horovodrun: Path, argv: list[str], when: str, act) -> tuple[int, str, float]:
+    """Start ``horovodrun -np 2`` on ``argv``; once a line containing ``when`` is printed,
+    ``act(launcher)``; return the launcher's status, its output and the seconds from the
+    act to its end."""
+    cli_path = Path(sys.executable).parent / "adv-large-batch"
+    launcher = subprocess.Popen(
+        [str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo", str(cli_path), *argv],
+        cwd=REPO,
+        env=quiet_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, acted = [], None
+    for line in launcher.stdout:
+        lines.append(line)
+        if acted is None and when in line:
+            act(launcher)
+            acted = time.monotonic()
+    try:
+        launcher.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        pytest.fail("horovodrun did not end")
+    assert acted is not None, "".join(lines)[-3000:]
+    return launcher.returncode, "".join(lines), time.monotonic() - acted
+
+
+def newest_step(directory: Path) -> int:
+    return checkpointing.read_meta(checkpointing.latest_checkpoint(str(directory)))["global_step"]
+
+
+@pytest.mark.horovod
+@pytest.mark.slow
+def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop after the same step, the chief checkpoints
+    it, every rank exits 75 (before: rank 1 died with 143 and the steps since the last
+    epoch checkpoint were lost).  ``kill -9`` of rank 1: the job ends within 60 s, non-zero.
+    ``--resume`` continues after each."""
+    ckpt = tmp_path / "ckpt"
+    argv = [*RUN, "--checkpoint-dir", str(ckpt)]
+
+    def terminate_rank_1(launcher):
+        rank_process(launcher, 1).send_signal(signal.SIGTERM)
+
+    status, out, _ = launch_and(horovodrun, argv, "<stdout>:Epoch 1/", terminate_rank_1)
+    assert status != 0 and f"Exit code: {cli.EXIT_PREEMPTED}" in out, out[-3000:]
+    step = newest_step(ckpt)
+    assert 16 < step < 48
+    said = re.findall(r"\[0\]<stderr>:\[finetune\] preempted by (.*) after step (\d+)", out)
+    assert said == [("a signal to a peer", str(step))], out[-3000:]
+    workers = [line for line in out.splitlines() if re.match(r"\[\d\]<std(out|err)>:", line)]
+    assert not [line for line in workers if "Traceback" in line]  # (horovodrun prints its own)
+
+    def kill_rank_1(launcher):
+        rank_process(launcher, 1).send_signal(signal.SIGKILL)
+
+    resumed = [*argv, "--resume"]
+    status, out, seconds = launch_and(horovodrun, resumed, "<stdout>:Epoch 2/", kill_rank_1)
+    assert status != 0, out[-3000:]
+    assert seconds < 60, out[-3000:]
+    killed_at = newest_step(ckpt)
+    assert killed_at >= 32  # the epoch-2 checkpoint
+
+    status, out, _ = launch_and(horovodrun, resumed, f"resumed from {ckpt}", lambda _: None)
+    assert status == 0, out[-3000:]
+    assert newest_step(ckpt) == 48

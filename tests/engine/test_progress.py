@@ -1,0 +1,145 @@
+"""The progress line in a log file: whole lines, no carriage returns (issue 23, item 8).
+
+On a cluster stdout goes to a file; before, ``--verbose 1`` rewrote its line with ``\\r``
+there too, so the log held one line of every step's text per epoch.  The callback tests
+drive a real tiny ``model.fit`` with it on a real stream: an open file, an ``io.StringIO``
+or a pseudo-terminal (a real tty)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import tty
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from adv_large_batch.engine import progress
+from adv_large_batch.engine.progress import Progress
+
+EPOCHS, STEPS = 3, 8
+
+
+def fit(callback):
+    """A tiny regression, ``EPOCHS`` epochs of ``STEPS`` steps, with ``callback``."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    x = np.random.default_rng(0).normal(size=(STEPS * 8, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    callbacks = callback if isinstance(callback, list) else [callback]
+    model.fit(x, y, batch_size=8, epochs=EPOCHS, verbose=0, shuffle=False, callbacks=callbacks)
+
+
+def heads(lines):
+    """``["Epoch 1/3 - 8/8", ...]``: the epoch and step count that start each line."""
+    return [" - ".join(line.split(" - ")[:2]) for line in lines]
+
+
+def test_is_dynamic_true_only_on_a_terminal_or_a_notebooks_stdout(tmp_path, capsys):
+    """(``capsys``: sys.stdout is pytest's capture, no tty, even under ``pytest -s``.)"""
+    is_dynamic = progress.is_dynamic
+    with open(tmp_path / "log", "w") as file:
+        assert not is_dynamic(file)
+        # Keras' Progbar also counts "posix" in sys.modules, always true on Linux.
+        assert not is_dynamic(file, modules={"posix": os, "ipykernel": os})
+    assert not is_dynamic(io.StringIO())
+    assert not is_dynamic(object())
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as terminal:
+        assert is_dynamic(terminal)
+    os.close(master)
+    # A notebook's stdout is no tty but renders "\r"; only the process' own stdout counts.
+    assert not is_dynamic(sys.stdout, modules={}, environ={})
+    assert is_dynamic(sys.stdout, modules={"ipykernel": os}, environ={})
+    assert is_dynamic(sys.stdout, modules={}, environ={"PYCHARM_HOSTED": "1"})
+    assert not is_dynamic(io.StringIO(), modules={"ipykernel": os}, environ={})
+
+
+def test_a_log_file_gets_one_whole_line_per_epoch(tmp_path):
+    """With the default interval (60 s, far longer than these epochs).  Before: ``\\r``
+    before every step's line, so a log line per epoch held all 8 rewrites."""
+    path = tmp_path / "job.log"
+    with open(path, "w") as log:
+        fit(Progress(1, ("mae",), 8, stream=log))
+    text = path.read_text()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert heads(lines) == [f"Epoch {e}/{EPOCHS} - {STEPS}/{STEPS}" for e in (1, 2, 3)]
+    assert all(line.endswith(" s") and len(line) < 200 for line in lines)  # final lines
+
+
+def test_interval_0_writes_one_line_per_step(tmp_path):
+    stream = io.StringIO()
+    fit(Progress(1, ("mae",), 8, stream=stream, interval=0))
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert heads(lines) == [
+        f"Epoch {e}/{EPOCHS} - {s}/{STEPS}" for e in (1, 2, 3) for s in range(1, STEPS + 1)
+    ]
+    assert all("mae " in line and "lr " in line for line in lines)
+
+
+def test_within_an_epoch_at_most_one_line_per_interval(monkeypatch):
+    """A clock that moves 25 s per step, interval 60: lines at steps 3 (75 s) and 6 (75 s
+    after), then the final line at step 8, in every epoch."""
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(time=lambda: clock.now))
+
+    class Tick(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            clock.now += 25.0
+
+    stream = io.StringIO()
+    fit([Tick(), Progress(1, ("mae",), 8, stream=stream, interval=60)])
+    text = stream.getvalue()
+    assert "\r" not in text
+    assert heads(text.splitlines()) == [
+        f"Epoch {e}/{EPOCHS} - {s}/{STEPS}" for e in (1, 2, 3) for s in (3, 6, 8)
+    ]
+
+
+def test_interval_must_not_be_negative():
+    with pytest.raises(ValueError, match="interval"):
+        Progress(1, ("mae",), 8, interval=-1)
+
+
+def test_a_terminal_still_gets_the_line_rewritten_after_every_step():
+    """Unchanged on a tty (a pseudo-terminal here), whatever ``interval`` says."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no "\n" -> "\r\n" translation: read back what was written
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the slave side is closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with os.fdopen(slave, "w") as terminal:
+        fit(Progress(1, ("mae",), 8, stream=terminal, interval=3600))
+    reader.join(timeout=30)
+    os.close(master)
+    text = b"".join(chunks).decode()
+    epochs = text.split("\n")
+    assert epochs[-1] == "" and len(epochs) == EPOCHS + 1
+    for number, epoch in enumerate(epochs[:-1], start=1):
+        # A rewrite per step, then the final line rewrites the last once more.
+        rewrites = epoch.split("\r")
+        assert rewrites[0] == "" and len(rewrites) == STEPS + 2
+        assert heads(rewrites[1:]) == [
+            *(f"Epoch {number}/{EPOCHS} - {s}/{STEPS}" for s in range(1, STEPS + 1)),
+            f"Epoch {number}/{EPOCHS} - {STEPS}/{STEPS}",
+        ]
+        assert rewrites[-1].endswith(" s")

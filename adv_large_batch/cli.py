@@ -4,7 +4,7 @@ Subcommands: ``info`` (installation report), ``finetune`` (ScaLA / baseline
 fine-tuning of a BERT-family encoder), ``train-images`` (ConAdv / DisAdv /
 baseline image training) and ``sharpness`` (top Hessian eigenvalue of a
 checkpoint's training loss).  Every flag comes from a config
-dataclass (``adv_large_batch.config``); bad values exit with status 2 and a
+dataclass (``adv_large_batch.flags``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
 
 Exit statuses (what a launcher, ``horovodrun`` or a scheduler sees): ``adv_large_batch.exits``
@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from adv_large_batch import __version__
-from adv_large_batch.config import ConfigError, add_arguments, add_deprecated_alias, from_args
 from adv_large_batch.exits import (
     EXIT_BAD_INPUT,
     EXIT_CHECKPOINT_WRITE,
@@ -34,6 +33,7 @@ from adv_large_batch.exits import (
     CheckpointWriteError,
     Preempted,
 )
+from adv_large_batch.flags import ConfigError, add_arguments, add_deprecated_alias, from_args
 
 
 def _status(result: dict) -> int:

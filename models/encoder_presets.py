@@ -26,7 +26,7 @@ import os
 import re
 from typing import Any
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 
 # keras-hub backbone class name / Hugging Face model_type -> architecture.
 KERAS_HUB_BACKBONES = {"BertBackbone": "bert", "RobertaBackbone": "roberta"}

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import keras
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models import efficientnet, resnet
 from adv_large_batch.models.inputs import check_image_shape
 

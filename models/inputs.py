@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 
 #: Every image model takes, and every image pipeline gives, float pixels in this range.
 IMAGE_RANGE = (0.0, 1.0)

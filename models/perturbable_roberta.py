@@ -30,7 +30,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
 
 

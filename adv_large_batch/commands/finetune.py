@@ -14,8 +14,8 @@ from typing import Any
 
 from adv_large_batch.commands.common import Context, Plan, run_training
 from adv_large_batch.commands.run_config import RunConfig, split_batch
-from adv_large_batch.config import cli_field, require
 from adv_large_batch.data.text_tasks import TASKS
+from adv_large_batch.flags import cli_field, require
 from adv_large_batch.optimizers import OptimizerConfig
 from adv_large_batch.scala import ScaLAConfig
 

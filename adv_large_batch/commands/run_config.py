@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from adv_large_batch.config import cli_field, require
+from adv_large_batch.flags import cli_field, require
 
 #: ``--strategy`` values (``adv_large_batch.engine.distributed.get_backend``'s kinds).
 BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")

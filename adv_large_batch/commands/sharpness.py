@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.sharpness import top_hessian_eigenvalue
 
 #: Training commands whose checkpoints ``sharpness`` can rebuild.

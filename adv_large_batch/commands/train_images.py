@@ -30,10 +30,10 @@ from adv_large_batch.commands.common import Context, Plan, run_training
 from adv_large_batch.commands.run_config import RunConfig
 from adv_large_batch.conadv import ConAdvConfig
 from adv_large_batch.conadv.buffers import WorkerBuffers
-from adv_large_batch.config import ConfigError, cli_field, require
 from adv_large_batch.data.augment import POLICIES
 from adv_large_batch.data.image_datasets import DATASETS
 from adv_large_batch.engine.losses import smoothed_cross_entropy
+from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.models.image_models import IMAGE_MODELS, check_input_shape
 from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from adv_large_batch.conadv import pgd
-from adv_large_batch.config import cli_field, require
+from adv_large_batch.flags import cli_field, require
 
 METHODS = ("baseline", "disadv", "conadv")
 

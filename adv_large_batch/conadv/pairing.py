@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from adv_large_batch.config import require
+from adv_large_batch.flags import require
 
 IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
 

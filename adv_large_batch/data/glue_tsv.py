@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data.text_tasks import TASKS, TSV_LABELS, TextSplit, TextTask
+from adv_large_batch.flags import ConfigError
 
 # ---- GLUE from the original TSV files -------------------------------------------------
 COLA_COLUMNS = 4  # CoLA train/dev have no header: source, label, original label, sentence

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data.augment import central_crop
+from adv_large_batch.flags import ConfigError
 
 #: Datasets whose training images keep their own sizes at an ``image_size`` (see above).
 LARGE_IMAGE_DATASETS = ("imagenet2012", "folder")

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import image_datasets
 from adv_large_batch.data.image_datasets import (
     HOLDOUT_EVERY,
@@ -39,6 +38,7 @@ from adv_large_batch.data.image_datasets import (
     SkippedFiles,
     resize_central,
 )
+from adv_large_batch.flags import ConfigError
 
 # ---- which files are images ----------------------------------------------------------------
 _PROBE_BYTES = 16

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import image_datasets
 from adv_large_batch.data.augment import central_crop
+from adv_large_batch.flags import ConfigError
 
 
 # ---- pipelines --------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data.text_tasks import TextSplit
+from adv_large_batch.flags import ConfigError
 
 
 # ---- tokenisation -----------------------------------------------------------------

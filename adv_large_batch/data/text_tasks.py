@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 
 TASKS: dict[str, dict[str, Any]] = {
     # name: text keys (tfds feature names), classes, metric names,

@@ -41,8 +41,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.exits import CheckpointWriteError
+from adv_large_batch.flags import ConfigError
 
 _NAME = re.compile(r"^ckpt-(\d{8})$")
 

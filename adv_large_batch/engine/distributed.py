@@ -83,8 +83,8 @@ import tensorflow as tf
 
 from adv_large_batch.commands.run_config import BACKENDS as BACKEND_KINDS
 from adv_large_batch.commands.run_config import MULTIWORKER_REFUSED
-from adv_large_batch.config import ConfigError
 from adv_large_batch.engine.batching import densify
+from adv_large_batch.flags import ConfigError
 
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "

@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from adv_large_batch.config import ConfigError, cli_field, require
+from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.optimizers.lamb import LAMB
 from adv_large_batch.optimizers.lars import LARS
 from adv_large_batch.optimizers.param_groups import (

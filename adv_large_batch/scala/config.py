@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from adv_large_batch.config import cli_field, require
+from adv_large_batch.flags import cli_field, require
 from adv_large_batch.scala import perturbation
 
 METHODS = ("baseline", "scala", "gaussian", "rdrop")

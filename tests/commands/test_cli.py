@@ -89,7 +89,7 @@ def test_trust_ratio_logging_needs_a_layerwise_optimizer(capsys):
 def test_precision_is_one_flag_and_dtype_policy_a_deprecated_alias(capsys):
     from adv_large_batch.commands.finetune import FinetuneConfig
     from adv_large_batch.commands.train_images import ImageTrainConfig
-    from adv_large_batch.config import from_args
+    from adv_large_batch.flags import from_args
 
     parser = cli.build_parser()
     for command, config in (("finetune", FinetuneConfig), ("train-images", ImageTrainConfig)):

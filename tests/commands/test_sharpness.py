@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch import cli
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import image_datasets
 from adv_large_batch.engine import checkpointing
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.sharpness import (
     hessian_vector_product,
     make_hvp,

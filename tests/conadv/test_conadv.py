@@ -12,7 +12,7 @@ import tensorflow as tf
 from adv_large_batch import cli
 from adv_large_batch.commands.train_images import ImageTrainConfig, image_optimizer_config, run
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.split_batchnorm import SplitBatchNormalization
 from tests.tiny_bert import SingleProcess
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from tests.conadv.test_conadv import (
     CE,
     EPS,

@@ -19,8 +19,8 @@ import tensorflow as tf
 from PIL import Image
 
 from adv_large_batch import cli
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import image_datasets, image_folders, image_pipeline, text_tasks
+from adv_large_batch.flags import ConfigError
 
 
 def jpeg(image: Image.Image) -> bytes:

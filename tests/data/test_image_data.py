@@ -9,9 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adv_large_batch import cli
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import image_datasets, image_folders, image_pipeline
 from adv_large_batch.data.augment import POLICIES, build_augmenter, crop_padding
+from adv_large_batch.flags import ConfigError
 
 
 # ---- Fashion-MNIST ----------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adv_large_batch import cli
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import augment, image_datasets, image_folders, image_pipeline
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models import efficientnet
 from adv_large_batch.models.image_models import IMAGE_MODELS, default_image_size
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adv_large_batch.config import ConfigError
 from adv_large_batch.data import glue_metrics, text_pipeline, text_tasks
+from adv_large_batch.flags import ConfigError
 
 
 def test_rotten_tomatoes_split_is_real_reproducible_and_disjoint():

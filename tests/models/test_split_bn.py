@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.image_models import build_image_model
 from adv_large_batch.models.split_batchnorm import (
     SplitBatchNormalization,

@@ -6,7 +6,7 @@ import pytest
 
 from adv_large_batch import cli
 from adv_large_batch.commands.train_images import ImageTrainConfig, resolve_recipe
-from adv_large_batch.config import ConfigError, from_args
+from adv_large_batch.flags import ConfigError, from_args
 from adv_large_batch.optimizers import (
     OptimizerConfig,
     build_optimizer,

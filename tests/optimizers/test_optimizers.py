@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError, add_arguments, from_args
+from adv_large_batch.flags import ConfigError, add_arguments, from_args
 from adv_large_batch.optimizers import (
     LAMB,
     LARS,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adv_large_batch.config import ConfigError
+from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.inputs import trim_to_longest
 from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
 from adv_large_batch.scala import DelayedInjection, ScaLA, ScaLAConfig

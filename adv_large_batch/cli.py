@@ -55,6 +55,7 @@ class Subcommand:
     configs: Callable[[], list[tuple[type, str]]]  # (config class, flag group title)
     run: Callable[..., int]  # run(*configs) -> exit status
     defaults: Callable[[], dict[str, Any]] = dict  # flag defaults of this subcommand
+    old_spellings: tuple[tuple[str, str], ...] = ()  # (deprecated flag, the flag it names)
 
 
 def _finetune_configs() -> list[tuple[type, str]]:
@@ -82,7 +83,7 @@ def _images_configs() -> list[tuple[type, str]]:
 
 
 def _images_defaults() -> dict[str, Any]:
-    from adv_large_batch.commands.train_images import IMAGE_OPTIMIZER_DEFAULTS
+    from adv_large_batch.optimizers import IMAGE_OPTIMIZER_DEFAULTS
 
     return IMAGE_OPTIMIZER_DEFAULTS  # the same optimizer flags, image defaults
 
@@ -126,6 +127,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         _images_configs,
         _run_images,
         _images_defaults,
+        (("--dtype-policy", "--precision"),),
     ),
     "sharpness": Subcommand(
         "top Hessian eigenvalue of a checkpoint's training loss (power iteration)",
@@ -152,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.description)
         for cls, title in command.configs():
             add_arguments(p, cls, title)
-        if name == "train-images":
-            add_deprecated_alias(p, "--dtype-policy", "--precision")  # the flag's old name
+        for alias, flag in command.old_spellings:
+            add_deprecated_alias(p, alias, flag)
         p.set_defaults(**command.defaults())
     return parser
 

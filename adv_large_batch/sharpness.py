@@ -1,6 +1,8 @@
 """Sharpness of a trained model: the top eigenvalue of the training loss's Hessian.
 
-ScaLA (``shared/papers/scala.md``, figure 4c) compares the sharpness of the
+ScaLA ("ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer Networks via
+Efficient and Scalable Adversarial Perturbation", arXiv:2201.12469; figure 4c of the
+ICLR 2022 submission) compares the sharpness of the
 minima that small-batch, large-batch and ScaLA training reach: the largest
 eigenvalue of the Hessian of the training loss with respect to the trainable
 weights, on one fixed batch of training data.  It is found by power iteration

@@ -42,9 +42,9 @@ def worker(args: argparse.Namespace) -> None:
     """One process of a launch (1 process, or one horovodrun rank)."""
     import tensorflow as tf
 
-    from adv_large_batch.commands import finetune
     from adv_large_batch.data import text_pipeline, text_tasks
     from adv_large_batch.engine import distributed
+    from adv_large_batch.models.text_classifiers import build_network, default_model_path
     from adv_large_batch.optimizers import LAMB
     from adv_large_batch.scala import ScaLA, ScaLAConfig
 
@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
-    network, tokenizer = finetune.build_network(finetune.default_model_path(), 2, 0)
+    network, tokenizer = build_network(default_model_path(), 2, 0)
     per_rank = args.global_batch // backend.size
     task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.global_batch * args.batches)

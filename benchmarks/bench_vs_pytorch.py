@@ -281,7 +281,7 @@ def main() -> None:
     import tensorflow as tf
 
     set_threads(args)
-    from adv_large_batch.commands.finetune import build_network, default_model_path
+    from adv_large_batch.models.text_classifiers import build_network, default_model_path
 
     ours_import_rss = proc_status_mb("VmRSS")
     model_path = default_model_path()

@@ -19,9 +19,9 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.commands.finetune import build_network, default_model_path
 from adv_large_batch.data import text_pipeline, text_tasks
 from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS
+from adv_large_batch.models.text_classifiers import build_network, default_model_path
 
 
 def unchanged_fraction(e: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> float:

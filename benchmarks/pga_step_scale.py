@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.commands.finetune import build_network, default_model_path
 from adv_large_batch.data import text_pipeline, text_tasks
 from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.models.text_classifiers import build_network, default_model_path
 from adv_large_batch.scala import perturbation
 
 

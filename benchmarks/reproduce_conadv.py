@@ -49,6 +49,7 @@ def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
 def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
     from adv_large_batch.commands import train_images
     from adv_large_batch.conadv import ConAdvConfig
+    from adv_large_batch.optimizers import image_optimizer_config
 
     method, augment = METHODS[run.method]
     run_cfg = train_images.ImageTrainConfig(
@@ -64,7 +65,7 @@ def train(args: argparse.Namespace, run: PlannedRun) -> dict[str, Any]:
         verbose=0,
     )
     adv = ConAdvConfig(method=method, eps=args.eps)
-    opt = train_images.image_optimizer_config(lr=args.lr, lr_scaling=args.lr_scaling)
+    opt = image_optimizer_config(lr=args.lr, lr_scaling=args.lr_scaling)
     result = train_images.run(run_cfg, adv, opt)
     history = result["history"]
     return {

@@ -16,6 +16,9 @@ GFLOP/s and the commit it ran on.
 
     .venv/bin/python benchmarks/study_conadv.py --stage gap
     .venv/bin/python benchmarks/study_conadv.py --stage methods --batch 4096 --seeds 0 1 2
+    # a rerun check: one logged run again, into another log
+    .venv/bin/python benchmarks/study_conadv.py --stage methods --seeds 0 --arms conadv-shared \
+        --log docs/data/study_conadv_rerun.jsonl
 """
 
 from __future__ import annotations
@@ -45,21 +48,27 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
+PAIRED_ARMS = ("baseline", "disadv", "conadv-separate", "conadv-shared")
+
+
 def plan(args: argparse.Namespace) -> list[PlannedRun]:
     if args.stage == "gap":
         return [PlannedRun("baseline", b, 0, tag=f"e{args.epochs}") for b in GAP_BATCHES]
     runs = [
         PlannedRun(arm, args.batch, seed, tag=f"e{args.epochs}")
         for seed in args.seeds
-        for arm in ("baseline", "disadv", "conadv-separate", "conadv-shared")
+        for arm in PAIRED_ARMS
+        if arm in args.arms
     ]
-    runs.append(PlannedRun("conadv-shared+randaugment", args.batch, 0, tag=f"e{args.epochs}"))
+    if "conadv-shared+randaugment" in args.arms:
+        runs.append(PlannedRun("conadv-shared+randaugment", args.batch, 0, tag=f"e{args.epochs}"))
     return runs
 
 
 def train(args: argparse.Namespace, run: PlannedRun, gflops: float) -> dict[str, Any]:
     from adv_large_batch.commands import train_images
     from adv_large_batch.conadv import ConAdvConfig
+    from adv_large_batch.optimizers import image_optimizer_config
 
     arm = ARMS[run.method]
     run_cfg = train_images.ImageTrainConfig(
@@ -75,7 +84,7 @@ def train(args: argparse.Namespace, run: PlannedRun, gflops: float) -> dict[str,
         verbose=2,
     )
     adv = ConAdvConfig(**arm["adv"], eps=args.eps)
-    opt = train_images.image_optimizer_config()
+    opt = image_optimizer_config()
     result = train_images.run(run_cfg, adv, opt)
     history = result["history"]
     keep = (
@@ -117,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=3.0, help="pixels out of 255")
     p.add_argument("--micro-batch-size", type=int, default=512)
     p.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=tuple(ARMS),
+        default=tuple(ARMS),
+        help="the methods stage's arms to run (default: all; the randaugment row is seed 0 only)",
+    )
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
     return run_study(args, plan, train)

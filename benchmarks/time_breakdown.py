@@ -66,13 +66,13 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     import keras
     import tensorflow as tf
 
-    from adv_large_batch.commands import finetune
     from adv_large_batch.data import text_pipeline, text_tasks
     from adv_large_batch.models.inputs import TOKEN_IDS, trim_to_longest
+    from adv_large_batch.models.text_classifiers import build_network, default_model_path
     from adv_large_batch.optimizers import LAMB
     from adv_large_batch.scala import ScaLA, ScaLAConfig
 
-    network, tokenizer = finetune.build_network(finetune.default_model_path(), 2, 0)
+    network, tokenizer = build_network(default_model_path(), 2, 0)
     task = text_tasks.load_task("rotten_tomatoes")
     split = task.train.take(args.batch_size * args.batches)
     feats = text_pipeline.tokenize(split, tokenizer, args.max_length)

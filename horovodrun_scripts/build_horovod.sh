@@ -14,6 +14,12 @@
 #          `horovodrun --check-build`. Re-running is a no-op (a few seconds) once it is built.
 # GPU:     when nvcc and an NCCL library are found, HOROVOD_GPU_OPERATIONS=NCCL is set.
 #          The GPU build is UNTESTED here (the CI/dev machines are CPU-only).
+# Runner:  horovodrun stops its workers (on its own SIGTERM / Ctrl-C, or when one rank fails)
+#          by SIGSTOPping the process its `sh -c` exec'd -- the worker itself -- and killing it
+#          5 s later, so a worker never sees the SIGTERM it could checkpoint on.  We patch the
+#          installed runner (patch_runner below, idempotent): a worker that is the shell itself
+#          gets SIGTERM first and HOROVOD_GRACEFUL_TERMINATION_TIME_S (default 60) seconds to
+#          end, as a scheduler's grace period; anything else is stopped as before.
 set -euo pipefail
 
 HOROVOD_VERSION="0.28.1"
@@ -54,8 +60,45 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+# The runner patch (see the header): idempotent, on the installed copy.
+patch_runner() {
+    "${PYTHON_BIN}" - <<'EOF'
+import pathlib
+
+import horovod.runner.common.util.safe_shell_exec as m
+
+path = pathlib.Path(m.__file__)
+text = path.read_text()
+marker = "# adv-large-batch: SIGTERM the exec'd worker first"
+if marker not in text:
+    old_grace = "GRACEFUL_TERMINATION_TIME_S = 5\n"
+    new_grace = (
+        "GRACEFUL_TERMINATION_TIME_S = int(os.environ.get("
+        "'HOROVOD_GRACEFUL_TERMINATION_TIME_S', '60'))\n"
+    )
+    old_body = "    # Terminate children gracefully.\n"
+    new_body = (
+        f"    {marker}: no children means `sh -c` exec'd it, so it gets the grace period.\n"
+        "    try:\n"
+        "        if not p.children():\n"
+        "            p.terminate()\n"
+        "            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+        "            return\n"
+        "    except psutil.NoSuchProcess:\n"
+        "        return\n"
+        "    except psutil.TimeoutExpired:\n"
+        "        pass\n" + old_body
+    )
+    assert text.count(old_grace) == 1 and text.count(old_body) == 1, "safe_shell_exec changed"
+    assert "\nimport os\n" in text, "safe_shell_exec no longer imports os"
+    path.write_text(text.replace(old_grace, new_grace).replace(old_body, new_body))
+    print(f"[build_horovod] patched {path}: workers get SIGTERM and a grace period")
+EOF
+}
+
 if already_built; then
     log "Horovod ${HOROVOD_VERSION} with TensorFlow + Gloo is already installed; nothing to build."
+    patch_runner
     check_build
     exit 0
 fi
@@ -124,5 +167,6 @@ HOROVOD_WITH_TENSORFLOW=1 \
 log "Build + install took $((SECONDS - start)) s."
 
 already_built || die "Horovod installed but 'import horovod.tensorflow' or gloo_built() failed."
+patch_runner
 check_build
 log "Done: Horovod ${HOROVOD_VERSION} (TensorFlow ${TF_VERSION}, Gloo) in ${PYTHON_BIN}."

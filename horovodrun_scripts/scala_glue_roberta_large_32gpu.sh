@@ -15,7 +15,7 @@
 #          (the 1e-5 radius is below half-precision resolution, see README).
 # UNTESTED here (no GPUs, no RoBERTa-large weights on the dev/CI machines); the RoBERTa path
 # (keras-hub preset and Hugging Face folders) is tested on tiny random models in
-# tests/test_perturbable_roberta.py, and the same command shape runs on 2 CPU processes in
+# tests/models/test_perturbable_roberta.py, and the same command shape runs on 2 CPU processes in
 # horovodrun_scripts/local_2proc_cpu.sh.
 # Environment knobs:
 #   HOROVOD_FUSION_THRESHOLD  bytes fused into one allreduce (default here 128 MiB; RoBERTa-large

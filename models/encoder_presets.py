@@ -166,16 +166,3 @@ def load_encoder_classifier(path: str, num_classes: int) -> Any:
     if architecture == "roberta":
         return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes)
     return bert.PerturbableBertClassifier(backbone, num_classes=num_classes)
-
-
-def load_classifier(path: str, num_classes: int) -> tuple[Any, Any]:
-    """(perturbable classifier, tokenizer) for the encoder in a local folder.
-
-    Example:
-
-    ```python
-    network, tokenizer = load_classifier("/data/roberta-large", num_classes=2)
-    network.embed_tokens, network.logits_from_embeddings   # what ScaLA calls
-    ```
-    """
-    return load_encoder_classifier(path, num_classes), load_tokenizer(path)

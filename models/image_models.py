@@ -64,11 +64,6 @@ def _spec(name: str) -> ImageModel:
     return REGISTRY[name]
 
 
-def min_input_size(name: str) -> int:
-    """The smallest height/width ``name`` takes (its total down-sampling)."""
-    return _spec(name).min_size
-
-
 def default_image_size(name: str) -> int | None:
     """The resolution model ``name`` trains at on ImageNet-scale data (``--image-size``
     unset): ``resnet*`` 224, ``efficientnet_b0`` 224, ``efficientnet_b2`` 260
@@ -119,5 +114,4 @@ __all__ = [
     "build_image_model",
     "check_input_shape",
     "default_image_size",
-    "min_input_size",
 ]

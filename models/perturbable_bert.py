@@ -1,6 +1,8 @@
 """A BERT-family text classifier whose token-embedding output can be perturbed.
 
-ScaLA (``shared/papers/scala.md``, section 3.1, "Practical Considerations")
+ScaLA ("ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer Networks via
+Efficient and Scalable Adversarial Perturbation", arXiv:2201.12469; section 3.1 of the
+ICLR 2022 submission, "Practical Considerations")
 perturbs the continuous word embeddings.  Like FreeLB, the perturbation ``y``
 enters right after the token-embedding lookup and *before* the position and
 segment embeddings and the embedding LayerNorm are added:
@@ -25,11 +27,12 @@ import keras_hub
 import tensorflow as tf
 
 from adv_large_batch.flags import ConfigError
-from adv_large_batch.models.inputs import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS, trim_to_longest
+from adv_large_batch.models.inputs import PADDING_MASK, SEGMENT_IDS
+from adv_large_batch.models.perturbable_encoder import PerturbableEncoderClassifier
 
 
 @keras.saving.register_keras_serializable(package="adv_large_batch")
-class PerturbableBertClassifier(keras.Model):
+class PerturbableBertClassifier(PerturbableEncoderClassifier):
     """BERT classifier with a perturbation hook on the token-embedding output.
 
     Args:
@@ -53,6 +56,9 @@ class PerturbableBertClassifier(keras.Model):
     ```
     """
 
+    backbone_class = keras_hub.models.BertBackbone
+    backbone_description = "keras_hub.models.BertBackbone (BERT-family encoder)"
+
     def __init__(
         self,
         backbone: keras_hub.models.BertBackbone,
@@ -60,17 +66,7 @@ class PerturbableBertClassifier(keras.Model):
         dropout: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(backbone, keras_hub.models.BertBackbone):
-            raise TypeError(
-                "PerturbableBertClassifier needs a keras_hub.models.BertBackbone "
-                f"(BERT-family encoder), got {type(backbone).__name__}"
-            )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.dropout = dropout
+        super().__init__(backbone, num_classes, dropout, **kwargs)
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
         self.output_dense = keras.layers.Dense(
             num_classes,
@@ -78,10 +74,6 @@ class PerturbableBertClassifier(keras.Model):
             name="logits",
         )
         self.output_dense.build((None, backbone.hidden_dim))
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.backbone.hidden_dim
 
     def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
         """The token-embedding output e (before position/segment embeddings)."""
@@ -105,29 +97,6 @@ class PerturbableBertClassifier(keras.Model):
         pooled = bb.pooled_dense(x[:, bb.cls_token_index, :])
         pooled = self.output_dropout(pooled, training=training)
         return self.output_dense(pooled)
-
-    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        inputs = trim_to_longest(inputs)
-        return self.logits_from_embeddings(
-            self.embed_tokens(inputs[TOKEN_IDS]), inputs, training=training
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "backbone": keras.saving.serialize_keras_object(self.backbone),
-                "num_classes": self.num_classes,
-                "dropout": self.dropout,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PerturbableBertClassifier":
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
 
 
 def is_encoder_preset(path: str) -> bool:

@@ -31,7 +31,8 @@ import keras_hub
 import tensorflow as tf
 
 from adv_large_batch.flags import ConfigError
-from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS
+from adv_large_batch.models.perturbable_encoder import PerturbableEncoderClassifier
 
 
 def add_position_embeddings(
@@ -46,7 +47,7 @@ def add_position_embeddings(
 
 
 @keras.saving.register_keras_serializable(package="adv_large_batch")
-class PerturbableRobertaClassifier(keras.Model):
+class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
     """RoBERTa classifier with a perturbation hook on the token-embedding output.
 
     Args:
@@ -70,6 +71,9 @@ class PerturbableRobertaClassifier(keras.Model):
     ```
     """
 
+    backbone_class = keras_hub.models.RobertaBackbone
+    backbone_description = "keras_hub.models.RobertaBackbone"
+
     def __init__(
         self,
         backbone: keras_hub.models.RobertaBackbone,
@@ -78,17 +82,7 @@ class PerturbableRobertaClassifier(keras.Model):
         hidden_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(backbone, keras_hub.models.RobertaBackbone):
-            raise TypeError(
-                "PerturbableRobertaClassifier needs a keras_hub.models.RobertaBackbone, "
-                f"got {type(backbone).__name__}"
-            )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.dropout = dropout
+        super().__init__(backbone, num_classes, dropout, **kwargs)
         self.head_dim = hidden_dim or backbone.hidden_dim
         policy = backbone.dtype_policy
         # RobertaTextClassifier's head, layer for layer (names, initialisers, activation).
@@ -105,10 +99,6 @@ class PerturbableRobertaClassifier(keras.Model):
         )
         self.pooled_dense.build((None, backbone.hidden_dim))
         self.output_dense.build((None, self.head_dim))
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.backbone.hidden_dim
 
     def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
         """The token-embedding output e (before the position embeddings)."""
@@ -144,29 +134,15 @@ class PerturbableRobertaClassifier(keras.Model):
         features = self.encode(token_embeddings, inputs[PADDING_MASK], training=training)
         return self.head(features, training=training)
 
-    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        inputs = trim_to_longest({TOKEN_IDS: inputs[TOKEN_IDS], PADDING_MASK: inputs[PADDING_MASK]})
-        return self.logits_from_embeddings(
-            self.embed_tokens(inputs[TOKEN_IDS]), inputs, training=training
-        )
+    def encoder_inputs(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Token ids and padding mask: RoBERTa has no segment embedding (``segment_ids``,
+        which the text pipeline always gives, is ignored)."""
+        return {TOKEN_IDS: inputs[TOKEN_IDS], PADDING_MASK: inputs[PADDING_MASK]}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {
-                "backbone": keras.saving.serialize_keras_object(self.backbone),
-                "num_classes": self.num_classes,
-                "dropout": self.dropout,
-                "hidden_dim": self.head_dim,
-            }
-        )
+        config["hidden_dim"] = self.head_dim
         return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PerturbableRobertaClassifier":
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
 
 
 def load_roberta_backbone(preset: str) -> keras_hub.models.RobertaBackbone:

@@ -33,6 +33,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from adv_large_batch import keras_internals
+
 
 def backend_result_type(dtype: Any) -> str:
     """BatchNorm's compute dtype: at least float32 (Keras upcasts float16/bfloat16)."""
@@ -235,7 +237,7 @@ def split_bn_layers(model: keras.layers.Layer) -> list[SplitBatchNormalization]:
     """Every ``SplitBatchNormalization`` in ``model`` (nested models included)."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in keras_internals.flatten_layers(model, include_self=True, recursive=True)
         if isinstance(layer, SplitBatchNormalization)
     ]
 

@@ -4,42 +4,48 @@ Top to bottom, the same for both:
 
     precision policy -> backend -> batch split -> seed
       -> command.prepare   (data: the resumable train stream, evaluation sets, steps/epoch,
-                            the optimizer config resolved for the run)
-      -> in the backend's scope: command.build (network + trainer), optimizer, compile
+                            the optimizer config resolved for the run, the command's data)
+      -> in the backend's scope: command.build (network + trainer), Keras optimizer, compile
       -> summary line -> command.before_fit -> resume from the newest intact checkpoint
       -> callbacks: command's first, then the standard ones, then the checkpoint writers
       -> fit from the step (SIGTERM / SIGINT: checkpoint the step, raise ``Preempted``)
       -> command.evaluate -> the metrics dict -> --metrics-out
 
-A command supplies only what differs (``TrainingCommand``); everything above is here once.
+A command supplies only what differs (``TrainingCommand``); everything above is here once,
+with the helpers every command shares: the batch split (``split_batch``), the precision
+switch (``precision_policy``) and the JSON writer (``write_json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from adv_large_batch.commands.run_config import RunConfig, run_record, split_batch, write_metrics
+from adv_large_batch.commands.run_config import RunConfig
+from adv_large_batch.flags import require
 from adv_large_batch.optimizers import OptimizerConfig
 
 Say = Callable[..., None]
+D = TypeVar("D")  # a command's own data (``TextData``, ``ImageData``)
 
 
 @dataclasses.dataclass
-class Plan:
-    """What a command's ``prepare`` hands the skeleton (``extra``: the command's own)."""
+class Plan(Generic[D]):
+    """What a command's ``prepare`` hands the skeleton (``data``: the command's own)."""
 
     train_stream: Callable[[int], Any]  # global step -> batches from that step on
     validation: Any  # a tf.data.Dataset for fit's validation_data
     steps_per_epoch: int
-    optimizer: OptimizerConfig  # resolved for this run (e.g. the LARS recipe)
+    optimizer_config: OptimizerConfig  # resolved for this run (e.g. the LARS recipe)
     summary: str  # the data half of the run's first line
+    data: D  # the command's typed data (task, tokenizer, evaluation sets, ...)
     metrics: tuple[str, ...] = ()  # the task metrics the progress line shows
     perturbation_from: str = "never"  # when the adversarial work starts (the dry run)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +63,9 @@ class TrainingCommand(Protocol):
     """The parts of a training command the skeleton calls, in this order."""
 
     name: str  # the subcommand ("finetune"): the checkpoints' meta and the log prefix
+    unit: str  # the throughput unit of the progress and last lines ("ex/s", "img/s")
 
-    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan: ...
+    def prepare(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan: ...
 
     def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
         """(network, trainer, compile kwargs: loss and metrics), inside the backend's scope."""
@@ -92,6 +99,30 @@ def precision_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+def split_batch(run: RunConfig, workers: int, replicas: int = 1) -> tuple[int, int]:
+    """(per-worker batch, micro-batch) for ``workers`` processes of ``replicas`` replicas each.
+
+    The global batch must split into whole micro-batches on every replica.
+    """
+    parts = max(workers, 1) * max(replicas, 1)
+    micro = run.micro_batch_size or max(run.batch_size // parts, 1)
+    require(
+        run.batch_size % (micro * parts) == 0,
+        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
+        f"{workers} worker(s) x {replicas} replica(s) = {micro * parts}",
+    )
+    return run.batch_size // max(workers, 1), micro
+
+
+def write_json(path: str | None, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path`` (its folder made; nothing if ``path`` is None)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
 def printer(backend: Any, verbose: int) -> Say:
     """``print`` on the chief with ``--verbose`` > 0, else a no-op."""
     return print if backend.is_chief and verbose else (lambda *a, **k: None)
@@ -102,7 +133,7 @@ def history_dict(history: Any) -> dict[str, list[float]]:
 
 
 def run_training(
-    command: TrainingCommand, run_cfg: RunConfig, adv: Any, opt: OptimizerConfig
+    command: TrainingCommand, run_cfg: RunConfig, adv: Any, optimizer_config: OptimizerConfig
 ) -> dict[str, Any]:
     """Train and evaluate with ``command``; returns the metrics dict (also --metrics-out)."""
     import keras
@@ -116,15 +147,22 @@ def run_training(
         per_worker, _ = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)
         ctx = Context(run_cfg, adv, backend, per_worker, printer(backend, run_cfg.verbose))
         keras.utils.set_random_seed(run_cfg.seed)
-        plan = command.prepare(ctx, opt)
+        plan = command.prepare(ctx, optimizer_config)
+        record = checkpointing.run_record(
+            command.name, run_cfg, adv, plan.optimizer_config, backend
+        )
         total_steps = plan.steps_per_epoch * run_cfg.epochs
         with backend.scope():
             network, model, compile_kwargs = command.build(ctx, plan)
-            optimizer = build_optimizer(plan.optimizer, total_steps, run_cfg.batch_size)
-            model.compile(optimizer=optimizer, jit_compile=backend.jit_compile, **compile_kwargs)
+            keras_optimizer = build_optimizer(
+                plan.optimizer_config, total_steps, run_cfg.batch_size
+            )
+            model.compile(
+                optimizer=keras_optimizer, jit_compile=backend.jit_compile, **compile_kwargs
+            )
         ctx.say(f"[{command.name}] {plan.summary} " + _batch_summary(ctx, plan, adv))
         if run_cfg.dry_run:
-            return dry_run(command, ctx, plan, model, total_steps)
+            return dry_run(command, ctx, plan, model, total_steps, record)
         command.before_fit(ctx, plan, model)
         start_step = 0
         if run_cfg.resume:
@@ -140,7 +178,7 @@ def run_training(
                 plan.steps_per_epoch,
                 run_cfg.epochs,
                 validation_data=plan.validation,
-                callbacks=_callbacks(command, ctx, plan, model, start_step, watch),
+                callbacks=_callbacks(command, ctx, plan, model, start_step, record, watch),
                 verbose=0,  # engine.progress.Progress prints what a person watches
             )
         wall = time.time() - start
@@ -151,9 +189,10 @@ def run_training(
             **timing,
             "stopped_nonfinite_at": model.stopped_nonfinite_at,
             "history": history_dict(history),
-            "config": run_record(run_cfg, adv, plan.optimizer, backend),
+            "config": record,
         }
-        write_metrics(run_cfg, result, backend.is_chief)
+        if backend.is_chief:
+            write_json(run_cfg.metrics_out, result)
         ctx.say(last_line(command, run_cfg, result))
         return result
 
@@ -163,9 +202,8 @@ def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, An
     from adv_large_batch.engine import checkpointing
 
     wall, steps = result["wall_time_s"], result["steps_run"]
-    unit = "img/s" if command.name == "train-images" else "ex/s"
     rate = (
-        f"{steps * run_cfg.batch_size / wall:.1f} {unit}"
+        f"{steps * run_cfg.batch_size / wall:.1f} {command.unit}"
         if steps
         else "no training step left to run (the checkpoint is at the end of the run)"
     )
@@ -184,7 +222,12 @@ def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, An
 
 
 def dry_run(
-    command: TrainingCommand, ctx: Context, plan: Plan, model: Any, total_steps: int
+    command: TrainingCommand,
+    ctx: Context,
+    plan: Plan,
+    model: Any,
+    total_steps: int,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
     """``--dry-run``: the resolved arithmetic of the run, printed (chief only), nothing
     trained; returned as ``{"dry_run": {...}}`` (also to --metrics-out)."""
@@ -192,7 +235,7 @@ def dry_run(
     from adv_large_batch.optimizers.param_groups import effective_parameter_groups
     from adv_large_batch.optimizers.schedules import scale_learning_rate
 
-    run, opt, backend = ctx.run, plan.optimizer, ctx.backend
+    run, opt, backend = ctx.run, plan.optimizer_config, ctx.backend
     replicas = backend.num_replicas_in_sync
     per_replica = ctx.per_worker_batch // replicas
     micro = run.micro_batch_size or per_replica
@@ -229,8 +272,9 @@ def dry_run(
             ctx.say(f"[{command.name}] dry run: {key} = {value}")
     ctx.say(describe_parameter_groups(model.optimizer, variables))
     ctx.say(f"[{command.name}] dry run: nothing trained")
-    result = {"dry_run": facts, "config": run_record(run, ctx.adversarial, opt, backend)}
-    write_metrics(run, result, backend.is_chief)
+    result = {"dry_run": facts, "config": record}
+    if backend.is_chief:
+        write_json(run.metrics_out, result)
     return result
 
 
@@ -240,26 +284,26 @@ def _callbacks(
     plan: Plan,
     model: Any,
     start_step: int,
+    record: dict[str, Any],
     watch: Any = None,
 ) -> list:
-    """The command's callbacks, then the standard ones, then the checkpoint writers (and
-    the preemption handler of ``watch``)."""
-    from adv_large_batch.engine import checkpointing, resume
+    """The command's callbacks, then the standard ones, then the checkpoint writers (every
+    meta.json holds the run ``record``) and the preemption handler of ``watch``."""
+    from adv_large_batch.engine import resume
     from adv_large_batch.engine.callbacks import standard_callbacks
 
     run_cfg, backend = ctx.run, ctx.backend
-    meta = checkpointing.checkpoint_meta(command.name, run_cfg, ctx.adversarial, plan.optimizer)
     callbacks = command.callbacks(ctx, plan, model, start_step)
     callbacks += standard_callbacks(
         backend,
         run_cfg.logdir,
         run_cfg.checkpoint_dir,
         global_batch_size=run_cfg.batch_size,
-        trust_ratios=plan.optimizer.log_trust_ratios,
+        trust_ratios=plan.optimizer_config.log_trust_ratios,
         nonfinite=run_cfg.on_nonfinite,
-        profile_steps=(2, 4) if getattr(run_cfg, "profile", False) else None,
+        profile_steps=(2, 4) if run_cfg.profile else None,
         progress=progress(ctx, plan, command),
-        hparams=run_record(run_cfg, ctx.adversarial, plan.optimizer, backend),
+        hparams=record,
         metrics=plan.metrics,
     )
     return callbacks + resume.step_callbacks(
@@ -268,7 +312,7 @@ def _callbacks(
         run_cfg.stop_at_step,
         plan.steps_per_epoch,
         backend,
-        meta,
+        record,
         watch,
     )
 
@@ -279,12 +323,11 @@ def progress(ctx: Context, plan: Plan, command: TrainingCommand) -> Any:
 
     if not (ctx.backend.is_chief and ctx.run.verbose):
         return None
-    unit = "img/s" if command.name == "train-images" else "ex/s"
-    return Progress(ctx.run.verbose, plan.metrics, ctx.run.batch_size, unit)
+    return Progress(ctx.run.verbose, plan.metrics, ctx.run.batch_size, command.unit)
 
 
 def _batch_summary(ctx: Context, plan: Plan, adv: Any) -> str:
-    run, opt = ctx.run, plan.optimizer
+    run, opt = ctx.run, plan.optimizer_config
     return (
         f"workers={ctx.backend.size} batch={run.batch_size} (per worker "
         f"{ctx.per_worker_batch}, micro {run.micro_batch_size or ctx.per_worker_batch}) "
@@ -293,4 +336,13 @@ def _batch_summary(ctx: Context, plan: Plan, adv: Any) -> str:
     )
 
 
-__all__ = ["Context", "Plan", "TrainingCommand", "precision_policy", "printer", "run_training"]
+__all__ = [
+    "Context",
+    "Plan",
+    "TrainingCommand",
+    "precision_policy",
+    "printer",
+    "run_training",
+    "split_batch",
+    "write_json",
+]

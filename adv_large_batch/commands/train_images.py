@@ -35,36 +35,10 @@ from adv_large_batch.data.image_datasets import DATASETS
 from adv_large_batch.engine.losses import smoothed_cross_entropy
 from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.models.image_models import IMAGE_MODELS, check_input_shape
-from adv_large_batch.optimizers import DEFAULT_NO_DECAY_PATTERNS, OptimizerConfig
+from adv_large_batch.optimizers import OptimizerConfig, resolve_recipe
 
-# keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
-_KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
-
-
-#: The image runs' optimizer: LARS (ConAdv §4.1) with the published large-batch recipe
-#: (``optimizers/recipes.py``: MLPerf ResNet-50 LARS and the ConAdv authors' code): no
-#: ``--lr`` -> the recipe's peak LR and warm-up for the global batch, momentum 0.9,
-#: polynomial (power 2) decay to 1e-4 after warm-up, weight decay 5e-5, BN and bias
-#: excluded.  An explicit ``--lr`` is the LR at ``--base-batch-size``, scaled by
-#: ``--lr-scaling`` (sqrt; linear scaling from 256 gave 640 at 32K).  These are the
-#: ``train-images`` defaults of ``OptimizerConfig``'s flags (one declaration).
-IMAGE_OPTIMIZER_DEFAULTS: dict[str, Any] = {
-    "optimizer": "lars",
-    "lr": None,
-    "lr_scaling": "sqrt",
-    "base_batch_size": 256,
-    "weight_decay": 5e-5,
-    "schedule": "warmup_poly",
-    "poly_power": 2.0,
-    "end_lr": 1e-4,
-    "no_decay_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
-    "no_adapt_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
-}
-
-
-def image_optimizer_config(**overrides: Any) -> OptimizerConfig:
-    """``OptimizerConfig`` with the image defaults (LARS), then ``overrides``."""
-    return dataclasses.replace(OptimizerConfig(), **{**IMAGE_OPTIMIZER_DEFAULTS, **overrides})
+# The optimizer flags' image defaults (LARS and its published recipe) are
+# ``optimizers.recipes.IMAGE_OPTIMIZER_DEFAULTS``; ``resolve_recipe`` fills the recipe in.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,42 +99,21 @@ class ImageTrainConfig(RunConfig):
         )
 
 
-def resolve_recipe(
-    opt: OptimizerConfig, run_cfg: ImageTrainConfig, steps_per_epoch: int
-) -> OptimizerConfig:
-    """The optimizer config with the LARS recipe filled in where ``--lr`` is unset.
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """The image half of a training plan (``Plan.data``)."""
 
-    No ``--lr``: the recipe's peak LR for the global batch (``--lr-scaling`` then does
-    not apply) and, unless ``--warmup-epochs`` / ``--warmup-steps`` is given, its warm-up.
-    ``--warmup-epochs`` always becomes ``warmup_steps``.
-    """
-    from adv_large_batch.optimizers.recipes import lars_recipe
-
-    warmup_epochs = run_cfg.warmup_epochs  # an explicit --warmup-epochs always wins
-    if opt.lr is None:
-        require(
-            opt.optimizer == "lars",
-            f"--optimizer {opt.optimizer} needs an explicit --lr (the recipe default is LARS's)",
-        )
-        recipe = lars_recipe(run_cfg.batch_size, run_cfg.epochs)
-        opt = dataclasses.replace(
-            opt, lr=recipe.peak_lr, lr_scaling="none", base_batch_size=run_cfg.batch_size
-        )
-        if warmup_epochs is None and opt.warmup_steps is None:
-            warmup_epochs = recipe.warmup_epochs
-    if warmup_epochs is not None:
-        total = steps_per_epoch * run_cfg.epochs
-        warmup = round(warmup_epochs * steps_per_epoch)
-        opt = dataclasses.replace(opt, warmup_steps=min(total, warmup))
-    return opt
+    dataset: Any  # the loaded ImageSplits: splits, image shape, classes, skipped files
+    timer: _StepTimer  # the training steps' own time, for the last epoch's img/s
 
 
 class TrainImagesCommand:
     """``adv-large-batch train-images``: the image parts of the run skeleton (``common``)."""
 
     name = "train-images"
+    unit = "img/s"
 
-    def prepare(self, ctx: Context, opt: OptimizerConfig) -> Plan:
+    def prepare(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan[ImageData]:
         """Dataset (at the model's resolution) -> the resumable, augmented stream (paired
         t / t + tau for ConAdv), the test batches, and the LARS recipe for the batch."""
         from adv_large_batch.conadv import pair_with_future
@@ -193,40 +146,17 @@ class TrainImagesCommand:
             )
             return pair_with_future(stream, adv.staleness) if adv.buffered else stream
 
-        skipped = data.skipped_files.line() if data.skipped_files else None
-        if skipped:  # damaged and stray files of an image folder; also in --metrics-out
-            ctx.say(f"[train-images] {skipped}")
-        if arrays is None and not image_pipeline.random_access(data.train):
-            ctx.say(
-                f"[train-images] {data.num_train} training images are streamed from record "
-                "files: each worker shuffles its own shard in a window (exact resume needs the "
-                "same worker count)"
-            )
-        if run_cfg.augment not in image_pipeline.SEEDED_POLICIES and (
-            run_cfg.checkpoint_dir or run_cfg.resume
-        ):
-            ctx.say(
-                f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
-                "generators, so a resumed run's augmentations differ from an uninterrupted "
-                f"run's (exact resume: --augment {' or '.join(image_pipeline.SEEDED_POLICIES)})"
-            )
+        _say_data_notes(ctx, data, arrays)
         test = image_pipeline.eval_batches(data.test, max(ctx.per_worker_batch, 256))
-        summary = (
-            f"dataset={data.name} train={data.num_train} test={data.num_test} "
-            f"image={'x'.join(map(str, data.image_shape))} model={run_cfg.model} "
-            f"eps={adv.eps}px step={adv.step_size if adv.step_size is not None else adv.eps}px "
-            f"staleness={adv.staleness} augment={run_cfg.augment}"
-        )
-        resolved = resolve_recipe(opt, run_cfg, steps_per_epoch)
         return Plan(
             train_stream,
             test,
             steps_per_epoch,
-            resolved,
-            summary,
+            resolve_recipe(optimizer_config, run_cfg, steps_per_epoch),
+            _summary(data, run_cfg, adv),
+            ImageData(data, _StepTimer()),
             ("accuracy",),
             self._adversarial_from(adv),
-            {"data": data},
         )
 
     @staticmethod
@@ -246,13 +176,13 @@ class TrainImagesCommand:
             f"({result['images_per_s']:.1f} img/s in the last epoch's steps)"
         )
 
-    def build(self, ctx: Context, plan: Plan) -> tuple[Any, Any, dict[str, Any]]:
+    def build(self, ctx: Context, plan: Plan[ImageData]) -> tuple[Any, Any, dict[str, Any]]:
         import keras
 
         from adv_large_batch.conadv import ConAdv
         from adv_large_batch.models.image_models import build_image_model
 
-        run_cfg, adv, data = ctx.run, ctx.adversarial, plan.extra["data"]
+        run_cfg, adv, data = ctx.run, ctx.adversarial, plan.data.dataset
         network = build_image_model(
             run_cfg.model, data.image_shape, data.num_classes, split_bn=adv.adversarial,
             width=run_cfg.width,
@@ -271,15 +201,14 @@ class TrainImagesCommand:
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         }  # fmt: skip
 
-    def before_fit(self, ctx: Context, plan: Plan, model: Any) -> None:
+    def before_fit(self, ctx: Context, plan: Plan[ImageData], model: Any) -> None:
         ctx.say(f"[train-images] {model.network.count_params():,} weights")
 
-    def callbacks(self, ctx: Context, plan: Plan, model: Any, start_step: int) -> list:
+    def callbacks(self, ctx: Context, plan: Plan[ImageData], model: Any, start_step: int) -> list:
         from adv_large_batch.engine.callbacks import EpochClock
 
         run_cfg, backend = ctx.run, ctx.backend
-        plan.extra["timer"] = timer = _StepTimer()
-        callbacks: list = [EpochClock(), timer]
+        callbacks: list = [EpochClock(), plan.data.timer]
         if ctx.adversarial.buffered and backend.size * backend.num_replicas_in_sync > 1:
             buffers = WorkerBuffers(
                 model.per_worker_variables(),
@@ -297,12 +226,14 @@ class TrainImagesCommand:
             callbacks.append(buffers)
         return callbacks
 
-    def evaluate(self, ctx: Context, plan: Plan, model: Any, timing: dict[str, Any]) -> dict:
+    def evaluate(
+        self, ctx: Context, plan: Plan[ImageData], model: Any, timing: dict[str, Any]
+    ) -> dict:
         evaluation = model.evaluate(plan.validation, verbose=0, return_dict=True)
         batch, wall = ctx.run.batch_size, timing["wall_time_s"]
-        last_steps, last_seconds = plan.extra["timer"].last_epoch()
+        last_steps, last_seconds = plan.data.timer.last_epoch()
         result = {
-            "dataset": plan.extra["data"].name,
+            "dataset": plan.data.dataset.name,
             "model": ctx.run.model,
             "method": ctx.adversarial.method,
             "top1": float(evaluation["accuracy"]),
@@ -312,9 +243,44 @@ class TrainImagesCommand:
             "images_per_s_overall": timing["steps_run"] * batch / wall
             if timing["steps_run"]
             else 0.0,
-            "skipped_files": _skipped_files(plan.extra["data"]),
+            "skipped_files": _skipped_files(plan.data.dataset),
         }
         return result
+
+
+def _say_data_notes(ctx: Context, data: Any, arrays: Any) -> None:
+    """What the run's first lines say about its images: damaged or stray files left out,
+    training images streamed rather than held, augmentations a resume cannot repeat."""
+    from adv_large_batch.data import image_pipeline
+
+    run_cfg = ctx.run
+    skipped = data.skipped_files.line() if data.skipped_files else None
+    if skipped:  # damaged and stray files of an image folder; also in --metrics-out
+        ctx.say(f"[train-images] {skipped}")
+    if arrays is None and not image_pipeline.random_access(data.train):
+        ctx.say(
+            f"[train-images] {data.num_train} training images are streamed from record "
+            "files: each worker shuffles its own shard in a window (exact resume needs the "
+            "same worker count)"
+        )
+    if run_cfg.augment not in image_pipeline.SEEDED_POLICIES and (
+        run_cfg.checkpoint_dir or run_cfg.resume
+    ):
+        ctx.say(
+            f"[train-images] note: --augment {run_cfg.augment} draws from Keras' stateful "
+            "generators, so a resumed run's augmentations differ from an uninterrupted "
+            f"run's (exact resume: --augment {' or '.join(image_pipeline.SEEDED_POLICIES)})"
+        )
+
+
+def _summary(data: Any, run_cfg: ImageTrainConfig, adv: ConAdvConfig) -> str:
+    """The data half of the run's first line."""
+    return (
+        f"dataset={data.name} train={data.num_train} test={data.num_test} "
+        f"image={'x'.join(map(str, data.image_shape))} model={run_cfg.model} "
+        f"eps={adv.eps}px step={adv.step_size if adv.step_size is not None else adv.eps}px "
+        f"staleness={adv.staleness} augment={run_cfg.augment}"
+    )
 
 
 def _skipped_files(data: Any) -> dict[str, Any]:
@@ -343,7 +309,9 @@ def load_data(run_cfg: ImageTrainConfig) -> Any:
     return data
 
 
-def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> dict[str, Any]:
+def run(
+    run_cfg: ImageTrainConfig, adv: ConAdvConfig, optimizer_config: OptimizerConfig
+) -> dict[str, Any]:
     """Train and evaluate; returns the metrics dict (also written to --metrics-out).
 
     ``--image-size`` unset is resolved to the model's resolution first, so the metrics and
@@ -354,7 +322,7 @@ def run(run_cfg: ImageTrainConfig, adv: ConAdvConfig, opt: OptimizerConfig) -> d
         run_cfg.dataset, run_cfg.model, run_cfg.image_size
     )
     run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
-    return run_training(TrainImagesCommand(), run_cfg, adv, opt)
+    return run_training(TrainImagesCommand(), run_cfg, adv, optimizer_config)
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -385,9 +353,4 @@ class _StepTimer(keras.callbacks.Callback):
         return 0, 0.0
 
 
-__all__ = [
-    "IMAGE_OPTIMIZER_DEFAULTS",
-    "ImageTrainConfig",
-    "image_optimizer_config",
-    "run",
-]
+__all__ = ["ImageData", "ImageTrainConfig", "TrainImagesCommand", "run"]

@@ -1,6 +1,7 @@
 """ConAdv: concurrent adversarial learning for large-batch image training.
 
-Paper: ``shared/papers/conadv.md`` (§3.2 DisAdv, §3.3 ConAdv, eq. 2-5).
+Paper: Y. Liu, X. Chen, M. Cheng, C.-J. Hsieh, Y. You, "Concurrent Adversarial Learning
+for Large-Batch Training", ICLR 2022, arXiv:2106.00221 (§3.2 DisAdv, §3.3 ConAdv, eq. 2-5).
 
 * ``config``: ``ConAdvConfig``, the method's knobs (and flags);
 * ``pgd``: the attack as pure functions (random start, sign step, projection; the

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 from adv_large_batch.conadv import pgd
-from adv_large_batch.flags import cli_field, require
+from adv_large_batch.flags import check_declared, cli_field, require
 
 METHODS = ("baseline", "disadv", "conadv")
 
 
 ATTACK_PASSES = ("separate", "shared")
+
+
+#: ``--adv-eps`` / ``--adv-step``: pixels out of ``pgd.PIXEL_SCALE``.
+PIXEL_BOUNDS = f"[0, {pgd.PIXEL_SCALE:g}] pixels"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +30,25 @@ class ConAdvConfig:
         METHODS,
     )
     eps: float = cli_field(
-        3.0, "--adv-eps", "l-inf radius of the perturbation, in pixels out of 255 (Table 4's p)"
+        3.0,
+        "--adv-eps",
+        "l-inf radius of the perturbation, in pixels out of 255 (Table 4's p)",
+        bounds=PIXEL_BOUNDS,
     )
     step_size: float | None = cli_field(
-        None, "--adv-step", "PGD step in pixels out of 255 (default: --adv-eps)"
+        None,
+        "--adv-step",
+        "PGD step in pixels out of 255 (default: --adv-eps)",
+        bounds=PIXEL_BOUNDS,
     )
-    steps: int = cli_field(1, "--adv-steps", "PGD steps (the paper always uses 1)")
+    steps: int = cli_field(
+        1, "--adv-steps", "PGD steps (the paper always uses 1)", bounds="[1, inf)"
+    )
     staleness: int = cli_field(
-        1, "--staleness", "tau: adversarial examples from the weights of tau steps ago (0 = DisAdv)"
+        1,
+        "--staleness",
+        "tau: adversarial examples from the weights of tau steps ago (0 = DisAdv)",
+        bounds="[0, inf)",
     )
     random_init: bool = cli_field(
         True, "--adv-random-start", "start PGD at a uniform random point of the ball"
@@ -49,21 +64,7 @@ class ConAdvConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
-        require(
-            0 <= self.eps <= pgd.PIXEL_SCALE,
-            f"--adv-eps must be in [0, 255] (pixels), got {self.eps}",
-        )
-        require(
-            self.step_size is None or 0 <= self.step_size <= pgd.PIXEL_SCALE,
-            f"--adv-step must be in [0, 255] (pixels), got {self.step_size}",
-        )
-        require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
-        require(self.staleness >= 0, f"--staleness must be >= 0, got {self.staleness}")
-        require(
-            self.attack_pass in ATTACK_PASSES,
-            f"--attack-pass must be one of {ATTACK_PASSES}, got {self.attack_pass!r}",
-        )
+        check_declared(self)  # each knob against its choices and bounds, then the shared pass
         if self.attack_pass == "shared":
             require(
                 self.method == "conadv",

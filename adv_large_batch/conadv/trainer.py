@@ -1,6 +1,7 @@
 """ConAdv's trainer: baseline, DisAdv and two ConAdv schedules, one ``train_step``.
 
-Paper: ``shared/papers/conadv.md`` §3.2 (DisAdv) and §3.3 (ConAdv, eq. 3-5):
+Paper: Liu et al., "Concurrent Adversarial Learning for Large-Batch Training", ICLR 2022,
+arXiv:2106.00221; §3.2 (DisAdv) and §3.3 (ConAdv, eq. 3-5):
 
 baseline  theta_t+1 = theta_t - eta grad L(theta_t; B_t)
 disadv    x_hat_t   = PGD(theta_t; B_t)                        (its own forward + backward)
@@ -56,6 +57,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from adv_large_batch import keras_internals
 from adv_large_batch.conadv import pgd
 from adv_large_batch.conadv.config import ConAdvConfig
 from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES, NEXT_LABELS
@@ -190,8 +192,9 @@ class ConAdv(AccumulatingTrainer):
 
     def attack_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         """The compiled task loss (labels as the target), without regularisers."""
-        if getattr(self, "_compile_loss", None) is not None:
-            return self._compile_loss(y, logits)
+        compiled = keras_internals.compile_loss(self)
+        if compiled is not None:
+            return compiled(y, logits)
         return mean_cross_entropy(y, logits)
 
     def attack(self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple, seed: tf.Tensor) -> tf.Tensor:
@@ -448,11 +451,19 @@ class ConAdv(AccumulatingTrainer):
         return grads
 
     def get_config(self) -> dict[str, Any]:
+        """Keras' config; the ``ConAdvConfig`` under ``adversarial`` (as in the run record)."""
         config = super().get_config()
         config.update(
             {
-                "config": dataclasses.asdict(self.config),
+                "adversarial": dataclasses.asdict(self.config),
                 "batch_size": self.batch_size,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ConAdv":
+        """Also reads a config saved before, with the ``ConAdvConfig`` under ``config``."""
+        config = dict(config)
+        config["config"] = config.pop("adversarial", config.get("config"))  # __init__'s name
+        return super().from_config(config)

@@ -52,7 +52,7 @@ the same at 224 px).
 Images are float32 in ``[0, 1]``; single-channel images are tiled to three
 channels for the colour ops of RandAugment/AugMix and averaged back.  The
 stateless functions (``pad_crop``, ``inception_crop``, ``random_flip``) draw
-from a seed of shape ``[2]``; ``image_data.seeded_augmenter`` feeds them the
+from a seed of shape ``[2]``; ``image_pipeline.seeded_augmenter`` feeds them the
 per-example seed so that a resumed run redraws the same augmentation.
 """
 
@@ -95,7 +95,7 @@ def central_crop(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
 
     Resize (bilinear, antialiased) so that the image covers ``size / 0.875``
     (for a square ``size``: the shorter side becomes ``size / 0.875``), then take
-    the central ``size`` window.  ``image_data.resize_central`` is this, rounded to
+    the central ``size`` window.  ``image_splits.resize_central`` is this, rounded to
     uint8.
     """
     height, width = _target(size)
@@ -188,10 +188,10 @@ def build_augmenter(
 ) -> Callable[[tf.Tensor], tf.Tensor]:
     """A function ``image -> augmented image`` (an HWC float image in ``[0, 1]``, ``image_shape``).
 
-    Drawn from stateful generators (Keras' layers): for ``train_batches``; the
-    resumable stream uses ``image_data.seeded_augmenter``.  ``crop=False`` leaves
-    out the flip and crop (the caller has cropped already), leaving only
-    RandAugment's / AugMix's ops.
+    Drawn from stateful generators (Keras' layers), so not reproduced by a resumed run;
+    ``image_pipeline.seeded_augmenter`` wraps it for the ``randaugment`` / ``augmix``
+    policies.  ``crop=False`` leaves out the flip and crop (the caller has cropped
+    already), leaving only RandAugment's / AugMix's ops.
 
     ```python
     augment = build_augmenter("randaugment", (28, 28, 1), seed=0)

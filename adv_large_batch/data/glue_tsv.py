@@ -6,23 +6,22 @@ that is not UTF-8 skipped and counted.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from adv_large_batch.data.text_tasks import TASKS, TSV_LABELS, TextSplit, TextTask
+from adv_large_batch.data.text_splits import TASKS, TaskSpec, TextSplit, TextTask, TsvLayout
 from adv_large_batch.flags import ConfigError
 
-# ---- GLUE from the original TSV files -------------------------------------------------
-COLA_COLUMNS = 4  # CoLA train/dev have no header: source, label, original label, sentence
 
-
-def _label_parser(name: str) -> tuple[Any, str]:
+def _label_parser(spec: TaskSpec) -> tuple[Callable[[str], Any], str]:
     """(parse, allowed): ``parse(raw)`` gives the label, or None when ``raw`` is not one."""
-    if name == "stsb":
+    if spec.regression:
 
         def parse(raw: str) -> float | None:
             try:
@@ -32,7 +31,7 @@ def _label_parser(name: str) -> tuple[Any, str]:
             return value if math.isfinite(value) else None
 
         return parse, "a finite similarity score"
-    mapping = TSV_LABELS.get(name, {})
+    mapping = spec.tsv.label_names if spec.tsv else {}
 
     def parse_class(raw: str) -> int | None:
         if raw in mapping:
@@ -55,79 +54,110 @@ def _is_utf8(row: list[str]) -> bool:
     return True
 
 
-def _read_tsv(path: str, name: str) -> TextSplit:
-    """One GLUE TSV file as a split; malformed rows are skipped and counted (module docstring)."""
-    folder, _, text_cols, label_col = TASKS[name]["tsv"]
+def _read_rows(path: str, layout: TsvLayout) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of every row of one TSV file, as published (module docstring)."""
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"GLUE file {path} not found (expected the {folder}/ folder layout)"
+            f"GLUE file {path} not found (expected the {layout.folder}/ folder layout)"
         )
     # utf-8-sig drops MRPC's BOM; surrogateescape keeps a byte that is not UTF-8 as a lone
-    # surrogate, so that its row is skipped and counted below instead of ending the read.
+    # surrogate, so that its row is skipped and counted instead of ending the read.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = [(reader.line_num, row) for row in reader]
-    if name == "cola":
-        width, text_index, label_index, body = COLA_COLUMNS, [3], 1, rows
-    else:
-        if not rows:
-            raise ConfigError(
-                f"{path} is empty: expected a header row with the columns "
-                f"{[*text_cols, label_col]} (the {folder}/ layout of GLUE)"
-            )
-        header, body = rows[0][1], rows[1:]
-        index = {col: i for i, col in enumerate(header)}
-        missing = [c for c in (*text_cols, label_col) if c not in index]
-        if missing:
-            raise ConfigError(f"{path}: columns {missing} not found in header {header}")
-        width, label_index = len(header), index[label_col]
-        text_index = [index[c] for c in text_cols]
-    parse, allowed = _label_parser(name)
+        return [(reader.line_num, row) for row in reader]
+
+
+def _columns(
+    path: str, rows: list[tuple[int, list[str]]], layout: TsvLayout
+) -> tuple[int, list[int], int, list[tuple[int, list[str]]]]:
+    """(row width, text column indices, label column index, the rows below the header)."""
+    if not layout.header:
+        return layout.columns, list(layout.text_columns), layout.label_column, rows
+    wanted = [*layout.text_columns, layout.label_column]
+    if not rows:
+        raise ConfigError(
+            f"{path} is empty: expected a header row with the columns "
+            f"{wanted} (the {layout.folder}/ layout of GLUE)"
+        )
+    header, body = rows[0][1], rows[1:]
+    index = {col: i for i, col in enumerate(header)}
+    missing = [c for c in wanted if c not in index]
+    if missing:
+        raise ConfigError(f"{path}: columns {missing} not found in header {header}")
+    return len(header), [index[c] for c in layout.text_columns], index[layout.label_column], body
+
+
+@dataclasses.dataclass
+class _Skipped:
+    """The rows of one file left out, by reason, and the line of the first."""
+
+    width: int
+    allowed: str
+    short: int = 0
+    undecodable: int = 0
+    bad_labels: list[str] = dataclasses.field(default_factory=list)
+    first: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self.short + self.undecodable + len(self.bad_labels)
+
+    def detail(self) -> str:
+        what = []
+        if self.short:
+            what.append(f"{self.short} with fewer than {self.width} columns")
+        if self.undecodable:
+            what.append(f"{self.undecodable} with bytes that are not UTF-8")
+        if self.bad_labels:
+            shown = sorted(set(self.bad_labels))[:5]
+            what.append(f"{len(self.bad_labels)} with labels {shown} that are not {self.allowed}")
+        return f"{', '.join(what)}; first at line {self.first}"
+
+
+def _read_tsv(path: str, name: str) -> TextSplit:
+    """One GLUE TSV file as a split; malformed rows are skipped and counted (module docstring)."""
+    spec = TASKS[name]
+    width, text_index, label_index, body = _columns(path, _read_rows(path, spec.tsv), spec.tsv)
+    parse, allowed = _label_parser(spec)
     cols: list[list[str]] = [[] for _ in text_index]
     labels = []
-    short, undecodable, bad_labels, first_bad = 0, 0, [], None
+    skipped = _Skipped(width, allowed)
     for line, row in body:
         if not row:  # a blank line, as csv.DictReader skips them
             continue
         if not _is_utf8(row):
-            undecodable += 1
-            first_bad = first_bad or line
+            skipped.undecodable += 1
+            skipped.first = skipped.first or line
             continue
         label = parse(row[label_index]) if len(row) >= width else None
         if label is None:
             if len(row) < width:
-                short += 1
+                skipped.short += 1
             else:
-                bad_labels.append(row[label_index])
-            first_bad = first_bad or line
+                skipped.bad_labels.append(row[label_index])
+            skipped.first = skipped.first or line
             continue
         for col, i in zip(cols, text_index):
             col.append(row[i])
         labels.append(label)
-    skipped = short + undecodable + len(bad_labels)
-    if skipped:
-        what = []
-        if short:
-            what.append(f"{short} with fewer than {width} columns")
-        if undecodable:
-            what.append(f"{undecodable} with bytes that are not UTF-8")
-        if bad_labels:
-            shown = sorted(set(bad_labels))[:5]
-            what.append(f"{len(bad_labels)} with labels {shown} that are not {allowed}")
-        detail = f"{', '.join(what)}; first at line {first_bad}"
-        if not labels:
-            raise ConfigError(f"{path}: none of its {skipped} rows is usable ({detail})")
+    if skipped.count and not labels:
+        detail = skipped.detail()
+        raise ConfigError(f"{path}: none of its {skipped.count} rows is usable ({detail})")
+    if skipped.count:
         warnings.warn(
-            f"{path}: skipped {skipped} malformed row(s) of {skipped + len(labels)} ({detail})",
+            f"{path}: skipped {skipped.count} malformed row(s) of {skipped.count + len(labels)} "
+            f"({skipped.detail()})",
             stacklevel=3,
         )
-    dtype = np.float32 if name == "stsb" else np.int32
-    return TextSplit(cols, np.array(labels, dtype), skipped_rows=skipped)
+    dtype = np.float32 if spec.regression else np.int32
+    return TextSplit(cols, np.array(labels, dtype), skipped_rows=skipped.count)
 
 
 def load_glue_tsv(name: str, data_dir: str) -> TextTask:
+    """GLUE task ``name`` from ``data_dir``: the folder holding ``SST-2/``, ``MNLI/``, ...,
+    or the task's folder itself."""
     spec = TASKS[name]
-    folder, dev_file = spec["tsv"][0], spec["tsv"][1]
+    folder = spec.tsv.folder
     root = (
         os.path.join(data_dir, folder)
         if os.path.isdir(os.path.join(data_dir, folder))
@@ -135,13 +165,13 @@ def load_glue_tsv(name: str, data_dir: str) -> TextTask:
     )
     return TextTask(
         name,
-        spec["num_classes"],
-        spec["metrics"],
+        spec.num_classes,
+        spec.metrics,
         _read_tsv(os.path.join(root, "train.tsv"), name),
-        _read_tsv(os.path.join(root, dev_file), name),
+        _read_tsv(os.path.join(root, spec.tsv.dev_file), name),
         extra_validation={
             split: _read_tsv(os.path.join(root, file), name)
-            for split, file in spec.get("extra_validation", {}).items()
+            for split, file in spec.extra_validation.items()
         },
-        validation_name=spec.get("validation", "validation"),
+        validation_name=spec.validation,
     )

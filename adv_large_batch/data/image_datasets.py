@@ -1,4 +1,4 @@
-"""Image datasets for the ConAdv runs and their tf.data pipelines.
+"""Image datasets for the ConAdv runs (their tf.data pipelines: ``image_pipeline``).
 
 ConAdv §4.1 trains on ImageNet-1k; the runs here also take smaller sets with
 the same code path:
@@ -12,27 +12,28 @@ folder         ``data_dir/<class>/*.png|jpg|...`` (or ``data_dir/train/<class>/`
                ``data_dir/test/<class>/``); without train/test, every 10th image of
                each class (in name order) is held out for testing
 
-Every loader returns an ``ImageSplits`` of unbatched ``(uint8 HxWxC image,
+Every loader returns an ``image_splits.ImageSplits`` of unbatched ``(uint8 HxWxC image,
 int32 label)`` datasets.  Two kinds:
 
 * **Small, fixed-size images** (Fashion-MNIST, CIFAR-10, a folder at its native
-  size): both splits at one shape; ``image_size`` resizes both (``resize_central``).
+  size): both splits at one shape; ``image_size`` resizes both
+  (``image_splits.resize_central``).
 * **ImageNet-scale images** (``imagenet2012``, a folder at an ``image_size``;
   ``LARGE_IMAGE_DATASETS``): ``variable_size`` is set and the *training* split keeps
   every image at its own size (decoded, not resized) so that the training crop
-  (``augment.inception_crop``, drawn per example by ``seeded_augmenter``) sees the
-  whole image; the *test* split is the evaluation crop (``resize_central``: shorter
+  (``augment.inception_crop``, drawn per example by ``image_pipeline.seeded_augmenter``)
+  sees the whole image; the *test* split is the evaluation crop (``resize_central``: shorter
   side to ``size / 0.875``, central ``size x size``).  ``image_shape`` is the
   model's input, ``(size, size, 3)``; ``resolve_image_size`` picks ``size`` from the
   model when ``--image-size`` is unset (ResNets 224, EfficientNet-B0 224, -B2 260).
 
-An image folder whose training images would take more than ``IN_MEMORY_BYTES``
+An image folder whose training images would take more than ``image_splits.IN_MEMORY_BYTES``
 (estimated as files x ``size^2 x 3``, or files x the first image's bytes at the
 native size; then counted while decoding) is not decoded into memory: its
 splits read and decode each file when an example is needed (``source ==
-"files"``).  ``train_stream`` turns any split into the resumable training stream
-(global per-epoch shuffle for in-memory and file-backed splits, see there);
-``eval_batches`` scales to ``[0, 1]`` floats and batches in order.
+"files"``).  ``image_pipeline.train_stream`` turns any split into the resumable training
+stream (global per-epoch shuffle for in-memory and file-backed splits, see there);
+``image_pipeline.eval_batches`` scales to ``[0, 1]`` floats and batches in order.
 """
 
 from __future__ import annotations
@@ -40,15 +41,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import sys
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.data.augment import central_crop
+from adv_large_batch.data.image_folders import load_folder
+from adv_large_batch.data.image_splits import ImageSplits, resize_central
 from adv_large_batch.flags import ConfigError
 
 #: Datasets whose training images keep their own sizes at an ``image_size`` (see above).
@@ -76,151 +75,7 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
 TFDS_SPLITS = {"cifar10": ("train", "test"), "imagenet2012": ("train", "validation")}
-
-
-HOLDOUT_EVERY = 10
-
-
-#: Training sets up to this size (uint8 pixels) are held in memory (read at call time,
-#: so a test may lower it).
-IN_MEMORY_BYTES = 512 * 2**20
-
-
-#: ``SkippedFiles``' kinds of file, the ones that need a look first.
-SKIP_KINDS = ("damaged", "not an image", "empty", "unreadable", "stray")
-
-
-class SkippedFiles:
-    """The files of an image folder that are not trained on, and why.
-
-    ``skipped``: ``(path, kind, detail)`` of each file left out before training, in
-    the order found.  ``kind`` (``SKIP_KINDS``): ``"stray"`` (a file in a class
-    folder whose name has no image extension: ``.DS_Store``, ``Thumbs.db``),
-    ``"empty"``, ``"not an image"`` (its first bytes are no format
-    ``tf.io.decode_image`` reads), ``"damaged"`` (it does not decode: a truncated
-    JPEG) or ``"unreadable"``.  ``substituted``: files that passed the checks before
-    training but failed to decode when a file-backed split read them; each was
-    replaced by a black image (same label) and named on stderr once.  Thread-safe:
-    the tf.data threads record into it.
-    """
-
-    def __init__(self) -> None:
-        self.skipped: list[tuple[str, str, str]] = []
-        self.substituted: list[str] = []
-        self._lock = threading.Lock()
-
-    def skip(self, path: str, kind: str, detail: str) -> None:
-        with self._lock:
-            self.skipped.append((path, kind, detail))
-
-    def paths(self) -> set[str]:
-        with self._lock:
-            return {path for path, _, _ in self.skipped}
-
-    def substitute(self, path: Any) -> bool:
-        """``tf.py_function`` body: record ``path`` (a scalar string tensor) once, say so."""
-        name = path.numpy().decode("utf-8", "replace")
-        with self._lock:
-            new = name not in self.substituted
-            if new:
-                self.substituted.append(name)
-        if new:
-            print(
-                f"[image folder] {name} does not decode: trained as a black image (same label) "
-                "in its place; counted in skipped_files.substituted",
-                file=sys.stderr,
-                flush=True,
-            )
-        return True
-
-    def summary(self, examples: int = 5) -> dict[str, Any]:
-        """``{"count", "by_kind", "examples", "substituted": {"count", "examples"}}`` (JSON)."""
-        with self._lock:
-            skipped, substituted = list(self.skipped), list(self.substituted)
-        skipped.sort(key=lambda file: SKIP_KINDS.index(file[1]))  # damage first, stray last
-        by_kind: dict[str, int] = {}
-        for _, kind, _ in skipped:
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-        return {
-            "count": len(skipped),
-            "by_kind": by_kind,
-            "examples": [f"{path} ({kind}: {detail})" for path, kind, detail in skipped[:examples]],
-            "substituted": {"count": len(substituted), "examples": substituted[:examples]},
-        }
-
-    def line(self, examples: int = 3) -> str | None:
-        """One line naming the count, the kinds and a few of the files; None if none."""
-        summary = self.summary(examples)
-        if not summary["count"]:
-            return None
-        kinds = ", ".join(f"{n} {kind}" for kind, n in summary["by_kind"].items())
-        more = " ..." if summary["count"] > examples else ""
-        return (
-            f"skipped {summary['count']} file(s) of the image folder ({kinds}): "
-            f"{'; '.join(summary['examples'])}{more}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSplits:
-    """Train and test splits of one image classification dataset.
-
-    ``image_shape`` is the model's input.  With ``variable_size`` (ImageNet-scale
-    data) the training images keep their own sizes and ``seeded_augmenter`` crops
-    them to ``image_shape``; ``train_for_eval()`` gives them the evaluation crop.
-    ``source`` says where the training examples come from: ``"memory"``,
-    ``"files"`` (an image folder too large for memory, read per example) or
-    ``"tfds"``.  ``skipped_files``: an image folder's files left out as damaged or
-    stray (``SkippedFiles``; None for the other datasets).
-
-    ```python
-    data = load_image_dataset("fashion_mnist")
-    print(data.num_train, data.image_shape)       # 60000 (28, 28, 1)
-    batches = train_batches(data.train, batch_size=256, seed=0)
-    ```
-    """
-
-    name: str
-    train: tf.data.Dataset
-    test: tf.data.Dataset
-    num_train: int
-    num_test: int
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    class_names: tuple[str, ...] = ()
-    variable_size: bool = False
-    source: str = "memory"
-    skipped_files: SkippedFiles | None = None
-
-    def limit(self, train: int | None = None, test: int | None = None) -> "ImageSplits":
-        """The first ``train`` / ``test`` examples of each split (``None``: all)."""
-        num_train = self.num_train if train is None else min(train, self.num_train)
-        num_test = self.num_test if test is None else min(test, self.num_test)
-        return dataclasses.replace(
-            self,
-            train=self.train.take(num_train),
-            test=self.test.take(num_test),
-            num_train=num_train,
-            num_test=num_test,
-        )
-
-    def train_for_eval(self) -> tf.data.Dataset:
-        """The training images as evaluation sees them (``image_shape``, no randomness).
-
-        The training split itself, or for ``variable_size`` data its evaluation crops.
-        """
-        if not self.variable_size:
-            return self.train
-        shape = self.image_shape
-
-        def crop(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return tf.ensure_shape(resize_central(image, shape[:2]), shape), label
-
-        return self.train.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def resolve_image_size(
@@ -228,7 +83,7 @@ def resolve_image_size(
 ) -> int | None:
     """The ``--image-size`` a run uses: ``image_size`` if given, else a default.
 
-    The default is the model's resolution (``models.resnet.default_image_size``:
+    The default is the model's resolution (``models.image_models.default_image_size``:
     ``resnet*`` 224, ``efficientnet_b0`` 224, ``efficientnet_b2`` 260) for the
     ImageNet-scale datasets (``LARGE_IMAGE_DATASETS``), where ``imagenet2012`` falls
     back to 224 for models without one (``cifar_resnet*``); None (the dataset's own
@@ -249,7 +104,7 @@ def resolve_image_size(
     if dataset not in LARGE_IMAGE_DATASETS:
         return None
     size = None
-    if model is not None:
+    if model is not None:  # keras.applications only when a model names its size
         from adv_large_batch.models.image_models import default_image_size
 
         size = default_image_size(model)
@@ -305,13 +160,6 @@ def load_fashion_mnist(data_dir: str | None = None) -> ImageSplits:
 
 
 # ---- tensorflow-datasets ----------------------------------------------------------------------
-def resize_central(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
-    """The evaluation crop as uint8: resize the shorter side to ``size / 0.875`` (bilinear,
-    antialiased) and crop the central ``size x size`` (``augment.central_crop``, rounded)."""
-    crop = central_crop(image, size)
-    return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
-
-
 def _with_size(ds: tf.data.Dataset, image_size: int | None, channels: int) -> tf.data.Dataset:
     if image_size is None:
         return ds
@@ -345,8 +193,6 @@ def load_tfds(
     training images keep their sizes (``variable_size``), the validation images are
     evaluation crops.
     """
-    # (A little over 60 lines: the offline tfds call and its one error message, then
-    # the per-split preparation, read in order; splitting them would hide the flow.)
     import tensorflow_datasets as tfds
 
     if name not in TFDS_SPLITS:
@@ -427,8 +273,6 @@ def _folder(
 ) -> ImageSplits:
     if not data_dir:
         raise ConfigError("dataset 'folder' needs data_dir, the folder of class subfolders")
-    from adv_large_batch.data.image_folders import load_folder
-
     return load_folder(data_dir, image_size, in_memory)
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.data import image_datasets
-from adv_large_batch.data.image_datasets import (
+from adv_large_batch.data import image_splits
+from adv_large_batch.data.image_splits import (
     HOLDOUT_EVERY,
     IMAGE_EXTENSIONS,
     ImageSplits,
@@ -414,7 +414,7 @@ def load_folder(
     Raises ``FileNotFoundError`` when there are no images, ``ConfigError`` when they
     differ in size (unless ``image_size`` is given) or a class keeps no usable image.
     """
-    max_bytes = image_datasets.IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+    max_bytes = image_splits.IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
         raise ConfigError(f"in_memory_bytes must be an integer >= 0, got {in_memory_bytes!r}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from adv_large_batch.data import image_datasets
+from adv_large_batch.data import image_splits
 from adv_large_batch.data.augment import central_crop
 from adv_large_batch.flags import ConfigError
 
@@ -25,37 +25,6 @@ def to_unit_range(image: tf.Tensor) -> tf.Tensor:
 
 def _fixed_size(split: tf.data.Dataset) -> bool:
     return split.element_spec[0].shape.is_fully_defined()
-
-
-def train_batches(
-    split: tf.data.Dataset,
-    batch_size: int,
-    seed: int,
-    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
-    shard: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
-    shuffle_buffer: int = 10_000,
-) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented ``[0, 1]`` batches of ``batch_size``.
-
-    Reshuffled every pass; ``fit`` runs it by ``steps_per_epoch``.  ``shard`` is the
-    backend's (each worker its own examples, sharded before shuffling).  For
-    fixed-size splits, or an ``augment`` that crops to one size; the resumable
-    ``train_stream`` is the training runs' stream.
-    """
-    if shard is not None:
-        split = shard(split)
-    augment = augment or (lambda image: image)
-
-    def prepare(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return augment(to_unit_range(image)), tf.cast(label, tf.int32)
-
-    return (
-        split.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
 
 
 # ---- the resumable training stream ---------------------------------------------------------
@@ -79,7 +48,7 @@ def materialize(
     or its images have different sizes (ImageNet-scale training splits: they are
     cropped per example; an image folder's keeps its own in-memory copy when small).
     """
-    max_bytes = image_datasets.IN_MEMORY_BYTES if max_bytes is None else max_bytes
+    max_bytes = image_splits.IN_MEMORY_BYTES if max_bytes is None else max_bytes
     if not _fixed_size(split) or num_examples * int(np.prod(image_shape)) > max_bytes:
         return None
     images, labels = [], []
@@ -299,7 +268,7 @@ def _streamed_rows(
     def epoch_rows(epoch: tf.Tensor) -> tf.data.Dataset:
         # A block shuffle with stateless permutations keyed by (seed, epoch, block):
         # tf.data's own shuffle mixes in TensorFlow's global seed and is not
-        # reproducible across pipelines once that seed is set (tests/test_conadv_resume).
+        # reproducible across pipelines once that seed is set (tests/conadv/test_conadv_resume.py).
         def permute(block_id: tf.Tensor, block: Any) -> Any:
             n = tf.shape(block[0])[0]
             key = tf.stack([tf.cast(k.seed, tf.int64) * 1_000_003 + epoch, block_id])

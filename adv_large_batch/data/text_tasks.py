@@ -1,6 +1,8 @@
 """Text classification tasks: GLUE (tensorflow-datasets or local TSV) and Rotten Tomatoes.
 
-ScaLA is evaluated on GLUE (``shared/papers/scala.md``, section 4).  GLUE cannot
+ScaLA is evaluated on GLUE ("ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer
+Networks via Efficient and Scalable Adversarial Perturbation", arXiv:2201.12469, section 4
+of the ICLR 2022 submission).  GLUE cannot
 be downloaded on an offline machine, so three sources are supported:
 
 * ``tfds``: ``glue/<task>`` through tensorflow-datasets (``--data-dir`` is its
@@ -41,142 +43,16 @@ from __future__ import annotations
 
 import bz2
 import csv
-import dataclasses
 import importlib.util
 import os
-from typing import Any
 
 import numpy as np
 
+from adv_large_batch.data.glue_tsv import load_glue_tsv
+from adv_large_batch.data.text_splits import TASKS, TextSplit, TextTask, task_spec
 from adv_large_batch.flags import ConfigError
 
-TASKS: dict[str, dict[str, Any]] = {
-    # name: text keys (tfds feature names), classes, metric names,
-    # tsv layout (folder, dev file, text columns, label column; CoLA has no header)
-    "rotten_tomatoes": {"keys": ("sentence",), "num_classes": 2, "metrics": ("accuracy",)},
-    "sst2": {
-        "keys": ("sentence",),
-        "num_classes": 2,
-        "metrics": ("accuracy",),
-        "tsv": ("SST-2", "dev.tsv", ("sentence",), "label"),
-    },
-    "qnli": {
-        "keys": ("question", "sentence"),
-        "num_classes": 2,
-        "metrics": ("accuracy",),
-        "tsv": ("QNLI", "dev.tsv", ("question", "sentence"), "label"),
-    },
-    "mnli": {
-        "keys": ("premise", "hypothesis"),
-        "num_classes": 3,
-        "metrics": ("accuracy",),
-        "tsv": ("MNLI", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label"),
-        # tfds name of the primary validation split, and the other ones -> their TSV file
-        "validation": "validation_matched",
-        "extra_validation": {"validation_mismatched": "dev_mismatched.tsv"},
-    },
-    "qqp": {
-        "keys": ("question1", "question2"),
-        "num_classes": 2,
-        "metrics": ("accuracy", "f1"),
-        "tsv": ("QQP", "dev.tsv", ("question1", "question2"), "is_duplicate"),
-    },
-    "mrpc": {
-        "keys": ("sentence1", "sentence2"),
-        "num_classes": 2,
-        "metrics": ("accuracy", "f1"),
-        "tsv": ("MRPC", "dev.tsv", ("#1 String", "#2 String"), "Quality"),
-    },
-    "rte": {
-        "keys": ("sentence1", "sentence2"),
-        "num_classes": 2,
-        "metrics": ("accuracy",),
-        "tsv": ("RTE", "dev.tsv", ("sentence1", "sentence2"), "label"),
-    },
-    "cola": {
-        "keys": ("sentence",),
-        "num_classes": 2,
-        "metrics": ("matthews",),
-        "tsv": ("CoLA", "dev.tsv", None, None),
-    },
-    "stsb": {
-        "keys": ("sentence1", "sentence2"),
-        "num_classes": 1,
-        "metrics": ("pearson", "spearman"),
-        "tsv": ("STS-B", "dev.tsv", ("sentence1", "sentence2"), "score"),
-    },
-}
-
-
-# String labels of the TSV files, mapped as tensorflow-datasets maps them.
-TSV_LABELS = {
-    "qnli": {"entailment": 0, "not_entailment": 1},
-    "rte": {"entailment": 0, "not_entailment": 1},
-    "mnli": {"entailment": 0, "neutral": 1, "contradiction": 2},
-}
-
-
 SPLIT_SEED = 20211  # fixed: the Rotten Tomatoes split never depends on --seed
-
-
-@dataclasses.dataclass
-class TextSplit:
-    """One split: a list of text columns (1 or 2) and labels (int, or float for STS-B).
-
-    ``skipped_rows``: rows of the source file left out as malformed (TSV only; 0 otherwise).
-    """
-
-    texts: list[list[str]]
-    labels: np.ndarray
-    skipped_rows: int = 0
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, n: int | None) -> "TextSplit":
-        if n is None or n >= len(self):
-            return self
-        return TextSplit([col[:n] for col in self.texts], self.labels[:n], self.skipped_rows)
-
-
-@dataclasses.dataclass
-class TextTask:
-    """A task's splits.
-
-    ``validation`` is the primary validation split (named ``validation_name``);
-    ``extra_validation`` maps the names of further labelled validation splits to
-    them (MNLI: ``{"validation_mismatched": ...}``; empty for the other tasks).
-    """
-
-    name: str
-    num_classes: int
-    metrics: tuple[str, ...]
-    train: TextSplit
-    validation: TextSplit
-    test: TextSplit | None = None
-    extra_validation: dict[str, TextSplit] = dataclasses.field(default_factory=dict)
-    validation_name: str = "validation"
-
-    @property
-    def regression(self) -> bool:
-        return self.num_classes == 1
-
-    @property
-    def validation_splits(self) -> dict[str, TextSplit]:
-        """Every labelled validation split by name, the primary one first.
-
-        Example: ``{"validation_matched": ..., "validation_mismatched": ...}`` for MNLI,
-        ``{"validation": ...}`` for the other tasks.
-        """
-        return {self.validation_name: self.validation, **self.extra_validation}
-
-    @property
-    def skipped_rows(self) -> dict[str, int]:
-        """Malformed source rows left out, per split name (only splits that lost some)."""
-        splits = {"train": self.train, **self.validation_splits}
-        if self.test is not None:
-            splits["test"] = self.test
-        return {k: v.skipped_rows for k, v in splits.items() if v.skipped_rows}
 
 
 def validate_labels(split: TextSplit, num_classes: int, where: str) -> None:
@@ -259,32 +135,29 @@ def _tfds_split(name: str, split: str, keys: tuple[str, ...], data_dir: str | No
 
 def load_glue_tfds(name: str, data_dir: str | None = None) -> TextTask:
     spec = TASKS[name]
-    val_split = spec.get("validation", "validation")
     return TextTask(
         name,
-        spec["num_classes"],
-        spec["metrics"],
-        _tfds_split(name, "train", spec["keys"], data_dir),
-        _tfds_split(name, val_split, spec["keys"], data_dir),
+        spec.num_classes,
+        spec.metrics,
+        _tfds_split(name, "train", spec.keys, data_dir),
+        _tfds_split(name, spec.validation, spec.keys, data_dir),
         extra_validation={
-            split: _tfds_split(name, split, spec["keys"], data_dir)
-            for split in spec.get("extra_validation", {})
+            split: _tfds_split(name, split, spec.keys, data_dir) for split in spec.extra_validation
         },
-        validation_name=val_split,
+        validation_name=spec.validation,
     )
 
 
 def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> TextTask:
     """Load a task by name; ``source`` is auto|tfds|tsv (ignored for rotten_tomatoes)."""
-    if name not in TASKS:
-        raise ConfigError(f"--task must be one of {sorted(TASKS)}, got {name!r}")
+    spec = task_spec(name)
     if name == "rotten_tomatoes":
         task = load_rotten_tomatoes()
     else:
         if source == "auto":
             source = (
                 "tsv"
-                if data_dir and os.path.exists(os.path.join(data_dir, TASKS[name]["tsv"][0]))
+                if data_dir and os.path.exists(os.path.join(data_dir, spec.tsv.folder))
                 else "tfds"
             )
         if source == "tsv":
@@ -292,8 +165,6 @@ def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> T
                 raise ConfigError(
                     "--data-source tsv needs --data-dir (the folder holding the GLUE folders)"
                 )
-            from adv_large_batch.data.glue_tsv import load_glue_tsv
-
             task = load_glue_tsv(name, data_dir)
         elif source == "tfds":
             task = load_glue_tfds(name, data_dir)

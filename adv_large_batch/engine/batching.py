@@ -6,13 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-
-def densify(gradient: Any) -> Any:
-    """``tf.IndexedSlices`` (an embedding lookup's gradient) as a dense tensor; anything else
-    as it is."""
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
+from adv_large_batch.optimizers.gradients import densify
 
 
 def dense(gradient: Any, variable: Any) -> tf.Tensor:

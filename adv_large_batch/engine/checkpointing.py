@@ -6,9 +6,11 @@ A checkpoint is a folder ``ckpt-<global step, 8 digits>/`` holding
   seed-generator states behind dropout and the perturbations, ScaLA's
   ``adv_start_step``, ConAdv's buffered adversarial batch) and every optimizer
   variable (step counter, which drives the LR schedule, and the slots);
-* ``meta.json``: the global step, epoch, step in the epoch, the variables' paths, the
-  run's config and (from the training commands) the command name and its adversarial
-  and optimizer configs, from which ``adv-large-batch sharpness`` rebuilds the network.
+* ``meta.json``: the global step, epoch, step in the epoch, the variables' paths and
+  (from the training commands) the run record (``run_record``: the command name, its run,
+  adversarial and optimizer configs, workers and backend; the same record is the
+  ``config`` of ``--metrics-out``), from which ``adv-large-batch sharpness`` rebuilds the
+  network.
 
 It is written as ``ckpt-N.partial/`` and renamed only when complete (a rename is
 atomic on one filesystem), so a run killed while writing leaves a ``.partial``
@@ -24,7 +26,8 @@ trainer's batch counter ``batches_seen``: every training step advances it, wheth
 update was applied or skipped (a non-finite loss, a mixed_float16 overflow), so a run
 resumed at step N continues with batch N even after skipped steps.  The input pipeline
 is a deterministic function of (seed, epoch), so a resumed run skips exactly the
-batches already consumed (``text_data.make_epoch_stream``).
+batches already consumed (``data.text_pipeline.make_epoch_stream``,
+``data.image_pipeline.train_stream``).
 """
 
 from __future__ import annotations
@@ -50,19 +53,25 @@ _NAME = re.compile(r"^ckpt-(\d{8})$")
 STATE_FILE = "state.npz"
 
 
-#: The run part of every meta.json, written by the training commands through
-#: ``checkpoint_meta`` and read back by ``run_meta`` (``adv-large-batch sharpness``).
-RUN_KEYS = ("command", "config", "adversarial", "optimizer")
+#: The keys of the run record (``run_record``): the ``config`` of a run's --metrics-out and
+#: the run part of every meta.json, read back by ``run_meta`` (``adv-large-batch sharpness``).
+RUN_KEYS = ("command", "run", "adversarial", "optimizer", "workers", "backend")
 
 
-def checkpoint_meta(command: str, run: Any, adversarial: Any, optimizer: Any) -> dict[str, Any]:
-    """The run part of a checkpoint's meta: the command name and its three configs (frozen
-    dataclasses), JSON-ready.  ``StepCheckpoint`` adds the step, epoch and variable paths."""
+def run_record(
+    command: str, run: Any, adversarial: Any, optimizer_config: Any, backend: Any
+) -> dict[str, Any]:
+    """What a run was, JSON-ready: the command name, its three configs (frozen dataclasses:
+    every flag's value) and where it ran.  A training command writes it as the ``config``
+    of --metrics-out and as TensorBoard hparams; ``StepCheckpoint`` writes it into every
+    meta.json beside the step, epoch and variable paths."""
     return {
         "command": command,
-        "config": dataclasses.asdict(run),
+        "run": dataclasses.asdict(run),
         "adversarial": dataclasses.asdict(adversarial),
-        "optimizer": dataclasses.asdict(optimizer),
+        "optimizer": dataclasses.asdict(optimizer_config),
+        "workers": backend.size,
+        "backend": backend.name,
     }
 
 
@@ -72,7 +81,7 @@ class RunMeta:
 
     path: str
     command: str
-    config: dict[str, Any]
+    run: dict[str, Any]  # the run's flags (RunConfig and the command's own)
     adversarial: dict[str, Any]
     optimizer: dict[str, Any]
     global_step: int
@@ -80,9 +89,14 @@ class RunMeta:
 
 def run_meta(path: str, commands: Sequence[str]) -> RunMeta:
     """The run part of checkpoint ``path``'s meta; ``ConfigError`` when it lacks it (written
-    before it was recorded) or names a command outside ``commands``."""
+    before it was recorded) or names a command outside ``commands``.
+
+    Reads both shapes: the run record (``run_record``) and the one before it, whose run
+    flags are under ``config`` (and which has no workers and backend).
+    """
     meta = read_meta(path)
-    missing = [k for k in (*RUN_KEYS[:3], "paths") if k not in meta]
+    run_key = "run" if "run" in meta else "config"  # "config": the shape before run_record
+    missing = [k for k in ("command", run_key, "adversarial", "paths") if k not in meta]
     if missing:
         raise ConfigError(
             f"{path}/meta.json has no {', '.join(missing)}: it was written before runs were "
@@ -96,7 +110,7 @@ def run_meta(path: str, commands: Sequence[str]) -> RunMeta:
     return RunMeta(
         path,
         meta["command"],
-        meta["config"],
+        meta[run_key],
         meta["adversarial"],
         meta.get("optimizer", {}),
         int(meta["global_step"]),

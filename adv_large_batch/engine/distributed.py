@@ -27,47 +27,25 @@ backend.prepare_optimizer(model.optimizer)  # tf.distribute: the gradients come 
 model.fit(backend.shard(dataset), callbacks=[BroadcastCallback(), MetricAverageCallback()])
 ```
 
-What was checked here (Keras 3.15, TF 2.21, Horovod 0.28.1 built by
-``horovodrun_scripts/build_horovod.sh``; see ``tests/test_distributed.py``):
+The contract (why each rule, with the versions, errors and timings that led to it:
+``docs/distributed_notes.md``; tests: ``tests/engine/test_distributed.py``):
 
-* Horovod: ``hvd.grouped_allreduce(grads, op=hvd.Average)`` inside the ``tf.function`` that
-  ``fit`` builds gives, with 2 ranks, the same weights as one process on the union of the two
-  ranks' batches. Horovod's own ``broadcast_variables`` (used by its
-  ``BroadcastGlobalVariablesCallback``) fails on Keras 3 variables -- its ``tf.function`` gets
-  them as tensors: "'SymbolicTensor' object has no attribute 'assign'" -- so
-  :meth:`HorovodBackend.broadcast_variables` broadcasts each ``v.value`` and assigns by hand.
-  Horovod's ops have no XLA kernels in this build (``xla_mpi_ops.cc`` is dropped for TF 2.21)
-  and Keras' ``jit_compile="auto"`` turns XLA on whenever a GPU is visible: compile with
-  ``jit_compile=backend.jit_compile`` (False; see below).
-* ``tf.distribute`` (MirroredStrategy on 2 logical CPU devices): the Keras 3 TF optimizer
-  all-reduces replica gradients with ``ReduceOp.SUM`` (``_all_reduce_sum_gradients``), so each
-  replica's loss must be pre-multiplied by ``1 / num_replicas_in_sync``. Keras already does that
-  for losses it computes itself -- ``compile(loss=...)`` via ``Loss.__call__`` and ``add_loss``
-  terms (``scale_loss_for_distribution``) -- so only *hand-written* terms take
-  :meth:`Backend.loss_scale`; multiplying ``self.compute_loss(...)`` again would divide twice.
-  :meth:`StrategyBackend.allreduce_gradients` does that SUM itself, in replica context, so
-  that every replica holds the applied gradient (its norm and finiteness are then the same
-  everywhere), and :meth:`Backend.prepare_optimizer` turns the optimizer's own reduction
-  off.  With that, the weights match a single-device run of the same global batches.
-* Create the optimizer inside ``backend.scope()``, not just compile there: an optimizer built
-  outside has a plain ``iterations`` variable that every replica increments (12 after 6 steps
-  on 2 replicas; Keras does not complain), which skews schedules and Adam/LAMB bias correction.
-* ``MirroredStrategy()`` without GPUs uses only ``/cpu:0``; :class:`StrategyBackend` therefore
-  mirrors over all logical GPUs, else all logical CPU devices (so logical CPU devices configured
-  with ``tf.config.set_logical_device_configuration`` become replicas).
-
-* XLA is off by default on every backend (``jit_compile=False``), also for one process on
-  a GPU, where Keras' ``"auto"`` would turn it on: the text pipeline trims every micro-batch
-  to its longest sequence (dynamic padding), and XLA compiles a new program for every
-  length -- measured here, 6.6 s per step against 0.39 s without XLA -- and the step timers
-  need ``tf.timestamp``, which has no XLA kernel.  Image runs have static shapes; pass
-  ``jit_compile=True`` to ``compile`` yourself to try XLA there.
-
-"tpu" (TPUStrategy) is selectable but untested here.  "multiworker"
-(MultiWorkerMirroredStrategy) is refused: Keras 3.15's ``fit`` fails under it with more than
-one worker ("Invalid reduction dimension 0 for input with 0 dimensions": its
-``reduce_per_replica`` reduces scalar logs with ``axis=0``; keras-team/keras#20585, open,
-unchanged up to Keras HEAD); launch multi-node runs with ``horovodrun`` instead.
+* ``allreduce_gradients`` returns the mean over all workers and replicas on every worker and
+  replica (Horovod: one ``hvd.grouped_allreduce(op=Average)``; ``tf.distribute``: one SUM of the
+  ``1 / replicas``-scaled gradients in replica context), so all take the same decision and P
+  workers on B/P rows each train as one process on B rows.
+* Under ``tf.distribute`` Keras already scales the losses it computes (``compile(loss=...)``,
+  ``add_loss``) by ``1 / num_replicas_in_sync``: only a *hand-written* term takes
+  :meth:`Backend.loss_scale`.  :meth:`Backend.prepare_optimizer` stops the Keras optimizer
+  from summing the reduced gradients a second time.
+* Create the model *and the optimizer* inside ``backend.scope()``; ``StrategyBackend`` mirrors
+  over all logical GPUs, else all logical CPU devices.
+* XLA is off on every backend (``Backend.jit_compile`` is False, where Keras' ``"auto"`` turns
+  it on with a GPU): Horovod's ops have no XLA kernel here, dynamic padding would recompile
+  per length and the step timers need ``tf.timestamp``.  Pass ``jit_compile=True`` to
+  ``compile`` yourself for static-shape image runs.
+* "tpu" (TPUStrategy) is selectable but untested; "multiworker" is refused
+  (``MULTIWORKER_REFUSED``): launch multi-node runs with ``horovodrun``.
 """
 
 from __future__ import annotations
@@ -81,10 +59,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from adv_large_batch.commands.run_config import BACKENDS as BACKEND_KINDS
-from adv_large_batch.commands.run_config import MULTIWORKER_REFUSED
-from adv_large_batch.engine.batching import densify
+from adv_large_batch import keras_internals
 from adv_large_batch.flags import ConfigError
+from adv_large_batch.optimizers.gradients import densify
+
+#: ``get_backend``'s kinds (the choices of ``--strategy``).
+BACKEND_KINDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
+MULTIWORKER_REFUSED = (
+    "--strategy multiworker (tf.distribute.MultiWorkerMirroredStrategy) is not supported: "
+    "Keras 3.15's model.fit fails under it with more than one worker (keras-team/keras#20585, "
+    "'Invalid reduction dimension 0 for input with 0 dimensions'); run one process per GPU "
+    "with horovodrun and --strategy horovod (see horovodrun_scripts/), or --strategy mirrored "
+    "for the GPUs of one machine"
+)
 
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "
@@ -105,15 +92,6 @@ def _import_horovod() -> Any:
             _INSTALL_HINT.format(python=sys.executable) + f" ({err})"
         ) from err
     return hvd
-
-
-def horovod_available() -> bool:
-    """True when ``horovod.tensorflow`` imports (it is an optional dependency)."""
-    try:
-        _import_horovod()
-    except ImportError:
-        return False
-    return True
 
 
 def horovod_build_info() -> dict[str, Any]:
@@ -243,7 +221,7 @@ class HorovodBackend(Backend):
         return self.hvd.allreduce(tf.convert_to_tensor(value), op=self.hvd.Average)
 
     def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
-        # hvd.broadcast_variables fails on Keras 3 variables (see the module docstring).
+        # hvd.broadcast_variables fails on Keras 3 variables (docs/distributed_notes.md).
         for i, v in enumerate(variables):
             v.assign(self.hvd.broadcast(v.value, root_rank, name=f"alb_broadcast_{i}"))
 
@@ -286,21 +264,16 @@ class StrategyBackend(Backend):
         return grads
 
     def prepare_optimizer(self, optimizer: Any) -> None:
-        """The Keras 3 TF optimizer all-reduces (sums) replica gradients inside ``apply``
-        (``_all_reduce_sum_gradients``); the trainer hands it gradients already reduced
-        by ``allreduce_gradients``, so that step becomes the identity, on the optimizer and
-        on the inner optimizer of a ``LossScaleOptimizer``.  (Private Keras API: the
-        MirroredStrategy equivalence tests fail loudly if Keras stops calling it.)"""
+        """The Keras 3 TF optimizer all-reduces (sums) replica gradients inside ``apply``;
+        the trainer hands it gradients already reduced by ``allreduce_gradients``, so that
+        step becomes the identity, on the optimizer and on the inner optimizer of a
+        ``LossScaleOptimizer`` (``keras_internals.disable_gradient_all_reduce``)."""
         for opt in (optimizer, getattr(optimizer, "inner_optimizer", None)):
-            if opt is not None and hasattr(opt, "_all_reduce_sum_gradients"):
-                opt._all_reduce_sum_gradients = _already_reduced
+            if opt is not None:
+                keras_internals.disable_gradient_all_reduce(opt)
 
     def scope(self) -> contextlib.AbstractContextManager[Any]:
         return self.strategy.scope()
-
-
-def _already_reduced(grads_and_vars: Any) -> list[Any]:
-    return list(grads_and_vars)
 
 
 def _mirrored_devices() -> list[str]:

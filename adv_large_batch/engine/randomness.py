@@ -35,6 +35,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from adv_large_batch import keras_internals
+
 # Streams: independent families of draws of one step.
 DROPOUT, SCALA_START, CONADV_CURRENT, CONADV_FUTURE = 0, 1, 2, 3
 
@@ -46,9 +48,7 @@ def run_seed(seed: int | None = None) -> int:
     ``set_random_seed`` draw different masks and starts."""
     if seed is not None:
         return int(seed)
-    from keras.src.utils import rng_utils  # no public getter in Keras 3.15
-
-    global_seed = rng_utils.get_random_seed()
+    global_seed = keras_internals.global_random_seed()
     if global_seed is not None:
         return int(global_seed)
     import random
@@ -71,11 +71,11 @@ def draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -
 
 def seed_generators(model: keras.layers.Layer) -> list[Any]:
     """Every ``keras.random.SeedGenerator`` owned by ``model`` or its sublayers, in a
-    fixed order (the order of ``_flatten_layers``: the same in every process)."""
+    fixed order (``keras_internals.flatten_layers``'s: the same in every process)."""
     found: list[Any] = []
     seen: set[int] = set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", ()):
+    for layer in keras_internals.flatten_layers(model, include_self=True, recursive=True):
+        for generator in keras_internals.own_seed_generators(layer):
             if id(generator) not in seen:
                 seen.add(id(generator))
                 found.append(generator)

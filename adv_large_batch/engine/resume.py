@@ -108,7 +108,7 @@ def step_callbacks(
     """The writers of a resumable run, last in the callback list: ``StepCheckpoint`` into
     ``directory`` every ``every`` steps (default: each epoch), ``StopAtStep(stop_at_step)``,
     each when given, and with an active signal ``watch`` the ``PreemptionCheckpoint`` that
-    checkpoints the step a SIGTERM / SIGINT arrived at; ``meta`` is ``checkpoint_meta(...)``."""
+    checkpoints the step a SIGTERM / SIGINT arrived at; ``meta``: ``checkpointing.run_record``."""
     callbacks: list[keras.callbacks.Callback] = []
     writer = None
     if directory:

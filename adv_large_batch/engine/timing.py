@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import tensorflow as tf
 
+from adv_large_batch import keras_internals
+
 T = TypeVar("T")
 
 
@@ -26,11 +28,7 @@ def can_time() -> bool:
     """False under XLA, which has no kernel for ``tf.timestamp`` (checked while tracing),
     and under op determinism (``TF_DETERMINISTIC_OPS=1``), which refuses it: such runs log
     no ``step_time_s`` / ``adv_time_s``."""
-    from tensorflow.python.framework import config  # no public getter in TF 2.21
-
-    if config.is_op_determinism_enabled():
-        return False
-    return tf.__internal__.get_enclosing_xla_context() is None
+    return not keras_internals.op_determinism_enabled() and not keras_internals.in_xla_context()
 
 
 def timestamp() -> tf.Tensor:
@@ -44,9 +42,7 @@ def timestamp() -> tf.Tensor:
     dependencies of ``released_after`` / ``seconds_since``.
     """
     stamp = tf.timestamp()
-    manager = getattr(tf.compat.v1.get_default_graph(), "experimental_acd_manager", None)
-    if manager is not None:
-        manager.run_independently(stamp.op)
+    keras_internals.run_independently(stamp.op)
     return stamp
 
 

@@ -50,6 +50,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from adv_large_batch import keras_internals
 from adv_large_batch.engine import randomness, update
 from adv_large_batch.engine.batching import (
     batch_size_of,
@@ -163,7 +164,7 @@ class AccumulatingTrainer(keras.Model):
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         super().compile(*args, **kwargs)
-        self._loss_tracker = FiniteMean(name="loss")
+        keras_internals.replace_loss_tracker(self, FiniteMean(name="loss"))
         self.backend.prepare_optimizer(self.optimizer)
 
     def per_worker_variables(self) -> list[Any]:
@@ -181,9 +182,7 @@ class AccumulatingTrainer(keras.Model):
 
     def task_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
         """The compiled loss (already scaled by 1/replicas under tf.distribute)."""
-        return self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
+        return keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=True)
 
     def update_task_metrics(self, loss: tf.Tensor, y: Any, y_pred: Any, sample_weight: Any) -> None:
         """Loss and compiled metrics of one micro-batch; call once per micro-batch.
@@ -194,12 +193,13 @@ class AccumulatingTrainer(keras.Model):
         finite = tf.math.is_finite(loss)
         self._log.record("nonfinite_losses", 1.0 - tf.cast(finite, tf.float32))
         rows = tf.cast(batch_size_of(y_pred), tf.float32)
-        self._loss_tracker.update_state(
+        keras_internals.loss_tracker(self).update_state(
             tf.where(finite, loss, tf.zeros_like(loss)) / distribution_loss_scale(),
             sample_weight=tf.cast(finite, tf.float32) * rows,
         )
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        metrics = keras_internals.compile_metrics(self)
+        if metrics is not None:
+            metrics.update_state(y, y_pred, sample_weight)
 
     # ---- randomness ---------------------------------------------------------------------
     def global_micro_index(self, local_index: Any, local_count: Any) -> tf.Tensor:
@@ -371,13 +371,13 @@ class AccumulatingTrainer(keras.Model):
 
         Keras does this only under a distribution strategy; otherwise it creates them
         inside the first trace, and a ``tf.function`` that creates variables is traced
-        twice (measured: 2 traces -> 1; docs/results.md).
+        twice; building first makes it one trace (docs/results.md).
         ``data_spec``: a batch's structure, e.g. ``dataset.element_spec``.
         """
-        if getattr(self, "_distribute_strategy", None) is not None:
+        if keras_internals.distribute_strategy(self) is not None:
             return  # fit's own symbolic build runs under a strategy
         try:
-            self._symbolic_build(data_batch=data_spec)
+            keras_internals.symbolic_build(self, data_spec)
         except Exception:  # an optimisation only: the first trace builds what is left
             pass
 

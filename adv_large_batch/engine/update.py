@@ -21,6 +21,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from adv_large_batch import keras_internals
+
 
 def all_finite(tensors: list[tf.Tensor]) -> tf.Tensor:
     """True when every entry of every tensor is finite."""
@@ -116,7 +118,7 @@ def apply_if(
     def skip() -> tf.Tensor:
         return tf.constant(False)
 
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if keras_internals.strategy_supports_no_merge_call():
         tf.cond(apply, update, skip)
         return
 

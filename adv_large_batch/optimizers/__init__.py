@@ -9,8 +9,9 @@ optimizer = build_optimizer(OptimizerConfig(), total_steps=1000, global_batch_si
 ```
 """
 
-from adv_large_batch.optimizers.config import OptimizerConfig, build_optimizer, build_schedule
+from adv_large_batch.optimizers.config import OptimizerConfig
 from adv_large_batch.optimizers.diagnostics import TrustRatioLogger
+from adv_large_batch.optimizers.factory import build_optimizer, build_schedule
 from adv_large_batch.optimizers.lamb import LAMB
 from adv_large_batch.optimizers.lars import LARS
 from adv_large_batch.optimizers.param_groups import (
@@ -22,6 +23,12 @@ from adv_large_batch.optimizers.param_groups import (
     describe_parameter_groups,
     parameter_groups,
 )
+from adv_large_batch.optimizers.recipes import (
+    IMAGE_OPTIMIZER_DEFAULTS,
+    image_optimizer_config,
+    lars_recipe,
+    resolve_recipe,
+)
 from adv_large_batch.optimizers.schedules import (
     WarmupLinearDecay,
     WarmupPolynomialDecay,
@@ -31,6 +38,7 @@ from adv_large_batch.optimizers.schedules import (
 __all__ = [
     "DEFAULT_NO_ADAPT_PATTERNS",
     "DEFAULT_NO_DECAY_PATTERNS",
+    "IMAGE_OPTIMIZER_DEFAULTS",
     "LAMB",
     "LARS",
     "OptimizerConfig",
@@ -43,6 +51,9 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "describe_parameter_groups",
+    "image_optimizer_config",
+    "lars_recipe",
     "parameter_groups",
+    "resolve_recipe",
     "scale_learning_rate",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from adv_large_batch import keras_internals
 from adv_large_batch.optimizers.layerwise import (
     LayerwiseOptimizer,
     _check_non_negative,
@@ -110,7 +111,7 @@ class LAMB(LayerwiseOptimizer):
         )
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        index = self._get_variable_index(variable)
+        index = keras_internals.variable_index(self, variable)
         dtype = variable.dtype
         m, v = self._momentums[index], self._velocities[index]
         weight = ops.convert_to_tensor(variable)

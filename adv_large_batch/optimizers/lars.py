@@ -11,6 +11,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from adv_large_batch import keras_internals
 from adv_large_batch.optimizers.layerwise import (
     LayerwiseOptimizer,
     _check_non_negative,
@@ -92,7 +93,7 @@ class LARS(LayerwiseOptimizer):
         self._velocities = self.add_optimizer_variables(variables, "momentum")
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        index = self._get_variable_index(variable)
+        index = keras_internals.variable_index(self, variable)
         dtype = variable.dtype
         weight = ops.convert_to_tensor(variable)
         gradient = dense_gradient(gradient, dtype)

@@ -19,7 +19,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from adv_large_batch.engine.batching import densify
+from adv_large_batch import keras_internals
+from adv_large_batch.optimizers.gradients import densify
 from adv_large_batch.optimizers.param_groups import (
     DEFAULT_NO_ADAPT_PATTERNS,
     DEFAULT_NO_DECAY_PATTERNS,
@@ -238,14 +239,14 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             self.weight_decay
             if self.weight_decay
             and not matches(self._no_decay_regex, variable)
-            and self._use_weight_decay(variable)
+            and keras_internals.uses_weight_decay(self, variable)
             else 0.0
         )
         return float(decay), not matches(self._no_adapt_regex, variable)
 
     def parameter_groups(self, variables: Sequence[Any] | None = None) -> list[ParameterGroup]:
         """The effective ``(weight_decay, layer_adaptation)`` groups of ``variables``."""
-        variables = self._trainable_variables if variables is None else list(variables)
+        variables = keras_internals.built_variables(self) if variables is None else list(variables)
         return groups_from_flags(variables, [self._flags(v) for v in variables])
 
     def build(self, variables: Sequence[Any]) -> None:
@@ -278,7 +279,8 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     def _apply_weight_decay(self, variables: Sequence[Any]) -> None:
         # Decay is applied inside ``update_step`` (through the trust ratio); Keras's
-        # separate ``w -= lr * wd * w`` pass would decay a second time.
+        # separate ``w -= lr * wd * w`` pass would decay a second time.  (A private Keras
+        # hook, listed in ``keras_internals.OVERRIDDEN_HOOKS``.)
         return
 
     # -- diagnostics -------------------------------------------------------------------
@@ -300,7 +302,9 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             return {}
         return {
             variable_path(v): {"trust_ratio": float(r.numpy()), "update_norm": float(n.numpy())}
-            for v, r, n in zip(self._trainable_variables, self._trust_ratios, self._update_norms)
+            for v, r, n in zip(
+                keras_internals.built_variables(self), self._trust_ratios, self._update_norms
+            )
         }
 
     def get_config(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import keras
 
+from adv_large_batch import keras_internals
+
 #: Path patterns excluded from weight decay and from layer adaptation by default:
 #: biases (a path component that is exactly ``bias``) and the ``gamma``/``beta``/
 #: ``scale`` of normalisation layers (a parent component containing ``norm``, as in
@@ -152,7 +154,10 @@ def effective_parameter_groups(
     if hasattr(optimizer, "parameter_groups"):
         return optimizer.parameter_groups(variables)
     rate = float(optimizer.weight_decay or 0.0)
-    flags = [(rate if rate and optimizer._use_weight_decay(v) else 0.0, False) for v in variables]
+    flags = [
+        (rate if rate and keras_internals.uses_weight_decay(optimizer, v) else 0.0, False)
+        for v in variables
+    ]
     return groups_from_flags(variables, flags)
 
 
@@ -171,7 +176,7 @@ def describe_parameter_groups(
                 "describe_parameter_groups() needs `variables` when the optimizer is not "
                 "built yet; pass model.trainable_variables."
             )
-        variables = optimizer._trainable_variables
+        variables = keras_internals.built_variables(optimizer)
     groups = effective_parameter_groups(optimizer, variables)
     total = sum(g.num_weights for g in groups)
     header = (
@@ -214,7 +219,8 @@ class PathWeightDecayMixin:
             excluded = [
                 v
                 for v in variables
-                if matches(self._no_decay_regex, v) or not self._use_weight_decay(v)
+                if matches(self._no_decay_regex, v)
+                or not keras_internals.uses_weight_decay(self, v)
             ]
             self.exclude_from_weight_decay(var_list=excluded)
         super().build(variables)

@@ -30,12 +30,21 @@ its LR table by batch: 10 / 25 / 31.2 / 43.)  The rule below interpolates them s
 * warm-up ``max(5, B / 2400)`` epochs of the dataset (about 530 steps of ImageNet above
   12K, where the published large-batch runs use 530 - 700), at most half the run;
 * power 2 (every MLPerf run; ConAdv's 1.6 only reproduces its 96K run), end LR 1e-4.
+
+The image runs' optimizer config starts from ``IMAGE_OPTIMIZER_DEFAULTS`` (the
+``train-images`` defaults of the optimizer flags; ``image_optimizer_config`` from Python)
+and ``resolve_recipe`` fills in this recipe for the run's batch where ``--lr`` is unset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol
+
+from adv_large_batch.flags import require
+from adv_large_batch.optimizers.config import OptimizerConfig
+from adv_large_batch.optimizers.param_groups import DEFAULT_NO_DECAY_PATTERNS
 
 #: (global batch, published peak LR range, warm-up epochs range, source): the table above.
 PUBLISHED_LARS = (
@@ -84,4 +93,79 @@ def lars_recipe(global_batch: int, epochs: float | None = None) -> LarsRecipe:
     return LarsRecipe(global_batch, lars_peak_lr(global_batch), warmup)
 
 
-__all__ = ["PUBLISHED_LARS", "LarsRecipe", "lars_peak_lr", "lars_recipe"]
+# keras.applications names its BNs "*_bn": exempt their gamma/beta like "*norm*/gamma".
+_KERAS_APPLICATIONS_BN = r"(^|_)bn/(gamma|beta)$"
+
+#: The image runs' optimizer: LARS (ConAdv §4.1) with the published large-batch recipe
+#: above (MLPerf ResNet-50 LARS and the ConAdv authors' code): no ``--lr`` -> the
+#: recipe's peak LR and warm-up for the global batch, momentum 0.9, polynomial (power 2)
+#: decay to 1e-4 after warm-up, weight decay 5e-5, BN and bias excluded.  An explicit
+#: ``--lr`` is the LR at ``--base-batch-size``, scaled by ``--lr-scaling`` (sqrt; linear
+#: scaling from 256 gave 640 at 32K).  These are the ``train-images`` defaults of
+#: ``OptimizerConfig``'s flags (one declaration: the CLI and ``image_optimizer_config``).
+IMAGE_OPTIMIZER_DEFAULTS: dict[str, Any] = {
+    "optimizer": "lars",
+    "lr": None,
+    "lr_scaling": "sqrt",
+    "base_batch_size": 256,
+    "weight_decay": 5e-5,
+    "schedule": "warmup_poly",
+    "poly_power": 2.0,
+    "end_lr": 1e-4,
+    "no_decay_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
+    "no_adapt_pattern": (*DEFAULT_NO_DECAY_PATTERNS, _KERAS_APPLICATIONS_BN),
+}
+
+
+def image_optimizer_config(**overrides: Any) -> OptimizerConfig:
+    """``OptimizerConfig`` with the image defaults (LARS), then ``overrides``."""
+    return dataclasses.replace(OptimizerConfig(), **{**IMAGE_OPTIMIZER_DEFAULTS, **overrides})
+
+
+class RecipeRun(Protocol):
+    """What ``resolve_recipe`` reads of a run (``ImageTrainConfig`` has it)."""
+
+    batch_size: int  # global
+    epochs: int
+    warmup_epochs: float | None  # --warmup-epochs
+
+
+def resolve_recipe(
+    optimizer_config: OptimizerConfig, run: RecipeRun, steps_per_epoch: int
+) -> OptimizerConfig:
+    """The optimizer config with the LARS recipe filled in where ``--lr`` is unset.
+
+    No ``--lr``: the recipe's peak LR for the global batch (``--lr-scaling`` then does
+    not apply) and, unless ``--warmup-epochs`` / ``--warmup-steps`` is given, its warm-up.
+    ``--warmup-epochs`` always becomes ``warmup_steps``.
+    """
+    opt = optimizer_config
+    warmup_epochs = run.warmup_epochs  # an explicit --warmup-epochs always wins
+    if opt.lr is None:
+        require(
+            opt.optimizer == "lars",
+            f"--optimizer {opt.optimizer} needs an explicit --lr (the recipe default is LARS's)",
+        )
+        recipe = lars_recipe(run.batch_size, run.epochs)
+        opt = dataclasses.replace(
+            opt, lr=recipe.peak_lr, lr_scaling="none", base_batch_size=run.batch_size
+        )
+        if warmup_epochs is None and opt.warmup_steps is None:
+            warmup_epochs = recipe.warmup_epochs
+    if warmup_epochs is not None:
+        total = steps_per_epoch * run.epochs
+        warmup = round(warmup_epochs * steps_per_epoch)
+        opt = dataclasses.replace(opt, warmup_steps=min(total, warmup))
+    return opt
+
+
+__all__ = [
+    "IMAGE_OPTIMIZER_DEFAULTS",
+    "PUBLISHED_LARS",
+    "LarsRecipe",
+    "RecipeRun",
+    "image_optimizer_config",
+    "lars_peak_lr",
+    "lars_recipe",
+    "resolve_recipe",
+]

@@ -49,13 +49,6 @@ def scale_learning_rate(
     return float(base_learning_rate) * factor
 
 
-def warmup_steps_from_ratio(total_steps: int, warmup_ratio: float) -> int:
-    """``ceil(warmup_ratio * total_steps)``, as HuggingFace's ``get_warmup_steps``."""
-    if not 0.0 <= warmup_ratio < 1.0:
-        raise ValueError(f"warmup_ratio must be in [0, 1). Received: {warmup_ratio}")
-    return math.ceil(warmup_ratio * total_steps)
-
-
 def _validate(learning_rate: float, total_steps: int, warmup_steps: int) -> None:
     if not isinstance(learning_rate, (int, float)) or learning_rate < 0:
         raise ValueError(

@@ -1,6 +1,11 @@
 """ScaLA: large-batch fine-tuning with PGA-K perturbation of the token embeddings.
 
-Paper: ``shared/papers/scala.md`` (Algorithm 1, §3.1, appendix B).
+Paper: M. Zhang, N. Uma Naresh, Y. He, "ScaLA: Speeding-Up Fine-tuning of Pre-trained
+Transformer Networks via Efficient and Scalable Adversarial Perturbation" (ICLR 2022
+submission, openreview.net/forum?id=KFUWHgRYEDF), revised as arXiv:2201.12469 ("ScaLA:
+Accelerating Adaptation of Pre-Trained Transformer-Based Language Models via Efficient
+Large-Batch Adversarial Noise").  Section, algorithm and figure numbers in this library
+are the ICLR submission's (Algorithm 1, §3.1, appendix B).
 
 * ``config``: ``ScaLAConfig``, the method's knobs (and flags);
 * ``perturbation``: the inner maximisation as pure functions (random start, ascent

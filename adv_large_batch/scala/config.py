@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from adv_large_batch.flags import cli_field, require
+from adv_large_batch.flags import check_declared, cli_field
 from adv_large_batch.scala import perturbation
 
 METHODS = ("baseline", "scala", "gaussian", "rdrop")
@@ -35,18 +35,28 @@ class ScaLAConfig:
         "probs: KL against the model's own detached probabilities (LP); labels: ground truth (GT)",
         ("probs", "labels"),
     )
-    eps: float = cli_field(1e-5, "--adv-eps", "l-inf radius omega of the perturbation")
-    step_size: float = cli_field(1e-4, "--adv-step", "ascent step size rho")
-    steps: int = cli_field(1, "--adv-steps", "K, the number of ascent steps (PGA-K)")
-    weight: float = cli_field(1.0, "--adv-lambda", "lambda, the weight of the regulariser r")
+    eps: float = cli_field(
+        1e-5, "--adv-eps", "l-inf radius omega of the perturbation", bounds="(0, inf)"
+    )
+    step_size: float = cli_field(1e-4, "--adv-step", "ascent step size rho", bounds="(0, inf)")
+    steps: int = cli_field(
+        1, "--adv-steps", "K, the number of ascent steps (PGA-K)", bounds="[1, inf)"
+    )
+    weight: float = cli_field(
+        1.0, "--adv-lambda", "lambda, the weight of the regulariser r", bounds="(0, inf)"
+    )
     start_epoch: int = cli_field(
         0,
         "--adv-start-epoch",
         "t_s, the paper's 1-based epoch: the perturbation is on in epochs t >= t_s of 1..T "
         "(0 or 1 = from the start; t_s = 3 of 6 = epochs 3-6)",
+        bounds="[0, inf)",
     )
     start_step: int | None = cli_field(
-        None, "--adv-start-step", "t_s in optimizer steps instead of epochs (overrides the epoch)"
+        None,
+        "--adv-start-step",
+        "t_s in optimizer steps instead of epochs (overrides the epoch)",
+        bounds="[0, inf)",
     )
     step_norm: str = cli_field(
         "linf",
@@ -57,7 +67,10 @@ class ScaLAConfig:
     )
     init: str = cli_field("uniform", "--adv-init", "random start y0", perturbation.START_KINDS)
     noise_scale: float | None = cli_field(
-        None, "--adv-noise-scale", "stddev of a normal start / the Gaussian method (default eps)"
+        None,
+        "--adv-noise-scale",
+        "stddev of a normal start / the Gaussian method (default eps)",
+        bounds="(0, inf)",
     )
     dropout: str = cli_field(
         "independent",
@@ -76,25 +89,7 @@ class ScaLAConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
-        require(self.eps > 0, f"--adv-eps must be > 0, got {self.eps}")
-        require(self.step_size > 0, f"--adv-step must be > 0, got {self.step_size}")
-        require(self.weight > 0, f"--adv-lambda must be > 0, got {self.weight}")
-        require(self.steps >= 1, f"--adv-steps must be >= 1, got {self.steps}")
-        require(
-            self.dropout in DROPOUT_MODES,
-            f"--adv-dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}",
-        )
-        require(self.radius in RADII, f"--adv-radius must be one of {RADII}, got {self.radius!r}")
-        require(self.start_epoch >= 0, f"--adv-start-epoch must be >= 0, got {self.start_epoch}")
-        require(
-            self.start_step is None or self.start_step >= 0,
-            f"--adv-start-step must be >= 0, got {self.start_step}",
-        )
-        require(
-            self.noise_scale is None or self.noise_scale > 0,
-            f"--adv-noise-scale must be > 0, got {self.noise_scale}",
-        )
+        check_declared(self)  # every knob is range- or choice-checked alone
 
     @property
     def perturbs(self) -> bool:

@@ -1,6 +1,8 @@
 """ScaLA's inner maximisation as small pure TensorFlow functions.
 
-Paper: ``shared/papers/scala.md``, section 3.1 ("Inner Maximization",
+Paper: "ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer Networks via Efficient
+and Scalable Adversarial Perturbation" (Zhang et al., arXiv:2201.12469; numbering of the
+ICLR 2022 submission, see ``adv_large_batch.scala``), section 3.1 ("Inner Maximization",
 "Practical Considerations") and Algorithm 1, lines 6-9:
 
     y0            random start in the l-inf ball of radius eps (or Gaussian)

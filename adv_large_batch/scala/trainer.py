@@ -1,6 +1,9 @@
 """ScaLA: large-batch fine-tuning with PGA-K perturbation of the token embeddings.
 
-Paper: ``shared/papers/scala.md``, Algorithm 1 and appendix B.  Per micro-batch:
+Paper: "ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer Networks via Efficient
+and Scalable Adversarial Perturbation" (Zhang et al., arXiv:2201.12469; numbering of the
+ICLR 2022 submission, see ``adv_large_batch.scala``), Algorithm 1 and appendix B.  Per
+micro-batch:
 
     e        = token_embedding(ids)                        (shared by all passes)
     logits   = network(e)                                  clean pass
@@ -233,8 +236,15 @@ class ScaLA(AccumulatingTrainer):
         return super().fit(x, *args, callbacks=callbacks, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
+        """Keras' config; the ``ScaLAConfig`` under ``adversarial`` (as in the run record)."""
         config = super().get_config()
-        config.update(
-            {"config": dataclasses.asdict(self.config), "steps_per_epoch": self.steps_per_epoch}
-        )
+        config["adversarial"] = dataclasses.asdict(self.config)
+        config["steps_per_epoch"] = self.steps_per_epoch
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ScaLA":
+        """Also reads a config saved before, with the ``ScaLAConfig`` under ``config``."""
+        config = dict(config)
+        config["config"] = config.pop("adversarial", config.get("config"))  # __init__'s name
+        return super().from_config(config)

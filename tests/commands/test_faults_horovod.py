@@ -1,5 +1,5 @@
-"""Faults of a real ``horovodrun -np 2 --gloo`` job: SIGTERM to one rank, then ``kill -9`` of
-one rank, each followed by ``--resume`` on the same checkpoint folder."""
+"""Faults of a real ``horovodrun -np 2 --gloo`` job: SIGTERM to one rank, ``kill -9`` of one
+rank, SIGTERM to ``horovodrun``, each followed by ``--resume`` on the same checkpoint folder."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path
     """SIGTERM to rank 1 alone: both ranks stop after the same step, the chief checkpoints
     it, every rank exits 75 (before: rank 1 died with 143 and the steps since the last
     epoch checkpoint were lost).  ``kill -9`` of rank 1: the job ends within 60 s, non-zero.
-    ``--resume`` continues after each."""
+    SIGTERM to ``horovodrun`` itself (a scheduler's preemption): the patched runner passes it
+    on, so the workers checkpoint and exit 75 (before: SIGSTOP, then SIGKILL).  ``--resume``
+    continues after each, to the end."""
     ckpt = tmp_path / "ckpt"
     argv = [*RUN, "--checkpoint-dir", str(ckpt)]
 
@@ -100,6 +102,16 @@ def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path
     assert seconds < 60, out[-3000:]
     killed_at = newest_step(ckpt)
     assert killed_at >= 32  # the epoch-2 checkpoint
+
+    def terminate_launcher(launcher):
+        launcher.send_signal(signal.SIGTERM)  # what a scheduler does to the job's first process
+
+    status, out, _ = launch_and(horovodrun, resumed, f"resumed from {ckpt}", terminate_launcher)
+    assert status != 0 and f"Exit code: {cli.EXIT_PREEMPTED}" in out, out[-3000:]
+    step = newest_step(ckpt)
+    assert step > killed_at
+    said = re.findall(r"\[0\]<stderr>:\[finetune\] preempted by (.*) after step (\d+)", out)
+    assert said == [("SIGTERM", str(step))], out[-3000:]
 
     status, out, _ = launch_and(horovodrun, resumed, f"resumed from {ckpt}", lambda _: None)
     assert status == 0, out[-3000:]

@@ -203,6 +203,33 @@ def test_sharpness_of_a_finetune_checkpoint_end_to_end(tmp_path, capsys):
     assert f"top Hessian eigenvalue {result['eigenvalue']:.6g}" in printed
 
 
+def test_one_run_record_and_checkpoints_of_the_old_shape_still_load(tmp_path):
+    """meta.json holds the run record that is also --metrics-out's ``config``; a checkpoint
+    written before (the run's flags under ``config``, no workers or backend) gives the same
+    sharpness."""
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.json"
+    assert cli.main([*FINETUNE, "--checkpoint-dir", str(ckpt), "--metrics-out", str(metrics)]) == 0
+    final = checkpointing.latest_checkpoint(str(ckpt))
+    meta = checkpointing.read_meta(final)
+    record = json.loads(metrics.read_text())["config"]
+    assert record == {k: meta[k] for k in checkpointing.RUN_KEYS}
+    assert record["command"] == "finetune" and record["run"]["model"] == "tiny-random"
+
+    args = ["sharpness", "--checkpoint", final, "--batch-size", "16", "--iterations", "3"]
+    assert cli.main([*args, "--json-out", str(tmp_path / "new.json")]) == 0
+    old = {k: v for k, v in meta.items() if k not in ("run", "workers", "backend")}
+    old["config"] = meta["run"]
+    with open(os.path.join(final, "meta.json"), "w") as f:
+        json.dump(old, f)
+    assert checkpointing.run_meta(final, ("finetune",)).run == meta["run"]
+    assert cli.main([*args, "--json-out", str(tmp_path / "old.json")]) == 0
+    new_result = json.loads((tmp_path / "new.json").read_text())
+    old_result = json.loads((tmp_path / "old.json").read_text())
+    assert old_result["method"] == new_result["method"] == "scala"
+    assert old_result["loss"] == pytest.approx(new_result["loss"], rel=1e-6)
+    assert old_result["eigenvalue"] == pytest.approx(new_result["eigenvalue"], rel=1e-5)
+
+
 @pytest.mark.skipif(
     not os.path.isdir(image_datasets.FASHION_MNIST_DIR),
     reason="apt-get install dataset-fashion-mnist",

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch import cli
-from adv_large_batch.commands.train_images import ImageTrainConfig, image_optimizer_config, run
+from adv_large_batch.commands.train_images import ImageTrainConfig, run
 from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.split_batchnorm import SplitBatchNormalization
+from adv_large_batch.optimizers import image_optimizer_config
 from tests.tiny_bert import SingleProcess
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -302,6 +303,17 @@ def test_config_round_trip_and_the_buffer_is_checkpointed(tmp_path):
     np.testing.assert_array_equal(clone.buffer_images.numpy(), model.buffer_images.numpy())
     np.testing.assert_array_equal(clone.buffer_labels.numpy(), model.buffer_labels.numpy())
     assert int(clone.batches_seen.numpy()) == 3
+
+
+def test_a_trainer_config_saved_with_the_old_key_still_loads():
+    """Before, the ConAdvConfig was under "config" (a config in Keras' config)."""
+    config = ConAdvConfig(method="conadv", eps=8, staleness=2)
+    model = ConAdv(tiny_cnn(), config, micro_batch_size=4, backend=SingleProcess(), batch_size=8)
+    saved = model.get_config()
+    assert saved["adversarial"]["staleness"] == 2 and "config" not in saved
+    old = {k: v for k, v in saved.items() if k != "adversarial"}
+    old["config"] = saved["adversarial"]
+    assert ConAdv.from_config(old).config == config
 
 
 # ---- bad input --------------------------------------------------------------------------------

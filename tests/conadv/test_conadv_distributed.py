@@ -4,7 +4,7 @@ What "equal" can mean with BatchNorm: in training mode a BN normalises with the
 statistics of the rows it is given, so 2 workers x B/2 rows is *not* the computation
 of 1 process x B rows (statistics over B/2 rows vs over B).  The reference is
 therefore one process with the same global batch B that *accumulates 2
-micro-batches of B/2* (``--micro-batch-size``): ``image_data.train_stream`` gives
+micro-batches of B/2* (``--micro-batch-size``): ``image_pipeline.train_stream`` gives
 worker r the contiguous slice r of every global batch (MirroredStrategy's replica r
 gets the same slice), which is exactly the process's micro-batch r, so every BN
 (main for the clean rows, auxiliary for the adversarial rows and inside the

@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from adv_large_batch import cli
-from adv_large_batch.data import image_datasets, image_folders, image_pipeline, text_tasks
+from adv_large_batch.data import image_folders, image_pipeline, image_splits, text_tasks
 from adv_large_batch.flags import ConfigError
 
 
@@ -184,7 +184,7 @@ def test_train_images_skips_damaged_files_and_reports_them(tmp_path, capsys, mon
     metrics = tmp_path / "metrics.json"
     size = []
     if streamed:  # read per example at an --image-size, as an ImageNet folder is
-        monkeypatch.setattr(image_datasets, "IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(image_splits, "IN_MEMORY_BYTES", 0)
         size = ["--image-size", "16"]
     code = cli.main(
         [

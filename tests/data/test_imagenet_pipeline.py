@@ -20,7 +20,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adv_large_batch import cli
-from adv_large_batch.data import augment, image_datasets, image_folders, image_pipeline
+from adv_large_batch.data import (
+    augment,
+    image_datasets,
+    image_folders,
+    image_pipeline,
+    image_splits,
+)
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.models import efficientnet
 from adv_large_batch.models.image_models import IMAGE_MODELS, default_image_size
@@ -333,7 +339,7 @@ def test_the_memory_limit_applies_to_load_image_dataset(tmp_path, monkeypatch):
     assert (
         image_datasets.load_image_dataset("folder", str(tmp_path), image_size=8).source == "memory"
     )
-    monkeypatch.setattr(image_datasets, "IN_MEMORY_BYTES", 8 * 8 * 3 * 8 - 1)
+    monkeypatch.setattr(image_splits, "IN_MEMORY_BYTES", 8 * 8 * 3 * 8 - 1)
     assert (
         image_datasets.load_image_dataset("folder", str(tmp_path), image_size=8).source == "files"
     )
@@ -377,7 +383,7 @@ def test_a_native_size_folder_over_the_limit_is_streamed_too(tmp_path):
 def test_train_images_runs_a_streamed_folder_at_the_model_resolution(tmp_path, monkeypatch):
     """The real run: resnet18 without --image-size trains on 224 px crops of a streamed folder."""
     write_image_folder(str(tmp_path / "data"), classes=2, per_class=4, test_per_class=1)
-    monkeypatch.setattr(image_datasets, "IN_MEMORY_BYTES", 1000)
+    monkeypatch.setattr(image_splits, "IN_MEMORY_BYTES", 1000)
     metrics = tmp_path / "metrics.json"
     code = cli.main(
         [

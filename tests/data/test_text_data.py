@@ -70,8 +70,8 @@ def test_glue_through_tensorflow_datasets_mock():
 
 
 def test_tokenize_packs_pairs_and_masks_padding():
-    from adv_large_batch.commands.finetune import default_model_path
     from adv_large_batch.models.perturbable_bert import load_bert_tokenizer
+    from adv_large_batch.models.text_classifiers import default_model_path
 
     tok = load_bert_tokenizer(default_model_path())
     split = text_tasks.TextSplit(

@@ -5,7 +5,7 @@ input; inside ``tf.function`` TensorFlow's automatic control dependencies chain 
 ops in program order, and MirroredStrategy traces the replicas one after the other, so
 a timer that closes replica 0's attack used to gate replica 1's first timestamp, and
 with it replica 1's whole step.  The trainer takes its timestamps out of that chain
-(``trainer.timestamp``) and has no in-graph assertions; this walks the traced step of
+(``engine.timing.timestamp``) and has no in-graph assertions; this walks the traced step of
 ConAdv (the next-batch attack) and DisAdv (the current-batch attack), whose attacks run
 in the step's outer graph.  (ScaLA's ascent runs inside its cond/while bodies, whose
 timers were never chained across replicas.)

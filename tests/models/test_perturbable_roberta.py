@@ -10,12 +10,12 @@ import tensorflow as tf
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 from adv_large_batch import cli
-from adv_large_batch.commands.finetune import build_network
 from adv_large_batch.data import text_pipeline, text_tasks
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.encoder_presets import architecture_of_config, encoder_architecture
 from adv_large_batch.models.inputs import trim_to_longest
 from adv_large_batch.models.perturbable_roberta import PerturbableRobertaClassifier
+from adv_large_batch.models.text_classifiers import build_network
 from adv_large_batch.scala import ScaLA, ScaLAConfig
 from tests.tiny_bert import SingleProcess
 

@@ -5,12 +5,13 @@ import dataclasses
 import pytest
 
 from adv_large_batch import cli
-from adv_large_batch.commands.train_images import ImageTrainConfig, resolve_recipe
+from adv_large_batch.commands.train_images import ImageTrainConfig
 from adv_large_batch.flags import ConfigError, from_args
 from adv_large_batch.optimizers import (
     OptimizerConfig,
     build_optimizer,
     build_schedule,
+    resolve_recipe,
     scale_learning_rate,
 )
 from adv_large_batch.optimizers.recipes import PUBLISHED_LARS, lars_peak_lr, lars_recipe

@@ -870,6 +870,32 @@ def test_optimizer_config_rejects_bad_values(kwargs, words):
         assert word in str(info.value), (word, str(info.value))
 
 
+def test_every_optimizer_flag_value_has_a_builder():
+    from adv_large_batch.optimizers.config import OPTIMIZERS
+    from adv_large_batch.optimizers.factory import OPTIMIZERS_BY_NAME
+
+    assert tuple(OPTIMIZERS_BY_NAME) == OPTIMIZERS
+
+
+@pytest.mark.parametrize(
+    "text, said, inside, outside",
+    [
+        ("(0, inf)", "> 0", [1e-9, 5, 10**9], [0, -1, math.inf, math.nan, "1", None]),
+        ("[1, inf)", ">= 1", [1, 2, np.int64(3)], [0, 0.5, math.inf]),
+        ("[0, 1)", "in [0, 1)", [0, 0.5], [1, 1.0, -0.1, math.nan]),
+        ("(0, inf] inf = no clip", "> 0 (inf = no clip)", [1, math.inf], [0, math.nan]),
+        ("[0, 255] pixels", "in [0, 255] (pixels)", [0, 255, 3.5], [-1, 255.5]),
+    ],
+)
+def test_declared_bounds_read_as_written(text, said, inside, outside):
+    from adv_large_batch.flags import Bounds
+
+    bounds = Bounds.parse(text)
+    assert bounds.describe() == said
+    assert all(value in bounds for value in inside)
+    assert not any(value in bounds for value in outside)
+
+
 def test_build_optimizer_rejects_warmup_longer_than_training():
     with pytest.raises(ConfigError, match=r"--warmup-steps 500 .*100"):
         build_optimizer(OptimizerConfig(warmup_steps=500), total_steps=100, global_batch_size=32)

@@ -22,7 +22,7 @@ from adv_large_batch.optimizers import (
     build_optimizer,
     scale_learning_rate,
 )
-from adv_large_batch.optimizers.config import build_schedule
+from adv_large_batch.optimizers.factory import build_schedule
 
 
 def value(schedule, step):

@@ -204,9 +204,13 @@ def test_classifier_and_trainer_round_trip_config():
         seed=7,
     )
     config = model.get_config()
-    assert config["config"]["eps"] == 2e-5 and config["micro_batch_size"] == 4
+    assert config["adversarial"]["eps"] == 2e-5 and config["micro_batch_size"] == 4
     again = ScaLA.from_config({**config, "backend": SingleProcess()})
     assert again.config == model.config and again.seed == 7
+    # Saved before the ScaLAConfig was "adversarial": under "config", a config in a config.
+    old = {k: v for k, v in config.items() if k != "adversarial"}
+    old["config"] = config["adversarial"]
+    assert ScaLA.from_config({**old, "backend": SingleProcess()}).config == model.config
 
 
 @pytest.mark.parametrize(

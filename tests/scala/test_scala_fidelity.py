@@ -202,14 +202,13 @@ def test_pga_ascent_on_pretrained_minilm_moves_y_and_raises_r():
     """Paper radius (eps 1e-5, rho 1e-4), ``linf`` step, dropout off, real snippets: y1 moves
     away from the random start and r(y1) > r(y0). A random start plus the clip (no ascent)
     would give y1 = y0; dropout would give r > 0 without any perturbation."""
-    from adv_large_batch.commands.finetune import default_model_path
     from adv_large_batch.data import text_pipeline, text_tasks
     from adv_large_batch.engine import randomness
-    from adv_large_batch.models.encoder_presets import load_classifier
     from adv_large_batch.models.inputs import trim_to_longest
+    from adv_large_batch.models.text_classifiers import build_network, default_model_path
 
     keras.utils.set_random_seed(0)
-    net, tokenizer = load_classifier(default_model_path(), 2)
+    net, tokenizer = build_network(default_model_path(), 2, seed=0)
     dropouts = [
         layer
         for layer in net._flatten_layers(include_self=True, recursive=True)

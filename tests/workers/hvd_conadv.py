@@ -50,12 +50,11 @@ def train_and_dump(
     in one ``fit`` or in ``fits`` consecutive ones (each starts with a broadcast)."""
     import keras
 
-    from adv_large_batch.commands.train_images import image_optimizer_config
     from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
     from adv_large_batch.data import image_datasets, image_pipeline
     from adv_large_batch.engine.distributed import BroadcastCallback, MetricAverageCallback
     from adv_large_batch.models.image_models import build_image_model
-    from adv_large_batch.optimizers import build_optimizer
+    from adv_large_batch.optimizers import build_optimizer, image_optimizer_config
 
     data = image_datasets.load_fashion_mnist().limit(TRAIN_IMAGES)
     arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)

@@ -19,7 +19,8 @@
 #          5 s later, so a worker never sees the SIGTERM it could checkpoint on.  We patch the
 #          installed runner (patch_runner below, idempotent): a worker that is the shell itself
 #          gets SIGTERM first and HOROVOD_GRACEFUL_TERMINATION_TIME_S (default 60) seconds to
-#          end, as a scheduler's grace period; anything else is stopped as before.
+#          end, as a scheduler's grace period; anything else is stopped as before, after that
+#          same grace period (5 s unpatched).
 set -euo pipefail
 
 HOROVOD_VERSION="0.28.1"

@@ -171,6 +171,7 @@ def run_training(
             )
         start = time.time()
         with SignalWatch() as watch:  # SIGTERM / SIGINT: checkpoint, then Preempted
+            callbacks = _callbacks(command, ctx, plan, model, start_step, record, watch)
             history = resume.fit_from_step(
                 model,
                 plan.train_stream,
@@ -178,9 +179,13 @@ def run_training(
                 plan.steps_per_epoch,
                 run_cfg.epochs,
                 validation_data=plan.validation,
-                callbacks=_callbacks(command, ctx, plan, model, start_step, record, watch),
+                callbacks=callbacks,
                 verbose=0,  # engine.progress.Progress prints what a person watches
             )
+            for callback in callbacks:  # a signal after the last step: stop before evaluating
+                if hasattr(callback, "after_fit"):
+                    newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
+                    callback.after_fit(newest)
         wall = time.time() - start
         steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
         timing = {"wall_time_s": wall, "steps": total_steps, "steps_run": steps_run}
@@ -306,6 +311,7 @@ def _callbacks(
         hparams=record,
         metrics=plan.metrics,
     )
+    other_writers = tuple(c.save_now for c in callbacks if hasattr(c, "save_now"))
     return callbacks + resume.step_callbacks(
         run_cfg.checkpoint_dir,
         run_cfg.checkpoint_every,
@@ -314,6 +320,7 @@ def _callbacks(
         backend,
         record,
         watch,
+        other_writers,  # ConAdv's per-worker buffers
     )
 
 

@@ -286,7 +286,9 @@ def _summary(data: Any, run_cfg: ImageTrainConfig, adv: ConAdvConfig) -> str:
 def _skipped_files(data: Any) -> dict[str, Any]:
     """The metrics' ``skipped_files``: an image folder's files left out (or substituted)."""
     if data.skipped_files is None:
-        return {"count": 0, "by_kind": {}, "examples": []}
+        from adv_large_batch.data.image_splits import SkippedFiles
+
+        return SkippedFiles().summary()  # nothing skipped, the same keys
     return data.skipped_files.summary()
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from adv_large_batch.engine import checkpointing
+from adv_large_batch.exits import CheckpointWriteError
 
 
 def replica_components(variable: Any, strategy: Any) -> list[Any]:
@@ -62,14 +63,25 @@ class WorkerBuffers(keras.callbacks.Callback):
             return  # StepCheckpoint writes nothing after a non-finite stop either
         if self.folder is None or os.path.exists(self._path(step)):
             return
-        os.makedirs(self.folder, exist_ok=True)
         partial = self._path(step) + ".partial.npz"
-        arrays = {f"v{i}": np.stack(values) for i, values in enumerate(self._values())}
-        np.savez(partial, **arrays)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            arrays = {f"v{i}": np.stack(values) for i, values in enumerate(self._values())}
+            np.savez(partial, **arrays)
+        except OSError as err:  # a full disk: no partial file left, older files untouched
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise CheckpointWriteError(
+                f"could not write worker buffer {self._path(step)} ({type(err).__name__}: {err})"
+            ) from err
         os.replace(partial, self._path(step))
         mine = sorted(n for n in os.listdir(self.folder) if n.endswith(f"-rank{self.rank}.npz"))
         for old in mine[: -self.keep]:
             os.remove(os.path.join(self.folder, old))
+
+    def save_now(self) -> None:
+        """Write this worker's buffer of the model's step now (a preempted run's step)."""
+        self._save(checkpointing.data_position(self.model))
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._pending is None:

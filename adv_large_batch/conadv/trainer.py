@@ -308,17 +308,13 @@ class ConAdv(AccumulatingTrainer):
         return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
 
     # ---- the shared pass ----------------------------------------------------------------
-    def fgsm_from_clean(self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple) -> tf.Tensor:
-        """``x + alpha sign(grad_x L)`` projected to the ball and [0, 1], the gradient taken
-        at the clean point through the main BN in training mode (the shared pass's rule),
-        as a stateless call: the moving statistics do not move."""
-        return self.fgsm_with_overflow(x, y, snapshot)[0]
-
     def fgsm_with_overflow(
         self, x: tf.Tensor, y: tf.Tensor, snapshot: tuple
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(fgsm_from_clean(...), n)``: ``n`` non-finite input-gradient entries (float32);
-        where the gradient is not finite the clean pixel is kept."""
+        """``(x + alpha sign(grad_x L)`` projected to the ball and [0, 1], ``n``): the
+        gradient taken at the clean point through the main BN in training mode (the shared
+        pass's rule), as a stateless call (the moving statistics do not move); ``n``: its
+        non-finite entries (float32), where the clean pixel is kept."""
         trainable, state, loss_scale = snapshot
         cfg = self.config
 
@@ -334,7 +330,7 @@ class ConAdv(AccumulatingTrainer):
     def _shared_batch(self, x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[Any, Any, None]:
         """Step t of the shared pass: clean rows = batch t + 1, adversarial rows = the
         buffered examples of batch t (made at step t - 1); at step 0 nothing is buffered
-        and the examples of batch 0 are made here, by ``fgsm_from_clean`` at theta_0."""
+        and the examples of batch 0 are made here, by ``fgsm_with_overflow`` at theta_0."""
         images = x[IMAGES]
         ready = self._step >= 1
 

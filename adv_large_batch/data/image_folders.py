@@ -6,8 +6,10 @@ else read from the file list (one decode per example) with a global per-epoch sh
 order) is held out for testing.
 
 Folders as found in the wild train: every image is decoded with its channels fixed
-(grayscale and CMYK JPEGs become RGB at an ``image_size``; a PNG named ``.JPEG``
-is read as the PNG it is).  Files that cannot be images are left out before
+(grayscale and CMYK JPEGs become RGB at an ``image_size``; at the native size every
+image takes the first training image's channel count; a PNG named ``.JPEG`` is read
+as the PNG it is).  A file that cannot be read at all is an error naming it (the
+workers must keep the same list).  Files that cannot be images are left out before
 training and counted (``ImageSplits.skipped_files``): names without an image
 extension (``.DS_Store``), empty files, files whose first bytes are no image format
 (a text file named ``.JPEG``), and files that do not decode.  Finding those costs one
@@ -82,8 +84,11 @@ def _probe(path: str) -> tuple[str, str] | bool:
             size = os.fstat(f.fileno()).st_size
             f.seek(max(size - _PROBE_BYTES, 0))
             tail = f.read()
-    except OSError as err:
-        return "unreadable", str(err)
+    except OSError as err:  # not a property of the file's bytes: every worker must agree
+        raise ConfigError(
+            f"could not read {path} ({type(err).__name__}: {err}); a file one worker cannot "
+            "read would give the workers different file lists: fix the folder and rerun"
+        ) from err
     if not head:
         return "empty", "0 bytes"
     kind = _format(head)
@@ -162,9 +167,8 @@ def _decoded(path: str, channels: int, skipped: SkippedFiles) -> np.ndarray | No
     """One file decoded before training, or None (recorded in ``skipped``) if it fails."""
     try:
         return _decode(path, channels).numpy()
-    except tf.errors.OpError as err:
-        kind = "damaged" if isinstance(err, tf.errors.InvalidArgumentError) else "unreadable"
-        skipped.skip(path, kind, f"does not decode: {_message(err)}")
+    except tf.errors.InvalidArgumentError as err:  # the bytes do not decode: every worker agrees
+        skipped.skip(path, "damaged", f"does not decode: {_message(err)}")
         return None
 
 

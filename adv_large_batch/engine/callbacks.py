@@ -15,6 +15,8 @@ from typing import Any
 
 import keras
 
+from adv_large_batch.exits import CheckpointWriteError
+
 
 class LearningRateAndThroughput(keras.callbacks.Callback):
     """Adds ``learning_rate`` and ``examples_per_s`` (global) to the epoch logs."""
@@ -132,6 +134,26 @@ class NonFiniteLoss(keras.callbacks.Callback):
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+class EpochWeights(keras.callbacks.ModelCheckpoint):
+    """Keras' per-epoch weights file (``epoch_NNN.weights.h5``), whose failed write (a full
+    disk) removes the half-written file and raises ``CheckpointWriteError`` (exit 74), as a
+    failed step checkpoint does, instead of an ``OSError`` traceback."""
+
+    def __init__(self, filepath: str) -> None:
+        super().__init__(filepath, save_weights_only=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as err:
+            path = self.filepath.format(epoch=epoch + 1)
+            if os.path.exists(path):
+                os.remove(path)
+            raise CheckpointWriteError(
+                f"could not write {path} ({type(err).__name__}: {err})"
+            ) from err
+
+
 def standard_callbacks(
     backend: Any,
     logdir: str | None = None,
@@ -165,11 +187,7 @@ def standard_callbacks(
         return callbacks
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)  # (resumable step checkpoints: engine.resume)
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
-            )
-        )
+        callbacks.append(EpochWeights(os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5")))
     if logdir:
         callbacks.append(
             keras.callbacks.TensorBoard(

@@ -281,17 +281,17 @@ def restore_checkpoint(path: str, model: keras.Model) -> dict[str, Any]:
     meta = read_meta(path)
     variables = state_variables(model)
     with np.load(os.path.join(path, "state.npz")) as data:
-        if len(data.files) != len(variables):
-            raise ConfigError(
-                f"checkpoint {path} holds {len(data.files)} variables but this model has "
-                f"{len(variables)}: it was written by a different model or optimizer"
-            )
         mismatch = first_path_mismatch(meta["paths"], [v.path for v in variables])
         if mismatch is not None:
             i, saved, wanted = mismatch
             raise ConfigError(
                 f"checkpoint {path} does not fit this model: its variable {i} is {saved!r}, "
                 f"the model's is {wanted!r} (written by a different model or optimizer)"
+            )
+        if len(data.files) != len(variables):
+            raise ConfigError(
+                f"checkpoint {path} holds {len(data.files)} variables but this model has "
+                f"{len(variables)}: it was written by a different model or optimizer"
             )
         _assign(path, data, meta["paths"], list(enumerate(variables)))
     return meta

@@ -184,7 +184,8 @@ class Backend:
 #: launcher's environment sets them; the shutdown time must exceed the longest work one
 #: rank does alone (the chief's checkpoint write).  A rank that dies (``kill -9``, the OOM
 #: killer) needs none of them: its peers' sockets are reset, and ``horovodrun`` stops the
-#: other ranks (SIGTERM, then SIGKILL 5 s later) as soon as one exits non-zero.
+#: other ranks (SIGTERM, then SIGKILL after HOROVOD_GRACEFUL_TERMINATION_TIME_S with the runner
+#: patch of build_horovod.sh, 5 s without) as soon as one exits non-zero.
 HOROVOD_FAULT_DEFAULTS = {
     "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
     "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",

@@ -17,9 +17,12 @@ preemption sync set it:
    one line naming the checkpoint and the command that resumes it; without
    ``--checkpoint-dir`` the line says that nothing could be saved.
 
-A second signal while the first is being handled restores the default handlers and
-delivers itself again: the process dies at once (status 143 / 130), as a user who presses
-Ctrl-C twice expects.
+A second signal while the first is being handled restores the previous handlers and
+delivers itself again (SIGTERM: the process dies, status 143; SIGINT: ``KeyboardInterrupt``),
+as a user who presses Ctrl-C twice expects.  A signal the process ignores (``SIG_IGN``, as a
+shell does for a background job's SIGINT) stays ignored.  A signal during the last
+validation or after the last step is taken once ``fit`` returns (``after_fit``); one during
+an earlier validation, at the end of the next step.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import keras
 
-from adv_large_batch.exits import EXIT_PREEMPTED, Preempted
+from adv_large_batch.exits import Preempted
 
 #: The signals a run treats as preemption.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -62,10 +65,17 @@ class SignalWatch:
     def __enter__(self) -> "SignalWatch":
         try:
             for signum in self.signals:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # ignored on purpose (a background job's SIGINT): keep it so
                 self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: leave the handlers alone
             self._restore()
         return self
+
+    @property
+    def active(self) -> bool:
+        """True while a handler of this watch is installed."""
+        return bool(self._previous)
 
     def __exit__(self, *exc: Any) -> None:
         self._restore()
@@ -84,15 +94,22 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
         backend: the run's distributed backend (``allreduce_mean``, ``barrier``, chief).
         save: writes the checkpoint of the model's step and returns its folder, or None
             when the run keeps no checkpoints (``StepCheckpoint.save_now``).
+        also_save: the other writers of that step, called first on every worker (ConAdv's
+            per-worker buffers: ``WorkerBuffers.save_now``).
     """
 
     def __init__(
-        self, watch: SignalWatch, backend: Any, save: Callable[[], str | None] | None
+        self,
+        watch: SignalWatch,
+        backend: Any,
+        save: Callable[[], str | None] | None,
+        also_save: tuple[Callable[[], None], ...] = (),
     ) -> None:
         super().__init__()
         self.watch = watch
         self.backend = backend
         self.save = save
+        self.also_save = also_save
 
     def agreed(self) -> bool:
         """True on every worker once the signal reached any worker (one scalar all-reduce)."""
@@ -107,10 +124,24 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
         from adv_large_batch.engine.checkpointing import data_position
 
         step = data_position(self.model)
+        for write in self.also_save:
+            write()
         path = self.save() if self.save is not None else None
         self.backend.barrier()  # every worker leaves after the chief's checkpoint is complete
-        name = self.watch.signal_name if self.watch.requested is not None else "a signal to a peer"
-        raise Preempted(step, name, path, self.backend.is_chief)
+        raise Preempted(step, self.signal_name(), path, self.backend.is_chief)
+
+    def signal_name(self) -> str:
+        return self.watch.signal_name if self.watch.requested is not None else "a signal to a peer"
+
+    def after_fit(self, newest_checkpoint: str | None) -> None:
+        """A signal that arrived after the last step (or in the last validation): agree once
+        more, then ``Preempted`` at the final step (its checkpoint was written at the end of
+        ``fit``), so the evaluation that would follow does not outlive the grace period."""
+        if self.agreed():
+            from adv_large_batch.engine.checkpointing import data_position
+
+            step = data_position(self.model)
+            raise Preempted(step, self.signal_name(), newest_checkpoint, self.backend.is_chief)
 
 
-__all__ = ["EXIT_PREEMPTED", "SIGNALS", "Preempted", "PreemptionCheckpoint", "SignalWatch"]
+__all__ = ["SIGNALS", "PreemptionCheckpoint", "SignalWatch"]

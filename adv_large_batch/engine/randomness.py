@@ -43,17 +43,14 @@ DROPOUT, SCALA_START, CONADV_CURRENT, CONADV_FUTURE = 0, 1, 2, 3
 
 def run_seed(seed: int | None = None) -> int:
     """The run seed of a trainer: ``seed`` when given, else Keras' global seed (what
-    ``keras.utils.set_random_seed`` set), else a fresh random one (as Keras' own
-    unseeded ``SeedGenerator`` does), so two notebook runs that differ only in
+    ``keras.utils.set_random_seed`` set), else 0 -- the same on every Horovod rank and in
+    a resumed process, so P workers still draw what one process draws and a resumed run
+    what the uninterrupted one drew.  Two notebook runs that differ only in
     ``set_random_seed`` draw different masks and starts."""
     if seed is not None:
         return int(seed)
     global_seed = keras_internals.global_random_seed()
-    if global_seed is not None:
-        return int(global_seed)
-    import random
-
-    return random.randint(1, 2**31 - 1)
+    return 0 if global_seed is None else int(global_seed)
 
 
 def draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -> tf.Tensor:

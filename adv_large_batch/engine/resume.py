@@ -104,11 +104,13 @@ def step_callbacks(
     backend: Any,
     meta: dict[str, Any],
     watch: SignalWatch | None = None,
+    also_save: tuple[Callable[[], None], ...] = (),
 ) -> list[keras.callbacks.Callback]:
     """The writers of a resumable run, last in the callback list: ``StepCheckpoint`` into
     ``directory`` every ``every`` steps (default: each epoch), ``StopAtStep(stop_at_step)``,
     each when given, and with an active signal ``watch`` the ``PreemptionCheckpoint`` that
-    checkpoints the step a SIGTERM / SIGINT arrived at; ``meta``: ``checkpointing.run_record``."""
+    checkpoints the step a SIGTERM / SIGINT arrived at (after the other writers of that step,
+    ``also_save``); ``meta``: ``checkpointing.run_record``."""
     callbacks: list[keras.callbacks.Callback] = []
     writer = None
     if directory:
@@ -123,10 +125,9 @@ def step_callbacks(
         callbacks.append(writer)
     if stop_at_step is not None:
         callbacks.append(StopAtStep(stop_at_step))
-    if watch is not None:
-        callbacks.append(
-            PreemptionCheckpoint(watch, backend, writer.save_now if writer is not None else None)
-        )
+    if watch is not None and watch.active:
+        save = writer.save_now if writer is not None else None
+        callbacks.append(PreemptionCheckpoint(watch, backend, save, also_save))
     return callbacks
 
 

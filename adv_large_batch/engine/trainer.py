@@ -106,8 +106,7 @@ class AccumulatingTrainer(keras.Model):
             for this process (single, or Horovod under ``horovodrun``).
         seed: the run seed of every random draw of the step (dropout masks, random
             starts), combined with the batch counter and the micro-batch's place;
-            ``None``: Keras' global seed (``keras.utils.set_random_seed``), else a
-            random one.
+            ``None``: Keras' global seed (``keras.utils.set_random_seed``), else 0.
 
     Example:
 

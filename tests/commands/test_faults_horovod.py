@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from adv_large_batch import cli
 from adv_large_batch.engine import checkpointing
 from tests.processes import REPO, TIMEOUT_S, quiet_env
+
+psutil = pytest.importorskip("psutil")  # installed with Horovod
 
 RUN = [
     "finetune", "--model", "tiny-random", "--strategy", "horovod", "--train-limit", "512",

@@ -14,7 +14,7 @@ import pytest
 
 from adv_large_batch import cli
 from adv_large_batch.engine import checkpointing
-from tests.processes import REPO, TIMEOUT_S, deterministic_env, run_checked
+from tests.processes import REPO, TIMEOUT_S, WORKERS, deterministic_env, run_checked
 
 CLI = [sys.executable, "-m", "adv_large_batch.cli"]
 
@@ -26,11 +26,13 @@ TEXT = [
 # 16 steps per epoch, 32 in all; ScaLA (dropout on, LAMB, probs target) from step 16.
 
 
-def signal_after_first_epoch(argv: list[str], signum: int) -> subprocess.CompletedProcess:
+def signal_after_first_epoch(
+    argv: list[str], signum: int, cli: list[str] = CLI
+) -> subprocess.CompletedProcess:
     """Run ``adv-large-batch argv`` in a subprocess; send ``signum`` to it as soon as it
     prints the first epoch's line (``--verbose 2``), so the signal lands mid-epoch 2."""
     proc = subprocess.Popen(
-        [*CLI, *argv, "--verbose", "2"],
+        [*cli, *argv, "--verbose", "2"],
         cwd=REPO,
         env=deterministic_env(),
         stdout=subprocess.PIPE,
@@ -91,6 +93,35 @@ def test_sigint_without_a_checkpoint_dir_says_nothing_could_be_saved(tmp_path):
     assert "preempted by SIGINT" in stopped.stderr
     assert "nothing could be saved (no --checkpoint-dir)" in stopped.stderr
     assert "KeyboardInterrupt" not in stopped.stderr
+
+
+def test_a_preempted_conadv_run_on_two_replicas_keeps_each_replicas_buffer(tmp_path):
+    """Every replica's adversarial batch in flight is saved at the preempted step, so the
+    resumed run restores it (before: only at --checkpoint-every steps, and a run preempted
+    between them resumed from replica 0's buffer, no longer exact)."""
+    mirrored = [sys.executable, str(WORKERS / "mirrored_cli.py")]
+    ckpt = tmp_path / "ckpt"
+    argv = [
+        "train-images", "--strategy", "mirrored", "--model", "cifar_resnet8", "--width", "4",
+        "--train-limit", "512", "--eval-limit", "32", "--batch-size", "32", "--epochs", "2",
+        "--method", "conadv", "--seed", "2", "--checkpoint-dir", str(ckpt),
+    ]  # fmt: skip
+    stopped = signal_after_first_epoch(argv, signal.SIGTERM, mirrored)
+    assert stopped.returncode == cli.EXIT_PREEMPTED, stopped.stderr[-3000:]
+    step = newest(ckpt)[0]["global_step"]
+    assert 16 < step < 32
+    assert (ckpt / "worker-buffers" / f"ckpt-{step:08d}-rank0.npz").exists()
+    resumed = subprocess.run(
+        [*mirrored, *argv, "--resume", "--verbose", "2"],
+        cwd=REPO,
+        env=deterministic_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "no saved adversarial buffer" not in resumed.stdout + resumed.stderr
+    assert newest(ckpt)[0]["global_step"] == 32
 
 
 # ---- a full checkpoint disk ---------------------------------------------------------------

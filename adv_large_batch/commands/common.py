@@ -139,7 +139,6 @@ def run_training(
     import keras
 
     from adv_large_batch.engine import checkpointing, distributed, resume
-    from adv_large_batch.engine.preemption import SignalWatch
     from adv_large_batch.optimizers import build_optimizer
 
     with precision_policy(run_cfg.precision):
@@ -170,22 +169,7 @@ def run_training(
                 run_cfg.checkpoint_dir, model, backend, ctx.say, command.name
             )
         start = time.time()
-        with SignalWatch() as watch:  # SIGTERM / SIGINT: checkpoint, then Preempted
-            callbacks = _callbacks(command, ctx, plan, model, start_step, record, watch)
-            history = resume.fit_from_step(
-                model,
-                plan.train_stream,
-                start_step,
-                plan.steps_per_epoch,
-                run_cfg.epochs,
-                validation_data=plan.validation,
-                callbacks=callbacks,
-                verbose=0,  # engine.progress.Progress prints what a person watches
-            )
-            for callback in callbacks:  # a signal after the last step: stop before evaluating
-                if hasattr(callback, "after_fit"):
-                    newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
-                    callback.after_fit(newest)
+        history = _fit(command, ctx, plan, model, start_step, record)
         wall = time.time() - start
         steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
         timing = {"wall_time_s": wall, "steps": total_steps, "steps_run": steps_run}
@@ -200,6 +184,40 @@ def run_training(
             write_json(run_cfg.metrics_out, result)
         ctx.say(last_line(command, run_cfg, result))
         return result
+
+
+def _fit(
+    command: TrainingCommand,
+    ctx: Context,
+    plan: Plan,
+    model: Any,
+    start_step: int,
+    record: dict[str, Any],
+) -> Any:
+    """``fit`` from ``start_step`` to the end under a ``SignalWatch``: SIGTERM / SIGINT
+    checkpoint the agreed step and raise ``Preempted``; one after the last step raises it
+    before the evaluation (``PreemptionCheckpoint.after_fit``)."""
+    from adv_large_batch.engine import checkpointing, resume
+    from adv_large_batch.engine.preemption import SignalWatch
+
+    run_cfg = ctx.run
+    with SignalWatch() as watch:
+        callbacks = _callbacks(command, ctx, plan, model, start_step, record, watch)
+        history = resume.fit_from_step(
+            model,
+            plan.train_stream,
+            start_step,
+            plan.steps_per_epoch,
+            run_cfg.epochs,
+            validation_data=plan.validation,
+            callbacks=callbacks,
+            verbose=0,  # engine.progress.Progress prints what a person watches
+        )
+        for callback in callbacks:
+            if hasattr(callback, "after_fit"):
+                newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
+                callback.after_fit(newest)
+    return history
 
 
 def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, Any]) -> str:

@@ -15,12 +15,15 @@
 # GPU:     when nvcc and an NCCL library are found, HOROVOD_GPU_OPERATIONS=NCCL is set.
 #          The GPU build is UNTESTED here (the CI/dev machines are CPU-only).
 # Runner:  horovodrun stops its workers (on its own SIGTERM / Ctrl-C, or when one rank fails)
-#          by SIGSTOPping the process its `sh -c` exec'd -- the worker itself -- and killing it
-#          5 s later, so a worker never sees the SIGTERM it could checkpoint on.  We patch the
-#          installed runner (patch_runner below, idempotent): a worker that is the shell itself
-#          gets SIGTERM first and HOROVOD_GRACEFUL_TERMINATION_TIME_S (default 60) seconds to
-#          end, as a scheduler's grace period; anything else is stopped as before, after that
-#          same grace period (5 s unpatched).
+#          by SIGTERMing the children of each worker's `sh -c`, waiting 5 s, then SIGSTOPping
+#          and SIGTERMing the shell.  5 s is short for a checkpoint, and the shell is killed even
+#          when its worker ended in time (a stopped shell dies of SIGTERM before it can report
+#          the worker's status: 143 instead of, say, 75).  We patch the installed runner
+#          (patch_runner below, idempotent): HOROVOD_GRACEFUL_TERMINATION_TIME_S (default 60)
+#          seconds of grace, as a scheduler gives; a shell whose workers all ended within it is
+#          left to end by itself with their status; a worker that is the shell itself (`sh -c`
+#          exec'd it) gets SIGTERM first.  Anything still running after the grace period is
+#          stopped as before.
 set -euo pipefail
 
 HOROVOD_VERSION="0.28.1"
@@ -92,8 +95,28 @@ if marker not in text:
     )
     assert text.count(old_grace) == 1 and text.count(old_body) == 1, "safe_shell_exec changed"
     assert "\nimport os\n" in text, "safe_shell_exec no longer imports os"
-    path.write_text(text.replace(old_grace, new_grace).replace(old_body, new_body))
+    text = text.replace(old_grace, new_grace).replace(old_body, new_body)
+    path.write_text(text)
     print(f"[build_horovod] patched {path}: workers get SIGTERM and a grace period")
+shell_marker = "# adv-large-batch: every child ended in time"
+if shell_marker not in text:
+    old_wait = (
+        "    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+    )
+    new_wait = old_wait + (
+        f"    {shell_marker}: the shell ends by itself, with their status.\n"
+        "    if not alive:\n"
+        "        try:\n"
+        "            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+        "            return\n"
+        "        except psutil.NoSuchProcess:\n"
+        "            return\n"
+        "        except psutil.TimeoutExpired:\n"
+        "            pass\n"
+    )
+    assert text.count(old_wait) == 1, "safe_shell_exec changed"
+    path.write_text(text.replace(old_wait, new_wait))
+    print(f"[build_horovod] patched {path}: a shell whose worker ended reports its status")
 EOF
 }
 

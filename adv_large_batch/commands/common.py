@@ -216,7 +216,7 @@ def _fit(
         for callback in callbacks:
             if hasattr(callback, "after_fit"):
                 newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
-                callback.after_fit(newest)
+                callback.after_fit(model, newest)
     return history
 
 

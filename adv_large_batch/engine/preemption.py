@@ -133,14 +133,16 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
     def signal_name(self) -> str:
         return self.watch.signal_name if self.watch.requested is not None else "a signal to a peer"
 
-    def after_fit(self, newest_checkpoint: str | None) -> None:
+    def after_fit(self, model: Any, newest_checkpoint: str | None) -> None:
         """A signal that arrived after the last step (or in the last validation): agree once
         more, then ``Preempted`` at the final step (its checkpoint was written at the end of
-        ``fit``), so the evaluation that would follow does not outlive the grace period."""
+        ``fit``), so the evaluation that would follow does not outlive the grace period.
+        ``model`` is passed in: a run resumed at its last step never calls ``fit``, so
+        Keras never gave this callback its model."""
         if self.agreed():
             from adv_large_batch.engine.checkpointing import data_position
 
-            step = data_position(self.model)
+            step = data_position(model)
             raise Preempted(step, self.signal_name(), newest_checkpoint, self.backend.is_chief)
 
 

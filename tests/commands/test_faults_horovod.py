@@ -117,3 +117,39 @@ def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path
     status, out, _ = launch_and(horovodrun, resumed, f"resumed from {ckpt}", lambda _: None)
     assert status == 0, out[-3000:]
     assert newest_step(ckpt) == 48
+
+
+WORKER = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))  # checkpoint, then 'try again'
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(120)
+"""
+
+
+@pytest.mark.horovod
+def test_the_runner_reports_the_status_a_terminated_worker_chose(horovodrun, tmp_path):
+    """horovodrun stops a rank by SIGTERM to the children of its ``sh -c``; a worker that
+    handles it and exits 75 must be reported as 75, even when its shell takes a moment to
+    end (here: a second).  Before the runner patch's second part, the shell was SIGSTOPped
+    and SIGTERMed as soon as its worker ended and died first: status 143, the race that
+    made the signalled ``horovodrun`` jobs above report 143 on a loaded host."""
+    import threading
+
+    from horovod.runner.common.util import safe_shell_exec
+
+    ready = tmp_path / "ready"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    command = f"{sys.executable} {script} {ready}; status=$?; sleep 1; exit $status"
+    stop = threading.Event()
+
+    def stop_once_ready():
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=stop_once_ready, daemon=True).start()
+    assert safe_shell_exec.execute(command, events=[stop]) == cli.EXIT_PREEMPTED
+    assert ready.exists()

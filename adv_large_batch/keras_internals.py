@@ -12,7 +12,9 @@ why the library needs it and which test fails if it changes.
 and ``OVERRIDDEN_HOOKS`` exists on a real compiled Keras model and optimizer of the
 installed version, and that no other module of the library names one.
 
-A bottom-layer module: it imports only Keras, TensorFlow and the standard library.
+A bottom-layer module: it imports only Keras and the standard library at import time, and
+TensorFlow inside the functions of the TensorFlow section (so the modules that reach a
+Keras name import under ``KERAS_BACKEND=jax`` without TensorFlow).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 #: The private attributes reached here, by the kind of Keras object that has them.
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -238,6 +239,8 @@ def in_xla_context() -> bool:
     kernel, so the step timers turn off.  If it goes, every step fails at its first trace;
     if the answer were wrong, ``jit_compile=True`` runs fail to compile
     (``tests/engine/test_keras_internals.py`` checks it inside and outside XLA)."""
+    import tensorflow as tf
+
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
@@ -247,6 +250,8 @@ def strategy_supports_no_merge_call() -> bool:
     (no strategy, one device) or needs a ``merge_call`` (MirroredStrategy), as Keras'
     ``LossScaleOptimizer`` asks.  If it goes, a skipped step under MirroredStrategy fails
     (``tests/engine/test_nonfinite.py::test_skip_under_mirrored_strategy_leaves_weights_and_step_unchanged``)."""
+    import tensorflow as tf
+
     return bool(tf.__internal__.distribute.strategy_supports_no_merge_call())
 
 
@@ -259,6 +264,8 @@ def run_independently(op: Any) -> None:
     order, across MirroredStrategy replicas too, so a step timer of replica 0 would gate
     replica 1's step.  If it goes, ``tests/engine/test_replica_independence.py`` fails.
     """
+    import tensorflow as tf
+
     manager = getattr(tf.compat.v1.get_default_graph(), "experimental_acd_manager", None)
     if manager is not None:
         manager.run_independently(op)

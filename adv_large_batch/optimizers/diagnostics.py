@@ -13,7 +13,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 class TrustRatioLogger(keras.callbacks.Callback):
@@ -52,9 +51,13 @@ class TrustRatioLogger(keras.callbacks.Callback):
                 f"'{getattr(optimizer, 'name', optimizer)}'."
             )
         if self._writer is None:
+            import tensorflow as tf  # TensorBoard's writer (the TensorFlow backend)
+
             self._writer = tf.summary.create_file_writer(self.logdir)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        import tensorflow as tf
+
         diagnostics = self.model.optimizer.trust_ratio_diagnostics()
         with self._writer.as_default():
             for path, values in diagnostics.items():

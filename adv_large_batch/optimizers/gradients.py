@@ -6,15 +6,15 @@ dense), so ``engine/`` (micro-batch accumulation, the all-reduce) imports it dow
 
 from __future__ import annotations
 
+import sys
 from typing import Any
-
-import tensorflow as tf
 
 
 def densify(gradient: Any) -> Any:
     """``tf.IndexedSlices`` (an embedding lookup's gradient) as a dense tensor; anything else
-    as it is."""
-    if isinstance(gradient, tf.IndexedSlices):
+    as it is (on the JAX backend every gradient is dense, and TensorFlow is not imported)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
 

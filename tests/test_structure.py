@@ -29,6 +29,7 @@ LAYERS = {
     "models": 2,
     "flags": 0,
     "exits": 0,
+    "backend_ops": 0,  # what keras.ops lacks, per backend
     "keras_internals": 0,  # the private Keras/TensorFlow names, reached in one place
     "": 0,  # the package itself (__version__)
 }

@@ -12,11 +12,30 @@ are the ICLR submission's (Algorithm 1, §3.1, appendix B).
   step, projection, symmetric KL);
 * ``trainer``: ``ScaLA``, the ``train_step`` (an ``AccumulatingTrainer``);
 * ``injection``: ``DelayedInjection``, t_s.
+
+The config and the perturbation math import on any Keras backend; the trainer is the
+TensorFlow shell, imported here on the TensorFlow backend (which registers ``ScaLA`` for
+``keras.models.load_model``) and on first use of ``ScaLA`` / ``sort_by_length`` elsewhere.
 """
+
+from typing import Any
+
+import keras
 
 from adv_large_batch.scala.config import DROPOUT_MODES, METHODS, RADII, ScaLAConfig
 from adv_large_batch.scala.injection import DelayedInjection
-from adv_large_batch.scala.trainer import ScaLA, sort_by_length
+
+_TRAINER_NAMES = ("ScaLA", "sort_by_length")
+if keras.config.backend() == "tensorflow":
+    from adv_large_batch.scala.trainer import ScaLA, sort_by_length
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINER_NAMES:
+        from adv_large_batch.scala import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'adv_large_batch.scala' has no attribute {name!r}")
 
 __all__ = [
     "DROPOUT_MODES",

@@ -1,4 +1,5 @@
-"""ScaLA's inner maximisation as small pure TensorFlow functions.
+"""ScaLA's inner maximisation as small pure functions in ``keras.ops`` (one copy for the
+TensorFlow and the JAX backend; the gradient and the keyed draws: ``backend_ops``).
 
 Paper: "ScaLA: Speeding-Up Fine-tuning of Pre-trained Transformer Networks via Efficient
 and Scalable Adversarial Perturbation" (Zhang et al., arXiv:2201.12469; numbering of the
@@ -21,132 +22,136 @@ Every function takes and returns tensors; none touches Keras state.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-import tensorflow as tf
+import keras
+from keras import ops
+
+from adv_large_batch import backend_ops
 
 STEP_NORMS = ("none", "linf", "l2")
 START_KINDS = ("uniform", "normal", "zero")
 
 
-Radius = float | tf.Tensor  # a number, or a tensor broadcastable to y (per example)
+Radius = Any  # a number, or a tensor broadcastable to y (per example)
 
 
 def random_start(
-    shape: tf.Tensor | tuple[int, ...],
+    shape: Any,
     eps: Radius,
     kind: str = "uniform",
     scale: Radius | None = None,
-    seed: tf.Tensor | None = None,
-) -> tf.Tensor:
+    seed: Any = None,
+) -> Any:
     """y0: uniform in [-eps, eps], normal with stddev ``scale`` (default eps), or zero.
 
     ``eps`` and ``scale`` may be tensors broadcastable to ``shape`` (a radius per
-    example); ``seed`` is an optional shape-[2] int tensor for stateless sampling.
+    example); ``seed``: a shape-[2] int tensor, the draw a pure function of it
+    (``backend_ops``); None: a fresh draw of Keras' global generator (eager use only).
     """
     if kind == "zero":
-        return tf.zeros(shape, tf.float32)
+        return ops.zeros(shape, "float32")
     if kind == "uniform":
         if seed is None:
-            unit = tf.random.uniform(shape, -1.0, 1.0, dtype=tf.float32)
+            unit = keras.random.uniform(shape, -1.0, 1.0, dtype="float32")
         else:
-            unit = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=tf.float32)
-        return unit * tf.cast(eps, tf.float32)
+            unit = backend_ops.stateless_uniform(shape, seed, -1.0, 1.0)
+        return unit * ops.cast(eps, "float32")
     if kind == "normal":
-        std = tf.cast(eps if scale is None else scale, tf.float32)
+        std = ops.cast(eps if scale is None else scale, "float32")
         if seed is None:
-            return tf.random.normal(shape, dtype=tf.float32) * std
-        return tf.random.stateless_normal(shape, seed, dtype=tf.float32) * std
+            return keras.random.normal(shape, dtype="float32") * std
+        return backend_ops.stateless_normal(shape, seed) * std
     raise ValueError(f"random start kind must be one of {START_KINDS}, got {kind!r}")
 
 
-def project_linf(y: tf.Tensor, eps: Radius) -> tf.Tensor:
+def project_linf(y: Any, eps: Radius) -> Any:
     """Pi_eps: the Euclidean projection onto the l-inf ball of radius eps (a clip)."""
-    eps = tf.cast(eps, y.dtype)
-    return tf.clip_by_value(y, -eps, eps)
+    eps = ops.cast(eps, y.dtype)
+    return ops.clip(y, -eps, eps)
 
 
-def embedding_rms(e: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+def embedding_rms(e: Any, padding_mask: Any) -> Any:
     """Root-mean-square of each example's token embeddings over its real tokens and the
     hidden units: ``[B, 1, 1]`` (the scale of ``--adv-radius relative``)."""
-    e = tf.cast(e, tf.float32)
-    mask = tf.cast(padding_mask, tf.float32)[..., tf.newaxis]
-    squares = tf.reduce_sum(tf.square(e) * mask, axis=[1, 2], keepdims=True)
-    count = tf.reduce_sum(mask, axis=[1, 2], keepdims=True) * tf.cast(tf.shape(e)[-1], tf.float32)
-    return tf.sqrt(squares / tf.maximum(count, 1.0))
+    e = ops.cast(e, "float32")
+    mask = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
+    squares = ops.sum(ops.square(e) * mask, axis=(1, 2), keepdims=True)
+    count = ops.sum(mask, axis=(1, 2), keepdims=True) * ops.cast(ops.shape(e)[-1], "float32")
+    return ops.sqrt(squares / ops.maximum(count, 1.0))
 
 
-def mask_padding(y: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+def mask_padding(y: Any, padding_mask: Any) -> Any:
     """Zero the perturbation rows of padding positions (``y``: [B, T, H], mask: [B, T])."""
-    return y * tf.cast(padding_mask, y.dtype)[..., tf.newaxis]
+    return y * ops.expand_dims(ops.cast(padding_mask, y.dtype), -1)
 
 
-def normalize_gradient(grad: tf.Tensor, norm: str = "none", tiny: float = 1e-12) -> tf.Tensor:
+def normalize_gradient(grad: Any, norm: str = "none", tiny: float = 1e-12) -> Any:
     """The ascent direction: the raw gradient, or the gradient over its per-example norm.
 
     ``linf`` (SMART) divides each example's gradient by its max-abs entry, ``l2``
     (FreeLB) by its Euclidean norm; an all-zero gradient stays zero.
     """
-    grad = tf.convert_to_tensor(grad)
+    grad = ops.convert_to_tensor(grad)
     if norm == "none":
         return grad
-    axes = list(range(1, grad.shape.rank))
+    axes = tuple(range(1, len(grad.shape)))
     if norm == "linf":
-        size = tf.reduce_max(tf.abs(grad), axis=axes, keepdims=True)
+        size = ops.max(ops.abs(grad), axis=axes, keepdims=True)
     elif norm == "l2":
-        size = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=axes, keepdims=True))
+        size = ops.sqrt(ops.sum(ops.square(grad), axis=axes, keepdims=True))
     else:
         raise ValueError(f"step norm must be one of {STEP_NORMS}, got {norm!r}")
     return grad / (size + tiny)
 
 
 def ascent_step(
-    y: tf.Tensor,
-    grad: tf.Tensor,
+    y: Any,
+    grad: Any,
     step_size: Radius,
     eps: Radius,
     norm: str = "none",
-    padding_mask: tf.Tensor | None = None,
-) -> tf.Tensor:
+    padding_mask: Any = None,
+) -> Any:
     """One projected gradient-ascent step: Pi_eps(y + rho * step(grad))."""
-    y = project_linf(y + tf.cast(step_size, y.dtype) * normalize_gradient(grad, norm), eps)
+    y = project_linf(y + ops.cast(step_size, y.dtype) * normalize_gradient(grad, norm), eps)
     return y if padding_mask is None else mask_padding(y, padding_mask)
 
 
-def symmetric_kl_from_logits(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
+def symmetric_kl_from_logits(p_logits: Any, q_logits: Any) -> Any:
     """Mean over the batch of KL(p||q) + KL(q||p), from logits (log-softmax, stable).
 
     KL(p||q) + KL(q||p) = sum_c (p_c - q_c) (log p_c - log q_c), which is
     symmetric, >= 0 and zero exactly when p == q.
     """
-    log_p = tf.nn.log_softmax(tf.cast(p_logits, tf.float32), axis=-1)
-    log_q = tf.nn.log_softmax(tf.cast(q_logits, tf.float32), axis=-1)
-    per_example = tf.reduce_sum((tf.exp(log_p) - tf.exp(log_q)) * (log_p - log_q), axis=-1)
-    return tf.reduce_mean(per_example)
+    log_p = ops.log_softmax(ops.cast(p_logits, "float32"), axis=-1)
+    log_q = ops.log_softmax(ops.cast(q_logits, "float32"), axis=-1)
+    per_example = ops.sum((ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q), axis=-1)
+    return ops.mean(per_example)
 
 
-def label_kl_from_logits(labels: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
+def label_kl_from_logits(labels: Any, q_logits: Any) -> Any:
     """KL(one_hot(labels) || q) = cross-entropy, batch mean (the GT-target variant).
 
     The reverse term KL(q || one_hot) is infinite for a one-hot target, so the
     ground-truth variant keeps only the forward KL.
     """
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(q_logits, tf.float32))
+    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+    return ops.mean(
+        ops.sparse_categorical_crossentropy(labels, ops.cast(q_logits, "float32"), from_logits=True)
     )
 
 
-def squared_error(target: tf.Tensor, prediction: tf.Tensor) -> tf.Tensor:
+def squared_error(target: Any, prediction: Any) -> Any:
     """Mean squared difference (the regression regulariser, STS-B)."""
-    target = tf.reshape(tf.cast(target, tf.float32), [-1])
-    prediction = tf.reshape(tf.cast(prediction, tf.float32), [-1])
-    return tf.reduce_mean(tf.square(target - prediction))
+    target = ops.reshape(ops.cast(target, "float32"), (-1,))
+    prediction = ops.reshape(ops.cast(prediction, "float32"), (-1,))
+    return ops.mean(ops.square(target - prediction))
 
 
 def adversarial_regulariser(
-    target: tf.Tensor, adv_logits: tf.Tensor, target_kind: str, regression: bool
-) -> tf.Tensor:
+    target: Any, adv_logits: Any, target_kind: str, regression: bool
+) -> Any:
     """r for one batch.
 
     ``target_kind``: ``probs`` (target = the model's own detached logits, LP) or
@@ -162,14 +167,14 @@ def adversarial_regulariser(
 
 
 def projected_gradient_ascent(
-    regulariser_of: Callable[[tf.Tensor], tf.Tensor],
-    y0: tf.Tensor,
+    regulariser_of: Callable[[Any], Any],
+    y0: Any,
     step_size: Radius,
     eps: Radius,
     steps: int = 1,
     norm: str = "none",
-    padding_mask: tf.Tensor | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
+    padding_mask: Any = None,
+) -> tuple[Any, Any]:
     """PGA-K on ``r = regulariser_of(y)``; returns (y_K, r(y0)).
 
     ``regulariser_of`` maps a perturbation to the scalar r, a mean over the batch; the
@@ -179,26 +184,27 @@ def projected_gradient_ascent(
     is detached (it is an input to the outer problem, not a function of x).
     """
     y = y0 if padding_mask is None else mask_padding(y0, padding_mask)
-    rows = tf.cast(tf.shape(y)[0], tf.float32)
+    rows = ops.cast(ops.shape(y)[0], "float32")
+
+    def total_and_r(y: Any) -> tuple[Any, Any]:
+        r = regulariser_of(y)
+        return r * rows, r  # the per-example sum, and r
+
     r_start = None
     for _ in range(steps):
-        with tf.GradientTape() as tape:
-            tape.watch(y)
-            r = regulariser_of(y)
-            total = r * rows  # the per-example sum
+        grad, r = backend_ops.gradient_and_aux(total_and_r, y)
         if r_start is None:
             r_start = r
-        grad = tape.gradient(total, y)
         y = ascent_step(y, grad, step_size, eps, norm, padding_mask)
     if r_start is None:
         r_start = regulariser_of(y)
-    return tf.stop_gradient(y), tf.stop_gradient(r_start)
+    return ops.stop_gradient(y), ops.stop_gradient(r_start)
 
 
-def perturbation_norms(y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def perturbation_norms(y: Any) -> tuple[Any, Any]:
     """(max |y| over the batch, mean over examples of ||y_i||_2)."""
-    y = tf.convert_to_tensor(y)
-    linf = tf.reduce_max(tf.abs(y))
-    axes = list(range(1, y.shape.rank))
-    l2 = tf.reduce_mean(tf.sqrt(tf.reduce_sum(tf.square(y), axis=axes)))
+    y = ops.convert_to_tensor(y)
+    linf = ops.max(ops.abs(y))
+    axes = tuple(range(1, len(y.shape)))
+    l2 = ops.mean(ops.sqrt(ops.sum(ops.square(y), axis=axes)))
     return linf, l2

@@ -28,9 +28,21 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def collect() -> dict[str, Any]:
-    """A dict of versions, devices, Horovod build flags and bundled assets."""
+def devices(backend: str) -> list[str]:
+    """The devices the Keras backend of this process computes on (``KERAS_BACKEND``)."""
+    if backend == "jax":
+        import jax
+
+        return [f"{d.platform.upper()}:{d.id}" for d in jax.devices()]
     import tensorflow as tf
+
+    return [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
+
+
+def collect() -> dict[str, Any]:
+    """A dict of versions, the Keras backend and its devices, Horovod build flags and
+    bundled assets."""
+    import keras
 
     from adv_large_batch import __version__
     from adv_large_batch.engine import distributed
@@ -41,6 +53,8 @@ def collect() -> dict[str, Any]:
             name: _version(name)
             for name in (
                 "tensorflow",
+                "jax",
+                "jaxlib",
                 "keras",
                 "keras-hub",
                 "tensorflow-datasets",
@@ -48,7 +62,8 @@ def collect() -> dict[str, Any]:
                 "horovod",
             )
         },
-        "devices": [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()],
+        "backend": keras.config.backend(),
+        "devices": devices(keras.config.backend()),
         "horovod": distributed.horovod_build_info(),
     }
     info["assets"] = {
@@ -70,6 +85,7 @@ def report(info: dict[str, Any]) -> str:
     lines = [f"adv-large-batch {info['adv_large_batch']}", "versions:"]
     for name, version in info["versions"].items():
         lines.append(f"  {name:22s} {version or 'not installed'}")
+    lines.append(f"keras backend: {info['backend']} (KERAS_BACKEND; tensorflow or jax)")
     lines.append("devices: " + (", ".join(info["devices"]) or "none"))
     hvd = info["horovod"]
     if hvd.get("installed"):

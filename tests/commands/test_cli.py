@@ -1,5 +1,6 @@
 """The command line: help, info, and bad input rejected before any work."""
 
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,17 @@ def test_info_reports_versions_and_assets():
     assert out.returncode == 0, out.stderr
     assert "tensorflow             2.21" in out.stdout
     assert "all-MiniLM-L6-v2 weights" in out.stdout and "horovod:" in out.stdout
+    assert "keras backend: tensorflow" in out.stdout and "devices: CPU:" in out.stdout
+
+
+def test_info_under_the_jax_backend_names_it_and_its_devices():
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "adv_large_batch.cli", "info"],
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "keras backend: jax" in out.stdout and "devices: CPU:0, CPU:1" in out.stdout
+    assert "jax                    0.1" in out.stdout
 
 
 def test_info_without_horovod_and_data_says_how_to_install():

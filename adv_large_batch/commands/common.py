@@ -135,44 +135,31 @@ def history_dict(history: Any) -> dict[str, list[float]]:
 def run_training(
     command: TrainingCommand, run_cfg: RunConfig, adv: Any, optimizer_config: OptimizerConfig
 ) -> dict[str, Any]:
-    """Train and evaluate with ``command``; returns the metrics dict (also --metrics-out)."""
+    """Train and evaluate with ``command``; returns the metrics dict (also --metrics-out).
+
+    SIGTERM / SIGINT are watched from the start to the end of ``fit`` (``_fit``): a signal
+    while the model is built or restored stops the run after its first step, checkpointed,
+    like one during training; the evaluation after ``fit`` runs with the previous handlers.
+    """
     import keras
 
-    from adv_large_batch.engine import checkpointing, distributed, resume
-    from adv_large_batch.optimizers import build_optimizer
+    from adv_large_batch.engine import checkpointing, distributed
+    from adv_large_batch.engine.preemption import SignalWatch
 
     with precision_policy(run_cfg.precision):
-        backend = distributed.get_backend(run_cfg.strategy)
-        per_worker, _ = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)
-        ctx = Context(run_cfg, adv, backend, per_worker, printer(backend, run_cfg.verbose))
-        keras.utils.set_random_seed(run_cfg.seed)
-        plan = command.prepare(ctx, optimizer_config)
-        record = checkpointing.run_record(
-            command.name, run_cfg, adv, plan.optimizer_config, backend
-        )
-        total_steps = plan.steps_per_epoch * run_cfg.epochs
-        with backend.scope():
-            network, model, compile_kwargs = command.build(ctx, plan)
-            keras_optimizer = build_optimizer(
-                plan.optimizer_config, total_steps, run_cfg.batch_size
+        with SignalWatch() as watch:
+            backend = distributed.get_backend(run_cfg.strategy)
+            per_worker, _ = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)
+            ctx = Context(run_cfg, adv, backend, per_worker, printer(backend, run_cfg.verbose))
+            keras.utils.set_random_seed(run_cfg.seed)
+            plan = command.prepare(ctx, optimizer_config)
+            record = checkpointing.run_record(
+                command.name, run_cfg, adv, plan.optimizer_config, backend
             )
-            model.compile(
-                optimizer=keras_optimizer, jit_compile=backend.jit_compile, **compile_kwargs
-            )
-        ctx.say(f"[{command.name}] {plan.summary} " + _batch_summary(ctx, plan, adv))
-        if run_cfg.dry_run:
-            return dry_run(command, ctx, plan, model, total_steps, record)
-        command.before_fit(ctx, plan, model)
-        start_step = 0
-        if run_cfg.resume:
-            start_step = resume.resume_step(
-                run_cfg.checkpoint_dir, model, backend, ctx.say, command.name
-            )
-        start = time.time()
-        history = _fit(command, ctx, plan, model, start_step, record)
-        wall = time.time() - start
-        steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
-        timing = {"wall_time_s": wall, "steps": total_steps, "steps_run": steps_run}
+            model = _build(command, ctx, plan)
+            if run_cfg.dry_run:
+                return dry_run(command, ctx, plan, model, total_steps(ctx, plan), record)
+            start_step, history, timing = _fit(command, ctx, plan, model, record, watch)
         result = {
             **command.evaluate(ctx, plan, model, timing),
             **timing,
@@ -186,38 +173,67 @@ def run_training(
         return result
 
 
+def total_steps(ctx: Context, plan: Plan) -> int:
+    """Optimizer steps of the whole run."""
+    return plan.steps_per_epoch * ctx.run.epochs
+
+
+def _build(command: TrainingCommand, ctx: Context, plan: Plan) -> Any:
+    """The command's model, compiled with the plan's optimizer in the backend's scope."""
+    from adv_large_batch.optimizers import build_optimizer
+
+    run_cfg, backend = ctx.run, ctx.backend
+    with backend.scope():
+        network, model, compile_kwargs = command.build(ctx, plan)
+        keras_optimizer = build_optimizer(
+            plan.optimizer_config, total_steps(ctx, plan), run_cfg.batch_size
+        )
+        model.compile(optimizer=keras_optimizer, jit_compile=backend.jit_compile, **compile_kwargs)
+    ctx.say(f"[{command.name}] {plan.summary} " + _batch_summary(ctx, plan, ctx.adversarial))
+    return model
+
+
 def _fit(
     command: TrainingCommand,
     ctx: Context,
     plan: Plan,
     model: Any,
-    start_step: int,
     record: dict[str, Any],
-) -> Any:
-    """``fit`` from ``start_step`` to the end under a ``SignalWatch``: SIGTERM / SIGINT
+    watch: Any,
+) -> tuple[int, Any, dict[str, Any]]:
+    """Restore (``--resume``) and ``fit`` to the end under ``watch``: SIGTERM / SIGINT
     checkpoint the agreed step and raise ``Preempted``; one after the last step raises it
-    before the evaluation (``PreemptionCheckpoint.after_fit``)."""
+    before the evaluation (``PreemptionCheckpoint.after_fit``).  Returns the step it
+    started from, the History and the timing."""
     from adv_large_batch.engine import checkpointing, resume
-    from adv_large_batch.engine.preemption import SignalWatch
 
     run_cfg = ctx.run
-    with SignalWatch() as watch:
-        callbacks = _callbacks(command, ctx, plan, model, start_step, record, watch)
-        history = resume.fit_from_step(
-            model,
-            plan.train_stream,
-            start_step,
-            plan.steps_per_epoch,
-            run_cfg.epochs,
-            validation_data=plan.validation,
-            callbacks=callbacks,
-            verbose=0,  # engine.progress.Progress prints what a person watches
+    command.before_fit(ctx, plan, model)
+    start_step = 0
+    if run_cfg.resume:
+        start_step = resume.resume_step(
+            run_cfg.checkpoint_dir, model, ctx.backend, ctx.say, command.name
         )
-        for callback in callbacks:
-            if hasattr(callback, "after_fit"):
-                newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
-                callback.after_fit(model, newest)
-    return history
+    start = time.time()
+    callbacks = _callbacks(command, ctx, plan, model, start_step, record, watch)
+    history = resume.fit_from_step(
+        model,
+        plan.train_stream,
+        start_step,
+        plan.steps_per_epoch,
+        run_cfg.epochs,
+        validation_data=plan.validation,
+        callbacks=callbacks,
+        verbose=0,  # engine.progress.Progress prints what a person watches
+    )
+    for callback in callbacks:
+        if hasattr(callback, "after_fit"):
+            newest = checkpointing.latest_checkpoint(run_cfg.checkpoint_dir, warn=False)
+            callback.after_fit(model, newest)
+    wall = time.time() - start
+    steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
+    timing = {"wall_time_s": wall, "steps": total_steps(ctx, plan), "steps_run": steps_run}
+    return start_step, history, timing
 
 
 def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, Any]) -> str:

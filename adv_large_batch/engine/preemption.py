@@ -22,7 +22,8 @@ delivers itself again (SIGTERM: the process dies, status 143; SIGINT: ``Keyboard
 as a user who presses Ctrl-C twice expects.  A signal the process ignores (``SIG_IGN``, as a
 shell does for a background job's SIGINT) stays ignored.  A signal during the last
 validation or after the last step is taken once ``fit`` returns (``after_fit``); one during
-an earlier validation, at the end of the next step.
+an earlier validation, at the end of the next step; one while the model is built or restored
+(the command's watch begins before the distributed backend starts), after the first step.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ TEXT = [
 
 
 def signal_after_first_epoch(
-    argv: list[str], signum: int, cli: list[str] = CLI
+    argv: list[str], signum: int, cli: list[str] = CLI, when: str = "Epoch 1/"
 ) -> subprocess.CompletedProcess:
     """Run ``adv-large-batch argv`` in a subprocess; send ``signum`` to it as soon as it
-    prints the first epoch's line (``--verbose 2``), so the signal lands mid-epoch 2."""
+    prints a line starting with ``when`` (default: the first epoch's line, ``--verbose 2``,
+    so the signal lands mid-epoch 2)."""
     proc = subprocess.Popen(
         [*cli, *argv, "--verbose", "2"],
         cwd=REPO,
@@ -42,7 +43,7 @@ def signal_after_first_epoch(
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Epoch 1/"):
+        if line.startswith(when):
             proc.send_signal(signum)
             break
     try:
@@ -85,6 +86,22 @@ def test_sigterm_mid_epoch_checkpoints_that_step_exits_75_and_resumes_exactly(tm
     assert meta_whole["global_step"] == meta_cut["global_step"] == 32
     for path, a, b in zip(meta_whole["paths"], state_whole, state_cut):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_sigterm_before_the_first_step_stops_after_it_checkpointed_and_exits_75(tmp_path):
+    """A signal while the model is built or restored (here: on the run's first line, after
+    the model is compiled) stops the run after its first step, with that step's checkpoint
+    (before: the watch began with ``fit``, so the process died with 143, and under
+    ``horovodrun`` its peer failed in the start-of-training broadcast with status 1)."""
+    cut = tmp_path / "cut"
+    stopped = signal_after_first_epoch(
+        [*TEXT, "--checkpoint-dir", str(cut)], signal.SIGTERM, when="[finetune] task="
+    )
+    assert stopped.returncode == cli.EXIT_PREEMPTED, stopped.stderr[-3000:]
+    meta, _ = newest(cut)
+    assert meta["global_step"] == 1
+    assert "preempted by SIGTERM after step 1" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
 
 
 def test_sigint_without_a_checkpoint_dir_says_nothing_could_be_saved(tmp_path):

@@ -12,6 +12,10 @@ its declared choices and bounds) and then checks the rules between fields, raisi
 Example:
 
 ```python
+import argparse, dataclasses
+from adv_large_batch.flags import (
+    ConfigError, add_arguments, check_declared, cli_field, from_args, require)
+
 @dataclasses.dataclass(frozen=True)
 class Demo:
     lr: float = cli_field(1e-3, "--lr", "learning rate", bounds="(0, inf)")
@@ -21,6 +25,14 @@ class Demo:
     def __post_init__(self):
         check_declared(self)  # "--lr must be > 0, got -1.0", "--warmup must be in [0, 1), ..."
         require(self.end_lr <= self.lr, f"--end-lr {self.end_lr} is above --lr {self.lr}")
+
+parser = argparse.ArgumentParser()
+add_arguments(parser, Demo)
+assert from_args(Demo, parser.parse_args(["--lr", "0.01"])).lr == 0.01
+try:
+    Demo(lr=-1.0)
+except ConfigError as err:
+    print(err)  # --lr must be > 0, got -1.0
 ```
 """
 

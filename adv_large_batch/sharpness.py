@@ -36,7 +36,13 @@ Example (the command line):
 From Python, on any loss:
 
 ```python
-net = keras.Sequential([keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+import keras, numpy as np
+from adv_large_batch.sharpness import top_hessian_eigenvalue
+
+x = np.random.RandomState(0).normal(size=(32, 4)).astype("float32")
+y = x.sum(axis=1)
+net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                        keras.layers.Dense(1)])
 loss_fn = lambda: keras.ops.mean((net(x, training=False)[:, 0] - y) ** 2)  # a scalar
 found = top_hessian_eigenvalue(loss_fn, net.trainable_variables, iterations=50)
 print(found["eigenvalue"], found["iterations"], found["history"])

@@ -36,7 +36,9 @@ def efficientnet(
     """EfficientNet-``variant`` ("b0" or "b2"), ``[0, 1]`` images in, logits out.
 
     ```python
-    model = efficientnet("b0", (64, 64, 3), num_classes=10)   # split BN, random weights
+    from adv_large_batch.models.efficientnet import efficientnet
+
+    model = efficientnet("b0", (32, 32, 3), num_classes=10)   # split BN, random weights
     ```
     """
     if variant not in VARIANTS:

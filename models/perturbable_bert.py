@@ -24,9 +24,9 @@ from typing import Any
 
 import keras
 import keras_hub
-import tensorflow as tf
 
 from adv_large_batch.flags import ConfigError
+from adv_large_batch.models.encoder_presets import named, resolve_preset
 from adv_large_batch.models.inputs import PADDING_MASK, SEGMENT_IDS
 from adv_large_batch.models.perturbable_encoder import PerturbableEncoderClassifier
 
@@ -43,13 +43,16 @@ class PerturbableBertClassifier(PerturbableEncoderClassifier):
     Example:
 
     ```python
+    import keras_hub, numpy as np
+    from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
+
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=8,
         intermediate_dim=16, max_sequence_length=16)
     model = PerturbableBertClassifier(backbone, num_classes=2)
-    inputs = {"token_ids": tf.constant([[2, 5, 3, 0]]),
-              "segment_ids": tf.zeros((1, 4), tf.int32),
-              "padding_mask": tf.constant([[1, 1, 1, 0]])}
+    inputs = {"token_ids": np.array([[2, 5, 3, 0]]),
+              "segment_ids": np.zeros((1, 4), "int32"),
+              "padding_mask": np.array([[1, 1, 1, 0]])}
     logits = model(inputs)                       # (1, 2)
     e = model.embed_tokens(inputs["token_ids"])  # (1, 4, 8)
     adv_logits = model.logits_from_embeddings(e + 1e-5, inputs)
@@ -58,15 +61,17 @@ class PerturbableBertClassifier(PerturbableEncoderClassifier):
 
     backbone_class = keras_hub.models.BertBackbone
     backbone_description = "keras_hub.models.BertBackbone (BERT-family encoder)"
+    architecture = "bert"
 
     def __init__(
         self,
         backbone: keras_hub.models.BertBackbone,
         num_classes: int = 2,
         dropout: float = 0.1,
+        preprocessor: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, num_classes, dropout, **kwargs)
+        super().__init__(backbone, num_classes, dropout, preprocessor, **kwargs)
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
         self.output_dense = keras.layers.Dense(
             num_classes,
@@ -75,16 +80,16 @@ class PerturbableBertClassifier(PerturbableEncoderClassifier):
         )
         self.output_dense.build((None, backbone.hidden_dim))
 
-    def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+    def embed_tokens(self, token_ids: Any) -> Any:
         """The token-embedding output e (before position/segment embeddings)."""
         return self.backbone.token_embedding(token_ids)
 
     def logits_from_embeddings(
         self,
-        token_embeddings: tf.Tensor,
-        inputs: dict[str, tf.Tensor],
+        token_embeddings: Any,
+        inputs: dict[str, Any],
         training: bool = False,
-    ) -> tf.Tensor:
+    ) -> Any:
         """Run everything after the token lookup on (possibly perturbed) e."""
         bb = self.backbone
         positions = bb.position_embedding(token_embeddings)
@@ -98,6 +103,26 @@ class PerturbableBertClassifier(PerturbableEncoderClassifier):
         pooled = self.output_dropout(pooled, training=training)
         return self.output_dense(pooled)
 
+    @classmethod
+    def load_backbone(cls, path: str, what: str = "preset") -> keras_hub.models.BertBackbone:
+        return load_bert_backbone(path, what)
+
+    @classmethod
+    def load_tokenizer(cls, path: str, what: str = "preset") -> keras_hub.models.BertTokenizer:
+        return load_bert_tokenizer(path, what)
+
+    @classmethod
+    def tiny_backbone(cls, vocabulary_size: int) -> keras_hub.models.BertBackbone:
+        """``tiny-random``: 2 layers, hidden 32, random weights (smoke tests)."""
+        return keras_hub.models.BertBackbone(
+            vocabulary_size=vocabulary_size,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            max_sequence_length=512,
+        )
+
 
 def is_encoder_preset(path: str) -> bool:
     """True for a local Hugging Face / keras-hub folder holding a BERT config."""
@@ -107,11 +132,13 @@ def is_encoder_preset(path: str) -> bool:
     )
 
 
-def load_bert_backbone(preset: str) -> keras_hub.models.BertBackbone:
-    """Load a BERT-family backbone from a local preset folder, with a clear error."""
+def load_bert_backbone(preset: str, what: str = "preset") -> keras_hub.models.BertBackbone:
+    """Load a BERT-family backbone from a local preset folder (or ``"bundled"``), with a
+    clear error naming ``preset`` as ``what`` (the CLI passes ``"--model"``)."""
+    preset = resolve_preset(preset, what)
     if not is_encoder_preset(preset):
         raise ConfigError(
-            f"--model {preset!r} is not a supported encoder folder: expected a local "
+            f"{named(what, preset)} is not a supported encoder folder: expected a local "
             "Hugging Face BERT folder (config.json + model.safetensors + vocab.txt) "
             "or a keras-hub preset folder"
         )
@@ -119,12 +146,12 @@ def load_bert_backbone(preset: str) -> keras_hub.models.BertBackbone:
         return keras_hub.models.BertBackbone.from_preset(preset)
     except Exception as exc:  # keras-hub raises many types for a wrong architecture
         raise ConfigError(
-            f"--model {preset!r} could not be loaded as a BERT-family encoder "
+            f"{named(what, preset)} could not be loaded as a BERT-family encoder "
             f"(supported: BERT, MiniLM and other BertModel checkpoints): {exc}"
         ) from exc
 
 
-def bert_tokenizer_settings(preset: str) -> dict[str, bool]:
+def bert_tokenizer_settings(preset: str, what: str = "preset") -> dict[str, bool]:
     """``lowercase`` and ``strip_accents`` as a Hugging Face folder's tokenizer_config.json says.
 
     Hugging Face's ``BertTokenizer`` convention: ``do_lower_case`` defaults to true;
@@ -144,23 +171,23 @@ def bert_tokenizer_settings(preset: str) -> dict[str, bool]:
                 config = json.load(f)
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"--model {preset!r}: tokenizer_config.json is not readable JSON ({exc})"
+                f"{named(what, preset)}: tokenizer_config.json is not readable JSON ({exc})"
             ) from exc
         if not isinstance(config, dict):
             raise ConfigError(
-                f"--model {preset!r}: tokenizer_config.json must be a JSON object, "
+                f"{named(what, preset)}: tokenizer_config.json must be a JSON object, "
                 f"got {type(config).__name__}"
             )
     lowercase = config.get("do_lower_case", True)
     strip_accents = config.get("strip_accents")
     if not isinstance(lowercase, bool):
         raise ConfigError(
-            f"--model {preset!r}: tokenizer_config.json has do_lower_case {lowercase!r}; "
+            f"{named(what, preset)}: tokenizer_config.json has do_lower_case {lowercase!r}; "
             "allowed: true or false"
         )
     if strip_accents is not None and not isinstance(strip_accents, bool):
         raise ConfigError(
-            f"--model {preset!r}: tokenizer_config.json has strip_accents {strip_accents!r}; "
+            f"{named(what, preset)}: tokenizer_config.json has strip_accents {strip_accents!r}; "
             "allowed: true, false or null (strip when lower-casing)"
         )
     return {
@@ -169,20 +196,21 @@ def bert_tokenizer_settings(preset: str) -> dict[str, bool]:
     }
 
 
-def load_bert_tokenizer(preset: str) -> keras_hub.models.BertTokenizer:
-    """The WordPiece tokenizer of a local folder.
+def load_bert_tokenizer(preset: str, what: str = "preset") -> keras_hub.models.BertTokenizer:
+    """The WordPiece tokenizer of a local folder (or ``"bundled"``).
 
     A Hugging Face folder (vocab.txt) follows its tokenizer_config.json
     (``bert_tokenizer_settings``): uncased checkpoints lower-case and strip
     accents, cased ones (``do_lower_case: false``) keep both.  A keras-hub preset
     folder (tokenizer.json + assets, from ``save_to_preset``) is loaded with its
-    own saved settings.
+    own saved settings.  Errors name ``preset`` as ``what`` (the CLI passes ``"--model"``).
     """
+    preset = resolve_preset(preset, what)
     vocab = os.path.join(preset, "vocab.txt")
     if not os.path.exists(vocab) and os.path.exists(os.path.join(preset, "tokenizer.json")):
         return keras_hub.models.BertTokenizer.from_preset(preset)
     if not os.path.exists(vocab):
         raise ConfigError(
-            f"--model {preset!r} has no vocab.txt; a BERT WordPiece vocabulary is needed"
+            f"{named(what, preset)} has no vocab.txt; a BERT WordPiece vocabulary is needed"
         )
-    return keras_hub.models.BertTokenizer(vocabulary=vocab, **bert_tokenizer_settings(preset))
+    return keras_hub.models.BertTokenizer(vocabulary=vocab, **bert_tokenizer_settings(preset, what))

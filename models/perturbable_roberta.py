@@ -28,16 +28,14 @@ from typing import Any
 
 import keras
 import keras_hub
-import tensorflow as tf
 
 from adv_large_batch.flags import ConfigError
+from adv_large_batch.models.encoder_presets import named, resolve_preset
 from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS
 from adv_large_batch.models.perturbable_encoder import PerturbableEncoderClassifier
 
 
-def add_position_embeddings(
-    token_embeddings: tf.Tensor, position_embedding: keras.layers.Layer
-) -> tf.Tensor:
+def add_position_embeddings(token_embeddings: Any, position_embedding: keras.layers.Layer) -> Any:
     """``e + P[:L]``: what ``TokenAndPositionEmbedding.call`` adds to the token lookup.
 
     ``token_embeddings`` may already carry the perturbation; positions start at 0
@@ -59,12 +57,15 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
     Example:
 
     ```python
+    import keras_hub, numpy as np
+    from adv_large_batch.models.perturbable_roberta import PerturbableRobertaClassifier
+
     backbone = keras_hub.models.RobertaBackbone(
         vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=8,
         intermediate_dim=16, max_sequence_length=16)
     model = PerturbableRobertaClassifier(backbone, num_classes=2)
-    inputs = {"token_ids": tf.constant([[0, 5, 2, 1]]),   # <s> x </s> <pad>
-              "padding_mask": tf.constant([[1, 1, 1, 0]])}
+    inputs = {"token_ids": np.array([[0, 5, 2, 1]]),   # <s> x </s> <pad>
+              "padding_mask": np.array([[1, 1, 1, 0]])}
     logits = model(inputs)                                 # (1, 2)
     e = model.embed_tokens(inputs["token_ids"])            # (1, 4, 8)
     adv_logits = model.logits_from_embeddings(e + 1e-5, inputs)
@@ -73,6 +74,7 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
 
     backbone_class = keras_hub.models.RobertaBackbone
     backbone_description = "keras_hub.models.RobertaBackbone"
+    architecture = "roberta"
 
     def __init__(
         self,
@@ -80,9 +82,10 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
         num_classes: int = 2,
         dropout: float = 0.1,
         hidden_dim: int | None = None,
+        preprocessor: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, num_classes, dropout, **kwargs)
+        super().__init__(backbone, num_classes, dropout, preprocessor, **kwargs)
         self.head_dim = hidden_dim or backbone.hidden_dim
         policy = backbone.dtype_policy
         # RobertaTextClassifier's head, layer for layer (names, initialisers, activation).
@@ -100,13 +103,11 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
         self.pooled_dense.build((None, backbone.hidden_dim))
         self.output_dense.build((None, self.head_dim))
 
-    def embed_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+    def embed_tokens(self, token_ids: Any) -> Any:
         """The token-embedding output e (before the position embeddings)."""
         return self.backbone.embeddings.token_embedding(token_ids)
 
-    def encode(
-        self, token_embeddings: tf.Tensor, padding_mask: tf.Tensor, training: bool = False
-    ) -> tf.Tensor:
+    def encode(self, token_embeddings: Any, padding_mask: Any, training: bool = False) -> Any:
         """The sequence output for (possibly perturbed) e, wired as in RobertaBackbone."""
         bb = self.backbone
         x = add_position_embeddings(token_embeddings, bb.embeddings.position_embedding)
@@ -116,7 +117,7 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
             x = layer(x, padding_mask=padding_mask, training=training)
         return x
 
-    def head(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def head(self, features: Any, training: bool = False) -> Any:
         """RobertaTextClassifier's head on the sequence output: logits from the <s> token."""
         x = features[:, self.backbone.start_token_index, :]
         x = self.pooled_dropout(x, training=training)
@@ -126,15 +127,15 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
 
     def logits_from_embeddings(
         self,
-        token_embeddings: tf.Tensor,
-        inputs: dict[str, tf.Tensor],
+        token_embeddings: Any,
+        inputs: dict[str, Any],
         training: bool = False,
-    ) -> tf.Tensor:
+    ) -> Any:
         """Run everything after the token lookup on (possibly perturbed) e."""
         features = self.encode(token_embeddings, inputs[PADDING_MASK], training=training)
         return self.head(features, training=training)
 
-    def encoder_inputs(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def encoder_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Token ids and padding mask: RoBERTa has no segment embedding (``segment_ids``,
         which the text pipeline always gives, is ignored)."""
         return {TOKEN_IDS: inputs[TOKEN_IDS], PADDING_MASK: inputs[PADDING_MASK]}
@@ -144,23 +145,33 @@ class PerturbableRobertaClassifier(PerturbableEncoderClassifier):
         config["hidden_dim"] = self.head_dim
         return config
 
+    @classmethod
+    def load_backbone(cls, path: str, what: str = "preset") -> keras_hub.models.RobertaBackbone:
+        return load_roberta_backbone(path, what)
 
-def load_roberta_backbone(preset: str) -> keras_hub.models.RobertaBackbone:
+    @classmethod
+    def load_tokenizer(cls, path: str, what: str = "preset") -> keras_hub.models.RobertaTokenizer:
+        return load_roberta_tokenizer(path, what)
+
+
+def load_roberta_backbone(preset: str, what: str = "preset") -> keras_hub.models.RobertaBackbone:
     """A RoBERTa backbone from a local keras-hub preset or Hugging Face RoBERTa folder.
 
     Example: ``load_roberta_backbone("/data/roberta-large")`` (config.json with
     ``model_type: roberta`` + model.safetensors, or a keras-hub ``save_to_preset``
-    folder).  Any failure becomes a ``ConfigError`` (exit status 2 on the CLI).
+    folder).  Any failure becomes a ``ConfigError`` (exit status 2 on the CLI) naming
+    ``preset`` as ``what`` (the CLI passes ``"--model"``).
     """
+    preset = resolve_preset(preset, what)
     try:
         return keras_hub.models.RobertaBackbone.from_preset(preset)
     except Exception as exc:  # keras-hub raises many types for a broken folder
         raise ConfigError(
-            f"--model {preset!r} could not be loaded as a RoBERTa encoder: {exc}"
+            f"{named(what, preset)} could not be loaded as a RoBERTa encoder: {exc}"
         ) from exc
 
 
-def load_roberta_tokenizer(preset: str) -> keras_hub.models.RobertaTokenizer:
+def load_roberta_tokenizer(preset: str, what: str = "preset") -> keras_hub.models.RobertaTokenizer:
     """RoBERTa's byte-level BPE tokenizer from the same folder.
 
     keras-hub presets keep it in tokenizer.json + assets/tokenizer/{vocabulary.json,
@@ -168,10 +179,11 @@ def load_roberta_tokenizer(preset: str) -> keras_hub.models.RobertaTokenizer:
 
     Example: ``load_roberta_tokenizer("/data/roberta-large")(["a film"])``.
     """
+    preset = resolve_preset(preset, what)
     try:
         return keras_hub.models.RobertaTokenizer.from_preset(preset)
     except Exception as exc:
         raise ConfigError(
-            f"--model {preset!r} has no usable RoBERTa tokenizer (keras-hub tokenizer.json "
+            f"{named(what, preset)} has no usable RoBERTa tokenizer (keras-hub tokenizer.json "
             f"+ assets, or Hugging Face vocab.json + merges.txt): {exc}"
         ) from exc

@@ -115,7 +115,11 @@ def resnet(
     """ImageNet ResNet-``depth`` (18, 34, 50 or 101) returning logits.
 
     ```python
-    model = resnet(50, (224, 224, 3), num_classes=1000)
+    import numpy as np
+    from adv_large_batch.models.resnet import resnet
+
+    model = resnet(18, (32, 32, 3), num_classes=10)   # ImageNet: resnet(50, (224, 224, 3), 1000)
+    logits = model(np.random.rand(2, 32, 32, 3).astype("float32"))   # (2, 10)
     ```
     """
     if depth not in IMAGENET_STAGES:
@@ -146,6 +150,8 @@ def cifar_resnet(
     """He et al.'s CIFAR ResNet-``depth`` (depth = 6n + 2) with base ``width``, logits out.
 
     ```python
+    from adv_large_batch.models.resnet import cifar_resnet
+
     model = cifar_resnet(20, (28, 28, 1), num_classes=10, width=16)   # 0.27M weights
     ```
     """

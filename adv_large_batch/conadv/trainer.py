@@ -42,10 +42,19 @@ beside the update, which must not wait for it, so its overflow is kept in
 worker's attacks).
 
 ```python
-model = ConAdv(network, ConAdvConfig(method="conadv", eps=4, staleness=1), batch_size=256)
+import keras, numpy as np, tensorflow as tf
+from adv_large_batch.conadv import ConAdv, ConAdvConfig, pair_with_future
+from adv_large_batch.models.image_models import build_image_model
+from adv_large_batch.optimizers import LARS
+
+network = build_image_model("cifar_resnet8", (28, 28, 1), num_classes=10, width=4)
+model = ConAdv(network, ConAdvConfig(method="conadv", eps=4, staleness=1), batch_size=16)
 model.compile(optimizer=LARS(5.0), metrics=["accuracy"],
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-model.fit(pair_with_future(train_batches, 1), epochs=2, steps_per_epoch=16)
+images = np.random.rand(64, 28, 28, 1).astype("float32")   # in [0, 1]
+train_batches = tf.data.Dataset.from_tensor_slices((images, np.arange(64) % 10))
+train_batches = train_batches.batch(16, drop_remainder=True).repeat()
+model.fit(pair_with_future(train_batches, 1), epochs=1, steps_per_epoch=2)
 ```
 """
 
@@ -60,6 +69,14 @@ import tensorflow as tf
 from adv_large_batch import keras_internals
 from adv_large_batch.conadv import pgd
 from adv_large_batch.conadv.config import ConAdvConfig
+from adv_large_batch.conadv.inputs import (
+    batch_rows_message,
+    check_batch_rows,
+    check_pixel_range,
+    dataset_inputs_spec,
+    image_parts,
+    static_rows,
+)
 from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES, NEXT_LABELS
 from adv_large_batch.engine import randomness, update
 from adv_large_batch.engine.batching import batch_size_of
@@ -88,18 +105,34 @@ class ConAdv(AccumulatingTrainer):
     """Baseline / DisAdv / ConAdv training of an image classifier that outputs logits.
 
     ```python
-    import keras, numpy as np, tensorflow as tf
+    import keras, numpy as np
     from adv_large_batch.conadv import ConAdv, ConAdvConfig
-    from adv_large_batch.models.resnet import build_image_model
+    from adv_large_batch.models.image_models import build_image_model
 
     network = build_image_model("cifar_resnet8", (28, 28, 1), num_classes=10, width=4)
-    model = ConAdv(network, ConAdvConfig(method="disadv", eps=4), micro_batch_size=16)
+    model = ConAdv(network, ConAdvConfig(method="disadv", eps=4))
     model.compile(optimizer="sgd", metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     images = np.random.rand(64, 28, 28, 1).astype("float32")   # in [0, 1]
     labels = np.random.randint(0, 10, 64)
-    model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(32), epochs=1)
+    model.fit(images, labels, batch_size=32, epochs=1)   # Epoch 1/1 - 2/2 - loss ... img/s
     ```
+
+    Real images from Python: ``adv_large_batch.data.image_tasks.load_image_task`` (NumPy
+    arrays in ``[0, 1]``).  ConAdv with ``staleness >= 1`` trains on
+    ``pair_with_future(batches, staleness)`` (see the module docstring).
+
+    Inputs are checked before any work (``conadv/inputs.py``):
+
+    * images must be floats in ``[0, 1]``; images outside, e.g. ``uint8`` 0-255, are
+      refused with the dtype or range seen, not converted (a silent conversion would hide
+      a pipeline that feeds other data elsewhere).  ``fit`` / ``evaluate`` / ``predict``
+      read a NumPy array's (or eager tensor's) min and max; a ``tf.data.Dataset`` is judged
+      by its spec only (integer images are refused, floats are not read ahead);
+    * with ``staleness >= 1`` every training batch has ``batch_size`` rows per replica: a
+      paired dataset of another static batch size is refused when ``fit`` starts, any other
+      batch when the step is traced (or, for a dynamic batch dimension, when it arrives),
+      with ``batch_size=``, the rows seen and what to do (``drop_remainder=True``).
 
     Args:
         network: a functional model, images in ``[0, 1]`` -> logits; its
@@ -109,9 +142,13 @@ class ConAdv(AccumulatingTrainer):
             many adversarial rows); the per-worker batch is a multiple of it.
         backend: distributed backend (default: this process's).
         seed: seed of the PGD random starts.
-        batch_size: the per-worker batch; needed by ConAdv with ``staleness >= 1``
-            to size the buffer of adversarial batches.
+        batch_size: the per-replica batch (the per-worker batch without tf.distribute);
+            needed by ConAdv with ``staleness >= 1`` to size the buffer of adversarial
+            batches.
     """
+
+    #: The throughput unit of the progress line (``engine.progress.fit_progress``).
+    throughput_unit = "img/s"
 
     def __init__(
         self,
@@ -172,6 +209,19 @@ class ConAdv(AccumulatingTrainer):
         if isinstance(inputs, dict) and IMAGES in inputs:
             inputs = inputs[IMAGES]
         return self.network(inputs, training=training)
+
+    def network_inputs(self, x: Any, y: Any = None) -> tuple[Any, Any]:
+        """``AccumulatingTrainer.network_inputs``, then the images checked before any work:
+        floats in ``[0, 1]`` (``inputs.check_pixel_range``) and, with ``staleness >= 1``, a
+        paired dataset's static batch of ``batch_size`` rows per replica."""
+        x, y = super().network_inputs(x, y)
+        check_pixel_range(x)
+        if self.config.buffered and isinstance(x, tf.data.Dataset):
+            spec = dataset_inputs_spec(x)
+            if isinstance(spec, dict) and NEXT_IMAGES in spec:  # training data
+                replicas = self.distribute_strategy.num_replicas_in_sync
+                check_batch_rows(self.batch_size, static_rows(image_parts(spec)), replicas)
+        return x, y
 
     def per_worker_variables(self) -> list[Any]:
         """The buffer of this worker's (and replica's) own adversarial batches."""
@@ -281,6 +331,8 @@ class ConAdv(AccumulatingTrainer):
             )
         if sample_weight is not None:
             raise ValueError("ConAdv with staleness >= 1 does not support sample weights")
+        x = self._with_buffer_rows(x)
+        images = x[IMAGES]
         if cfg.shared:
             return self._shared_batch(x, y)
         step = self._step  # the batch counter: every step advances it, applied or skipped
@@ -306,6 +358,24 @@ class ConAdv(AccumulatingTrainer):
         self._attack_overflows.append(nonfinite)
         self.stale_tracker.update_state(tf.cast(ready, tf.float32))
         return (images, adv), (y, tf.cast(adv_labels, y.dtype)), sample_weight
+
+    def _with_buffer_rows(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The paired element ``x``, its images and next images checked to have
+        ``batch_size`` rows (this replica's): at trace time where static, else by an
+        assertion that the returned images wait for."""
+        checks = []
+        for key in (IMAGES, NEXT_IMAGES):
+            rows = static_rows([x[key]])
+            check_batch_rows(self.batch_size, rows)
+            if rows is None:
+                message = batch_rows_message(self.batch_size, None)
+                checks.append(
+                    tf.debugging.assert_equal(tf.shape(x[key])[0], self.batch_size, message)
+                )
+        if not checks:
+            return x
+        with tf.control_dependencies(checks):
+            return {**x, IMAGES: tf.identity(x[IMAGES]), NEXT_IMAGES: tf.identity(x[NEXT_IMAGES])}
 
     # ---- the shared pass ----------------------------------------------------------------
     def fgsm_with_overflow(

@@ -194,7 +194,12 @@ def build_augmenter(
     already), leaving only RandAugment's / AugMix's ops.
 
     ```python
+    import numpy as np, tensorflow as tf
+    from adv_large_batch.data.augment import build_augmenter
+
     augment = build_augmenter("randaugment", (28, 28, 1), seed=0)
+    images = np.random.rand(4, 28, 28, 1).astype("float32")   # in [0, 1]
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(4)))
     dataset = dataset.map(lambda x, y: (augment(x), y))
     ```
     """

@@ -90,9 +90,11 @@ def resolve_image_size(
     size) otherwise.
 
     ```python
-    resolve_image_size("imagenet2012", "efficientnet_b2")        # 260
-    resolve_image_size("imagenet2012", "efficientnet_b2", 224)   # 224: explicit wins
-    resolve_image_size("cifar10", "resnet50")                    # None: 32 x 32
+    from adv_large_batch.data.image_datasets import resolve_image_size
+
+    assert resolve_image_size("imagenet2012", "efficientnet_b2") == 260
+    assert resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224  # explicit wins
+    assert resolve_image_size("cifar10", "resnet50") is None                  # 32 x 32
     ```
     """
     if dataset not in DATASETS:

@@ -117,6 +117,8 @@ class ImageSplits:
     stray (``SkippedFiles``; None for the other datasets).
 
     ```python
+    from adv_large_batch.data import image_datasets, image_pipeline
+
     data = image_datasets.load_image_dataset("fashion_mnist")
     print(data.num_train, data.image_shape)       # 60000 (28, 28, 1)
     augment = image_pipeline.seeded_augmenter("flip_crop", data.image_shape)

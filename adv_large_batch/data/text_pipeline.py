@@ -14,53 +14,20 @@ import numpy as np
 
 from adv_large_batch.data.text_tasks import TextSplit
 from adv_large_batch.flags import ConfigError
+from adv_large_batch.models.text_preprocessor import TextClassifierPreprocessor, packing_tokens
 
 
 # ---- tokenisation -----------------------------------------------------------------
-def packing_tokens(tokenizer: Any) -> dict[str, Any]:
-    """The special tokens that frame packed segments, per tokenizer family.
-
-    BERT (WordPiece, has ``cls_token_id``): ``[CLS] a [SEP] b [SEP]``.  RoBERTa
-    (byte-level BPE, ``start_token_id`` / ``end_token_id``): ``<s> a </s></s> b </s>``,
-    as ``keras_hub.models.RobertaTextClassifierPreprocessor`` packs.
-
-    Example: ``MultiSegmentPacker(**packing_tokens(tokenizer), sequence_length=128)``.
-    """
-    if hasattr(tokenizer, "cls_token_id"):
-        start, end, sep = tokenizer.cls_token_id, tokenizer.sep_token_id, None  # sep = end
-    else:
-        start, end = tokenizer.start_token_id, tokenizer.end_token_id
-        sep = [end, end]
-    return {
-        "start_value": start,
-        "end_value": end,
-        "sep_value": sep,
-        "pad_value": tokenizer.pad_token_id,
-    }
-
-
 def tokenize(split: TextSplit, tokenizer: Any, max_seq_length: int) -> dict[str, np.ndarray]:
     """Token ids, segment ids and padding mask as [N, max_seq_length] int32 arrays.
 
+    The packing of ``TextClassifierPreprocessor`` (``models/text_preprocessor.py``, what
+    a classifier's ``preprocessor`` applies to raw strings): ``[CLS] a [SEP] b [SEP]``, or
+    RoBERTa's ``<s> a </s></s> b </s>`` (``packing_tokens``), truncated round-robin.
     Segment ids are produced for every tokenizer; RoBERTa's classifier ignores them.
     """
-    import keras_hub
-    import tensorflow as tf
-
-    packer = keras_hub.layers.MultiSegmentPacker(
-        **packing_tokens(tokenizer),
-        sequence_length=max_seq_length,
-        truncate="round_robin",
-    )
-    out: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "padding_mask": []}
-    chunk = 4096
-    for start in range(0, len(split), chunk):
-        segments = tuple(tokenizer(tf.constant(col[start : start + chunk])) for col in split.texts)
-        token_ids, segment_ids = packer(segments if len(segments) > 1 else segments[0])
-        out["token_ids"].append(np.asarray(token_ids, np.int32))
-        out["segment_ids"].append(np.asarray(segment_ids, np.int32))
-        out["padding_mask"].append(np.asarray(token_ids != tokenizer.pad_token_id, np.int32))
-    return {k: np.concatenate(v) for k, v in out.items()}
+    preprocessor = TextClassifierPreprocessor(tokenizer, sequence_length=max_seq_length)
+    return preprocessor.encode(split.texts)
 
 
 def make_eval_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int) -> Any:
@@ -113,3 +80,12 @@ def make_epoch_stream(
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+__all__ = [
+    "epoch_order",
+    "make_epoch_stream",
+    "make_eval_dataset",
+    "packing_tokens",
+    "tokenize",
+]

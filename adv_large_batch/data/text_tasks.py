@@ -43,12 +43,14 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import importlib.util
 import os
 
 import numpy as np
 
 from adv_large_batch.data.glue_tsv import load_glue_tsv
+from adv_large_batch.data.limits import check_limit
 from adv_large_batch.data.text_splits import TASKS, TextSplit, TextTask, task_spec
 from adv_large_batch.flags import ConfigError
 
@@ -174,3 +176,57 @@ def load_task(name: str, source: str = "auto", data_dir: str | None = None) -> T
     for split_name, split in task.validation_splits.items():
         validate_labels(split, task.num_classes, split_name)
     return task
+
+
+# ---- from Python (a notebook) ----------------------------------------------------------
+def limit_task(task: TextTask, limit: int | None) -> TextTask:
+    """``task`` with every split cut to its first ``limit`` rows (None: unchanged)."""
+    limit = check_limit(limit)
+    return dataclasses.replace(
+        task,
+        train=task.train.take(limit),
+        validation=task.validation.take(limit),
+        test=None if task.test is None else task.test.take(limit),
+        extra_validation={k: v.take(limit) for k, v in task.extra_validation.items()},
+    )
+
+
+def load_text_task(
+    name: str, limit: int | None = None, source: str = "auto", data_dir: str | None = None
+) -> TextTask:
+    """A text task's raw splits, ready for ``fit`` on a classifier with a preprocessor.
+
+    ``name``: ``rotten_tomatoes`` (bundled, offline) or a GLUE task (``sst2 qnli mnli qqp
+    mrpc rte cola stsb``), read from the GLUE TSV folders under ``data_dir`` or from
+    tensorflow-datasets (``source="tfds"``; ``data_dir`` its data_dir, prepared where the
+    network is reachable).  ``limit`` keeps the first N rows of each split.  Each split
+    has ``.texts`` (a list of one text column, or two for sentence pairs: what ``fit``,
+    ``evaluate`` and ``predict`` take) and ``.labels`` (NumPy); ``task.num_classes``,
+    ``task.metrics`` and ``task.validation_splits`` come along.  Missing data raises
+    ``ConfigError`` (or ``FileNotFoundError`` for a missing TSV file) naming the arguments.
+
+    Example:
+
+    ```python
+    from adv_large_batch.data.text_tasks import load_text_task
+
+    task = load_text_task("rotten_tomatoes", limit=8)
+    len(task.train), task.train.texts[0][0], task.train.labels[:4]   # 8, '...', [1 0 ...]
+    ```
+    """
+    check_limit(limit)
+    if name not in TASKS:
+        raise ConfigError(f"name={name!r}: must be one of {sorted(TASKS)}")
+    if name != "rotten_tomatoes" and data_dir is None and source != "tfds":
+        raise ConfigError(
+            f"load_text_task({name!r}) needs data_dir=: the folder holding the GLUE TSV "
+            f"folders ({TASKS[name].tsv.folder}/, ...), or with source='tfds' a "
+            f"tensorflow-datasets data_dir where glue/{name} is prepared; only "
+            "'rotten_tomatoes' is bundled"
+        )
+    try:
+        task = load_task(name, source, data_dir)
+    except (ConfigError, FileNotFoundError) as exc:  # the same type, naming the arguments
+        where = f"load_text_task({name!r}, source={source!r}, data_dir={data_dir!r})"
+        raise type(exc)(f"{where}: {exc}") from exc
+    return limit_task(task, limit)

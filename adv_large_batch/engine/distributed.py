@@ -6,13 +6,25 @@ the batch and the workers averaging gradients before each optimizer step. ``get_
 returns a :class:`Backend` that a custom Keras ``train_step`` uses for exactly that:
 
 ```python
+import keras, numpy as np, tensorflow as tf
+from adv_large_batch.engine.distributed import (
+    BroadcastCallback, MetricAverageCallback, get_backend)
+
 backend = get_backend()  # "horovod" under horovodrun, else "single"
 
 class Trainer(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, x):
+        return self.dense(x)
+
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
-            loss = my_loss(y, self(x, training=True))        # a hand-written loss term
+            loss = tf.reduce_mean((self(x, training=True) - y) ** 2)  # a hand-written term
             scaled = loss * backend.loss_scale()             # 1 / replicas under tf.distribute
         grads = tape.gradient(scaled, self.trainable_variables)
         grads = backend.allreduce_gradients(grads)           # the mean over workers/replicas
@@ -21,9 +33,12 @@ class Trainer(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
 with backend.scope():  # model AND optimizer
-    model = Trainer(...)
+    model = Trainer()
+    model(np.ones((1, 3), "float32"))  # weights exist before fit: BroadcastCallback sends them
     model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=backend.jit_compile)
 backend.prepare_optimizer(model.optimizer)  # tf.distribute: the gradients come reduced
+dataset = tf.data.Dataset.from_tensor_slices(
+    (np.ones((16, 3), "float32"), np.zeros((16, 1), "float32"))).batch(8)
 model.fit(backend.shard(dataset), callbacks=[BroadcastCallback(), MetricAverageCallback()])
 ```
 

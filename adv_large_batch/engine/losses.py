@@ -13,8 +13,12 @@ class SmoothedSparseCrossEntropy(keras.losses.Loss):
     is ``(1 - s) one_hot(y) + s / classes`` (Keras' sparse loss has no smoothing).
 
     ```python
+    import numpy as np
+    from adv_large_batch.engine.losses import SmoothedSparseCrossEntropy
+
     loss = SmoothedSparseCrossEntropy(num_classes=10, smoothing=0.1)
-    loss(np.array([3]), np.zeros((1, 10)))  # log(10): uniform logits
+    value = loss(np.array([3]), np.zeros((1, 10)))
+    assert np.isclose(float(value), np.log(10))  # uniform logits
     ```
     """
 

@@ -111,6 +111,9 @@ class AccumulatingTrainer(keras.Model):
     Example:
 
     ```python
+    import keras, numpy as np
+    from adv_large_batch.engine.trainer import AccumulatingTrainer
+
     trainer = AccumulatingTrainer(keras.Sequential([keras.layers.Dense(2)]),
                                   micro_batch_size=8)
     trainer.compile(optimizer="sgd", loss="mse")
@@ -162,9 +165,26 @@ class AccumulatingTrainer(keras.Model):
         return FiniteMean(name=name)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.compile``; then the ``loss`` tracker is a ``FiniteMean`` and the
+        backend adapts the optimizer (``prepare_optimizer``)."""
         super().compile(*args, **kwargs)
         keras_internals.replace_loss_tracker(self, FiniteMean(name="loss"))
         self.backend.prepare_optimizer(self.optimizer)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Compile from Keras' ``get_compile_config()`` dict (the serialized ``compile``
+        arguments ``model.save`` writes), as ``keras.models.load_model`` does
+        before it loads the variables (Keras' own refuses an overridden ``compile``).
+
+        The arguments are deserialized (``engine.saving``: one that cannot be, e.g. an
+        unregistered loss, raises ``ValueError`` naming it), passed to this class's
+        ``compile``, and the optimizer's variables are built on ``trainable_variables``
+        so the load restores ``iterations``, the slots and the loss scale.
+        """
+        from adv_large_batch.engine import saving
+
+        self.compile(**saving.deserialize_compile_config(config, type(self).__name__))
+        saving.build_optimizer_for(self)
 
     def per_worker_variables(self) -> list[Any]:
         """Variables that hold this worker's own state (never broadcast from rank 0)."""
@@ -380,11 +400,48 @@ class AccumulatingTrainer(keras.Model):
         except Exception:  # an optimisation only: the first trace builds what is left
             pass
 
-    def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """``keras.Model.fit``; on a ``tf.data.Dataset``, builds before the step is traced."""
+    # ---- what a caller hands to fit / evaluate / predict ------------------------------
+    def network_inputs(self, x: Any, y: Any = None) -> tuple[Any, Any]:
+        """``x`` (and ``y``) as the network takes them: raw strings go through the
+        network's preprocessor (``engine/inputs.py``); anything else is returned as is."""
+        from adv_large_batch.engine.inputs import adapt_inputs
+
+        return adapt_inputs(self.network, x, y)
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *args: Any,
+        callbacks: list | None = None,
+        verbose: Any = "auto",
+        **kwargs: Any,
+    ) -> Any:
+        """``keras.Model.fit``; raw inputs go through ``network_inputs``; the progress line
+        is the command line's short one (``engine.progress.fit_progress``); on a
+        ``tf.data.Dataset``, builds before the step is traced."""
+        from adv_large_batch.engine.progress import fit_progress
+
+        x, y = self.network_inputs(x, y)
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, tuple) and len(validation) in (2, 3):
+            kwargs["validation_data"] = (*self.network_inputs(*validation[:2]), *validation[2:])
+        elif validation is not None:
+            kwargs["validation_data"] = self.network_inputs(validation)[0]
+        callbacks, verbose = fit_progress(self, callbacks, verbose, x, kwargs)
         if isinstance(x, tf.data.Dataset) and self.train_function is None:
             self.build_before_tracing(x.element_spec)
-        return super().fit(x, *args, **kwargs)
+        return super().fit(x, y, *args, callbacks=callbacks, verbose=verbose, **kwargs)
+
+    def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """``keras.Model.evaluate``; raw inputs go through ``network_inputs``."""
+        x, y = self.network_inputs(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """``keras.Model.predict``; raw inputs go through ``network_inputs``."""
+        x, _ = self.network_inputs(x)
+        return super().predict(x, *args, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -30,6 +30,8 @@ class OptimizerConfig:
     """Validated optimizer, learning-rate and parameter-group settings.
 
     ```python
+    from adv_large_batch.optimizers import OptimizerConfig, factory
+
     config = OptimizerConfig(optimizer="lamb", lr=5e-5, base_batch_size=32)
     optimizer = factory.build_optimizer(config, total_steps=1000, global_batch_size=1024)
     # peak LR 5e-5 * sqrt(1024 / 32) = 2.83e-4, 100 warm-up steps, linear decay to 0

@@ -6,9 +6,13 @@ ConAdv §4.1 for LARS).
 to the global batch with ``--lr-scaling`` and wraps it in ``--schedule``.
 
 ```python
+from adv_large_batch.optimizers import OptimizerConfig, build_optimizer, build_schedule
+
 config = OptimizerConfig(optimizer="lamb", lr=5e-5, base_batch_size=32)
 optimizer = build_optimizer(config, total_steps=1000, global_batch_size=1024)
 # peak LR 5e-5 * sqrt(1024 / 32) = 2.83e-4, 100 warm-up steps, linear decay to 0
+schedule = build_schedule(config, 2.83e-4, total_steps=1000)
+assert abs(float(schedule(100)) - 2.83e-4) < 1e-9
 ```
 """
 

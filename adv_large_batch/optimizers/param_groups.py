@@ -236,6 +236,9 @@ class PathDecayAdamW(PathWeightDecayMixin, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` whose weight-decay exclusions match variable paths.
 
     ```python
+    import keras
+    from adv_large_batch.optimizers import PathDecayAdamW
+
     opt = PathDecayAdamW(learning_rate=1e-3, weight_decay=0.01)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     opt.build(model.trainable_variables)  # dense/bias gets no decay
@@ -248,6 +251,12 @@ class PathDecaySGD(PathWeightDecayMixin, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` whose weight-decay exclusions match variable paths.
 
     ```python
+    import keras
+    from adv_large_batch.optimizers import PathDecaySGD
+
     opt = PathDecaySGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=opt, loss="mse")  # no decay on dense/bias
+    model.fit(keras.ops.ones((8, 4)), keras.ops.zeros((8, 2)), verbose=0)
     ```
     """

@@ -83,6 +83,8 @@ def lars_recipe(global_batch: int, epochs: float | None = None) -> LarsRecipe:
     """The recipe for ``global_batch``; with ``epochs`` the warm-up is at most half the run.
 
     ```python
+    from adv_large_batch.optimizers import lars_recipe
+
     lars_recipe(32768)              # peak 34.0, warm-up 13.7 epochs, power 2, end 1e-4
     lars_recipe(4096, epochs=10)    # peak 12.0, warm-up 5 epochs
     ```

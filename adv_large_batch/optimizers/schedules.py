@@ -30,6 +30,8 @@ def scale_learning_rate(
     ``linear``: ``base_lr * batch / base_batch``.
 
     ```python
+    from adv_large_batch.optimizers import scale_learning_rate
+
     scale_learning_rate(5e-5, 1024, 32, "sqrt")  # 5e-5 * sqrt(32) = 2.83e-4
     ```
     """
@@ -75,6 +77,8 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     decay to 0 at ``total_steps`` (and 0 after).
 
     ```python
+    from adv_large_batch.optimizers import WarmupLinearDecay
+
     schedule = WarmupLinearDecay(learning_rate=1e-4, total_steps=100, warmup_steps=10)
     float(schedule(5))   # 5e-5: half-way through the warm-up
     float(schedule(55))  # 5e-5: half-way through the decay
@@ -110,6 +114,8 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
     ``end_learning_rate`` at ``total_steps`` (held there after).
 
     ```python
+    from adv_large_batch.optimizers import WarmupPolynomialDecay
+
     schedule = WarmupPolynomialDecay(learning_rate=8.0, total_steps=100, warmup_steps=20)
     float(schedule(60))  # 8 * (1 - 40/80)**2 = 2.0
     ```

@@ -37,6 +37,7 @@ def __getattr__(name: str) -> Any:
         return getattr(trainer, name)
     raise AttributeError(f"module 'adv_large_batch.scala' has no attribute {name!r}")
 
+
 __all__ = [
     "DROPOUT_MODES",
     "DelayedInjection",

@@ -29,11 +29,26 @@ passes, accumulation, allreduce, optimizer).
 Example:
 
 ```python
-classifier = PerturbableBertClassifier(backbone, num_classes=2)
-model = ScaLA(classifier, ScaLAConfig(start_epoch=1), micro_batch_size=32)
+import keras, tensorflow as tf
+from adv_large_batch.data.text_pipeline import tokenize
+from adv_large_batch.data.text_tasks import load_rotten_tomatoes
+from adv_large_batch.models.text_classifiers import build_network
+from adv_large_batch.optimizers import LAMB
+from adv_large_batch.scala import ScaLA, ScaLAConfig
+
+classifier, tokenizer = build_network("tiny-random", num_classes=2, seed=0)  # tiny BERT
+task = load_rotten_tomatoes()
+
+def batches(split, n):  # the first n examples, 32 tokens each, batches of 16
+    split = split.take(n)
+    features = tokenize(split, tokenizer, max_seq_length=32)
+    return tf.data.Dataset.from_tensor_slices((features, split.labels)).batch(16)
+
+model = ScaLA(classifier, ScaLAConfig(start_epoch=2), micro_batch_size=8)
 model.compile(optimizer=LAMB(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(
     from_logits=True), metrics=["accuracy"])
-model.fit(train_ds, epochs=3, validation_data=val_ds)  # perturbation on from epoch 1
+model.fit(batches(task.train, 32), epochs=2,  # perturbation on from epoch 2
+          validation_data=batches(task.validation, 16))
 ```
 """
 
@@ -244,7 +259,20 @@ class ScaLA(AccumulatingTrainer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ScaLA":
-        """Also reads a config saved before, with the ``ScaLAConfig`` under ``config``."""
+        """Also reads a config saved before, with the ``ScaLAConfig`` under ``config``.
+
+        Registers the perturbable text classifiers first (``register_networks``), so
+        ``keras.models.load_model`` needs no ``custom_objects`` for the network.
+        """
+        cls.register_networks()
         config = dict(config)
         config["config"] = config.pop("adversarial", config.get("config"))  # __init__'s name
         return super().from_config(config)
+
+    @staticmethod
+    def register_networks() -> None:
+        """Import the networks ScaLA trains (BERT-family and RoBERTa classifiers), which
+        registers them with Keras' serialization (imported here, not at module level:
+        they pull in keras-hub)."""
+        import adv_large_batch.models.perturbable_bert  # noqa: F401
+        import adv_large_batch.models.perturbable_roberta  # noqa: F401

@@ -143,3 +143,86 @@ def test_a_terminal_still_gets_the_line_rewritten_after_every_step():
             f"Epoch {number}/{EPOCHS} - {STEPS}/{STEPS}",
         ]
         assert rewrites[-1].endswith(" s")
+
+
+# ---- model.fit from Python: the same short line (issue 24, item 1) --------------------------
+def tiny_trainer():
+    """A real ``AccumulatingTrainer`` (2 micro-batches per step) with ``accuracy``."""
+    from adv_large_batch.engine.trainer import AccumulatingTrainer
+
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    trainer = AccumulatingTrainer(network, micro_batch_size=8)
+    trainer.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    return trainer, x, rng.integers(0, 3, 64).astype("int32")
+
+
+@pytest.mark.parametrize("verbose", [None, "auto", 1, 2])
+def test_fit_from_python_prints_the_short_line_and_keeps_every_metric(verbose, capsys):
+    """Before: Keras' bar with ~8 entries (``loss_scale_skips: 0.0000e+00``, ...)."""
+    trainer, x, y = tiny_trainer()
+    kwargs = {} if verbose is None else {"verbose": verbose}
+    history = trainer.fit(x, y, batch_size=16, epochs=2, shuffle=False, **kwargs)
+    lines = capsys.readouterr().out.splitlines()
+    assert heads(lines) == ["Epoch 1/2 - 4/4", "Epoch 2/2 - 4/4"]  # stdout is no terminal
+    for line in lines:
+        assert " - loss " in line and " - accuracy " in line and " ex/s - " in line
+        assert "loss_scale_skips" not in line and "grad_norm" not in line and "e+00" not in line
+    logged = {"loss", "accuracy", "grad_norm", "loss_scale_skips", "nonfinite_steps"}
+    assert logged <= set(history.history)  # every scalar still in the History
+
+
+def test_fit_verbose_0_prints_nothing(capsys):
+    trainer, x, y = tiny_trainer()
+    history = trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert capsys.readouterr().out == ""
+    assert "loss_scale_skips" in history.history
+
+
+def test_fit_progress_leaves_the_callers_choice():
+    trainer, x, _ = tiny_trainer()
+    bar = keras.callbacks.ProgbarLogger()
+    assert progress.fit_progress(trainer, [bar], "auto", x, {}) == ([bar], "auto")
+    own = Progress(2, ("accuracy",), 64)
+    assert progress.fit_progress(trainer, [own], 1, x, {}) == ([own], 0)  # no second line
+    assert progress.fit_progress(trainer, None, 0, x, {}) == ([], 0)
+    callbacks, verbose = progress.fit_progress(trainer, [], 2, x, {"batch_size": 16})
+    (added,) = callbacks
+    assert verbose == 0 and added.verbose == 2 and added.unit == "ex/s"
+    assert added.global_batch_size == 16 and added.metrics is None  # the compiled ones
+
+
+def test_fit_progress_counts_every_worker_and_prints_on_the_chief_only():
+    trainer, x, _ = tiny_trainer()
+    chief = types.SimpleNamespace(is_chief=True, size=4)
+    model = types.SimpleNamespace(backend=chief, throughput_unit="img/s")
+    (added,), verbose = progress.fit_progress(model, [], "auto", x, {"batch_size": 16})
+    assert (added.verbose, added.global_batch_size, added.unit, verbose) == (1, 64, "img/s", 0)
+    worker = types.SimpleNamespace(backend=types.SimpleNamespace(is_chief=False, size=4))
+    assert progress.fit_progress(worker, [], "auto", x, {}) == ([], 0)
+
+
+def test_fit_batch_size_from_the_call_or_the_data():
+    import tensorflow as tf
+
+    x = np.zeros((40, 3), "float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x))
+    assert progress.fit_batch_size(x, {"batch_size": 8}) == 8
+    assert progress.fit_batch_size(x, {}) == progress.KERAS_DEFAULT_BATCH_SIZE
+    assert progress.fit_batch_size(data.batch(8, drop_remainder=True), {}) == 8
+    assert progress.fit_batch_size(data.batch(8), {}) is None  # the last batch is shorter
+    assert progress.fit_batch_size(iter([]), {}) is None
+
+
+def test_an_unknown_batch_size_leaves_out_the_throughput():
+    stream = io.StringIO()
+    fit(Progress(2, None, None, stream=stream))  # metrics None: the compiled "mae"
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == EPOCHS
+    assert all(" - mae " in line and "ex/s" not in line for line in lines)

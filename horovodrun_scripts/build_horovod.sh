@@ -72,51 +72,80 @@ import pathlib
 import horovod.runner.common.util.safe_shell_exec as m
 
 path = pathlib.Path(m.__file__)
-text = path.read_text()
-marker = "# adv-large-batch: SIGTERM the exec'd worker first"
-if marker not in text:
-    old_grace = "GRACEFUL_TERMINATION_TIME_S = 5\n"
-    new_grace = (
-        "GRACEFUL_TERMINATION_TIME_S = int(os.environ.get("
-        "'HOROVOD_GRACEFUL_TERMINATION_TIME_S', '60'))\n"
-    )
-    old_body = "    # Terminate children gracefully.\n"
-    new_body = (
-        f"    {marker}: no children means `sh -c` exec'd it, so it gets the grace period.\n"
-        "    try:\n"
-        "        if not p.children():\n"
-        "            p.terminate()\n"
-        "            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
-        "            return\n"
-        "    except psutil.NoSuchProcess:\n"
-        "        return\n"
-        "    except psutil.TimeoutExpired:\n"
-        "        pass\n" + old_body
-    )
-    assert text.count(old_grace) == 1 and text.count(old_body) == 1, "safe_shell_exec changed"
-    assert "\nimport os\n" in text, "safe_shell_exec no longer imports os"
-    text = text.replace(old_grace, new_grace).replace(old_body, new_body)
+text = original = path.read_text()
+GRACE_OLD = "GRACEFUL_TERMINATION_TIME_S = 5\n"
+GRACE_NEW = (
+    "GRACEFUL_TERMINATION_TIME_S = int(os.environ.get("
+    "'HOROVOD_GRACEFUL_TERMINATION_TIME_S', '60'))\n"
+)
+# Waits for a process to end WITHOUT reaping it: the shell is the middleman's child, whose
+# main thread reaps it in Popen.wait(); psutil's wait() would take the status first and
+# Popen would then report 0 for a rank that exited 75.
+HELPER = (
+    "def _ended_within(p, seconds):\n"
+    "    # adv-large-batch: has p ended (a zombie or gone) within seconds? Never reaps it.\n"
+    "    deadline = time.time() + seconds\n"
+    "    while True:\n"
+    "        try:\n"
+    "            if p.status() == psutil.STATUS_ZOMBIE:\n"
+    "                return True\n"
+    "        except psutil.NoSuchProcess:\n"
+    "            return True\n"
+    "        if time.time() >= deadline:\n"
+    "            return False\n"
+    "        time.sleep(0.05)\n"
+    "\n\n"
+)
+EXECD = (
+    "    # adv-large-batch: no children: `sh -c` exec'd the worker (SIGTERM it, grace period),\n"
+    "    # or the shell is ending with its worker's status (let it, a second at most).\n"
+    "    try:\n"
+    "        if not p.children():\n"
+    "            if _ended_within(p, 1.0):\n"
+    "                return\n"
+    "            p.terminate()\n"
+    "            if _ended_within(p, GRACEFUL_TERMINATION_TIME_S):\n"
+    "                return\n"
+    "    except psutil.NoSuchProcess:\n"
+    "        return\n"
+)
+SHELL = (
+    "    # adv-large-batch: every child ended in time: the shell ends by itself, with their status.\n"
+    "    if not alive and _ended_within(p, GRACEFUL_TERMINATION_TIME_S):\n"
+    "        return\n"
+)
+# What earlier versions of this patch inserted (they reaped with p.wait): taken out first.
+EARLIER = (
+    "    # adv-large-batch: SIGTERM the exec'd worker first: no children means `sh -c` exec'd it,"
+    " so it gets the grace period.\n    try:\n        if not p.children():\n"
+    "            p.terminate()\n            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+    "            return\n    except psutil.NoSuchProcess:\n        return\n"
+    "    except psutil.TimeoutExpired:\n        pass\n",
+    "    # adv-large-batch: every child ended in time: the shell ends by itself, with their status.\n"
+    "    if not alive:\n        try:\n            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+    "            return\n        except psutil.NoSuchProcess:\n            return\n"
+    "        except psutil.TimeoutExpired:\n            pass\n",
+)
+ANCHORS = {
+    HELPER: ("def terminate_executor_shell_and_children(pid):\n", "before"),
+    EXECD: ("    # Terminate children gracefully.\n", "before"),
+    SHELL: (
+        "    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)\n",
+        "after",
+    ),
+}
+for earlier in EARLIER:
+    text = text.replace(earlier, "")
+text = text.replace(GRACE_OLD, GRACE_NEW)
+for block, (anchor, where) in ANCHORS.items():
+    if block not in text:
+        assert text.count(anchor) == 1, f"safe_shell_exec changed: {anchor.strip()}"
+        text = text.replace(anchor, block + anchor if where == "before" else anchor + block)
+for needed in (GRACE_NEW, "\nimport os\n", "\nimport time\n", "\nimport psutil\n"):
+    assert needed in text, f"safe_shell_exec changed: {needed.strip()}"
+if text != original:
     path.write_text(text)
-    print(f"[build_horovod] patched {path}: workers get SIGTERM and a grace period")
-shell_marker = "# adv-large-batch: every child ended in time"
-if shell_marker not in text:
-    old_wait = (
-        "    gone, alive = psutil.wait_procs(p.children(), timeout=GRACEFUL_TERMINATION_TIME_S)\n"
-    )
-    new_wait = old_wait + (
-        f"    {shell_marker}: the shell ends by itself, with their status.\n"
-        "    if not alive:\n"
-        "        try:\n"
-        "            p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
-        "            return\n"
-        "        except psutil.NoSuchProcess:\n"
-        "            return\n"
-        "        except psutil.TimeoutExpired:\n"
-        "            pass\n"
-    )
-    assert text.count(old_wait) == 1, "safe_shell_exec changed"
-    path.write_text(text.replace(old_wait, new_wait))
-    print(f"[build_horovod] patched {path}: a shell whose worker ended reports its status")
+    print(f"[build_horovod] patched {path}: a grace period, and each rank's own exit status")
 EOF
 }
 

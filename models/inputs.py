@@ -31,7 +31,8 @@ def trim_to_longest(inputs: dict[str, Any]) -> dict[str, Any]:
     longest real sequence inside the step gives dynamic padding without
     retracing.  The result has a dynamic sequence dimension, which only TensorFlow's
     graphs have: on another Keras backend (JAX: static shapes for XLA) the inputs are
-    returned as they are, and the batches come in length buckets instead.
+    returned as they are (padding included; the JAX trainer, not built yet, is to pad
+    to length buckets instead).
     """
     if keras.config.backend() != "tensorflow":
         return inputs

@@ -168,10 +168,10 @@ class PerturbableEncoderClassifier(keras.Model):
         logits = network(features)                             # (1, 2)
         ```
         """
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
         tokenizer = cls.preset_tokenizer(preset, what)
         path = presets.resolve_preset(preset, what)
+        if seed is not None:  # here: after a preset name's architecture probe, which draws
+            keras.utils.set_random_seed(seed)
         if path == presets.TINY_MODEL:
             backbone = cls.tiny_backbone(tokenizer.vocabulary_size())
         elif presets.is_preset_handle(path):

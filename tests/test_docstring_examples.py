@@ -37,7 +37,7 @@ README = REPO / "README.md"
 ROOTS = ("adv_large_batch", "models")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 NOT_RUN = re.compile(r"^# not run: (.*)$")
-TIMEOUT_S = 600  # a guard against hangs; the whole run takes well under a minute
+TIMEOUT_S = 600  # a guard against hangs: each run takes one to three minutes
 
 
 @dataclasses.dataclass(frozen=True)

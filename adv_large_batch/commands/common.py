@@ -157,9 +157,11 @@ def run_training(
                 command.name, run_cfg, adv, plan.optimizer_config, backend
             )
             model = _build(command, ctx, plan)
-            if run_cfg.dry_run:
-                return dry_run(command, ctx, plan, model, total_steps(ctx, plan), record)
-            start_step, history, timing = _fit(command, ctx, plan, model, record, watch)
+            if not run_cfg.dry_run:
+                history, timing = _fit(command, ctx, plan, model, record, watch)
+        if run_cfg.dry_run:
+            watch.deliver()  # a signal while it was prepared: as if no watch had been there
+            return dry_run(command, ctx, plan, model, total_steps(ctx, plan), record)
         result = {
             **command.evaluate(ctx, plan, model, timing),
             **timing,
@@ -200,11 +202,11 @@ def _fit(
     model: Any,
     record: dict[str, Any],
     watch: Any,
-) -> tuple[int, Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any]]:
     """Restore (``--resume``) and ``fit`` to the end under ``watch``: SIGTERM / SIGINT
     checkpoint the agreed step and raise ``Preempted``; one after the last step raises it
-    before the evaluation (``PreemptionCheckpoint.after_fit``).  Returns the step it
-    started from, the History and the timing."""
+    before the evaluation (``PreemptionCheckpoint.after_fit``).  Returns the History and
+    the timing."""
     from adv_large_batch.engine import checkpointing, resume
 
     run_cfg = ctx.run
@@ -233,7 +235,7 @@ def _fit(
     wall = time.time() - start
     steps_run = checkpointing.data_position(model) - start_step  # fewer: resumed/stopped
     timing = {"wall_time_s": wall, "steps": total_steps(ctx, plan), "steps_run": steps_run}
-    return start_step, history, timing
+    return history, timing
 
 
 def last_line(command: TrainingCommand, run_cfg: RunConfig, result: dict[str, Any]) -> str:

@@ -176,7 +176,7 @@ class ConAdv(AccumulatingTrainer):
         if self.config.buffered:
             if batch_size is None:
                 raise ValueError(
-                    "ConAdv with staleness >= 1 needs batch_size= (the per-worker batch) to "
+                    "ConAdv with staleness >= 1 needs batch_size= (the per-replica batch) to "
                     "size its buffer of adversarial batches"
                 )
             self.stale_tracker = self.add_tracker("stale_fraction")

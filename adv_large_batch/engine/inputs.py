@@ -136,6 +136,11 @@ def adapt_inputs(network: Any, x: Any, y: Any = None) -> tuple[Any, Any]:
         return x, y
     if is_raw_text(x):
         return preprocess(require_preprocessor(network), x), y
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(is_text_column(c) for c in x):
+        raise ValueError(
+            f"a sentence pair needs two text columns of one length, got {len(x[0])} and "
+            f"{len(x[1])} texts"
+        )
     return x, y
 
 

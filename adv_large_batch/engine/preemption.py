@@ -81,6 +81,13 @@ class SignalWatch:
     def __exit__(self, *exc: Any) -> None:
         self._restore()
 
+    def deliver(self) -> None:
+        """After the watch: deliver the signal it recorded (if any) to the handlers now
+        installed, as if the watch had never been there (SIGTERM's default ends the process
+        with status 143; SIGINT's raises ``KeyboardInterrupt``)."""
+        if self.requested is not None and not self.active:
+            signal.raise_signal(self.requested)
+
     @property
     def signal_name(self) -> str:
         return "nothing" if self.requested is None else signal.Signals(self.requested).name

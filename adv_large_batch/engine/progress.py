@@ -154,7 +154,7 @@ class Progress(keras.callbacks.Callback):
             parts.append(f"{self._steps * self.global_batch_size / seconds:.1f} {self.unit}")
         if final:
             for key in sorted(logs):  # val_accuracy, val_mismatched_accuracy, test_accuracy
-                if key.startswith(("val_", "test_")) and key.rsplit("_", 1)[-1] in shown:
+                if key.startswith(("val_", "test_")) and key.split("_", 1)[1] in shown:
                     parts.append(f"{key} {plain(logs[key])}")
             parts.append(f"{seconds:.0f} s")
         return " - ".join(parts)

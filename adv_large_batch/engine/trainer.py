@@ -412,9 +412,10 @@ class AccumulatingTrainer(keras.Model):
         self,
         x: Any = None,
         y: Any = None,
-        *args: Any,
-        callbacks: list | None = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
         verbose: Any = "auto",
+        callbacks: list | None = None,
         **kwargs: Any,
     ) -> Any:
         """``keras.Model.fit``; raw inputs go through ``network_inputs``; the progress line
@@ -424,14 +425,16 @@ class AccumulatingTrainer(keras.Model):
 
         x, y = self.network_inputs(x, y)
         validation = kwargs.get("validation_data")
-        if isinstance(validation, tuple) and len(validation) in (2, 3):
+        if isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
             kwargs["validation_data"] = (*self.network_inputs(*validation[:2]), *validation[2:])
         elif validation is not None:
             kwargs["validation_data"] = self.network_inputs(validation)[0]
-        callbacks, verbose = fit_progress(self, callbacks, verbose, x, kwargs)
+        callbacks, verbose = fit_progress(
+            self, callbacks, verbose, x, {**kwargs, "batch_size": batch_size}
+        )
         if isinstance(x, tf.data.Dataset) and self.train_function is None:
             self.build_before_tracing(x.element_spec)
-        return super().fit(x, y, *args, callbacks=callbacks, verbose=verbose, **kwargs)
+        return super().fit(x, y, batch_size, epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
         """``keras.Model.evaluate``; raw inputs go through ``network_inputs``."""

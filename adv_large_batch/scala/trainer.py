@@ -242,13 +242,22 @@ class ScaLA(AccumulatingTrainer):
         self.record_adv_seconds(seconds)
         return grads
 
-    def fit(self, x: Any = None, *args: Any, callbacks: list | None = None, **kwargs: Any) -> Any:
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: list | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """``keras.Model.fit`` with ``DelayedInjection`` (the one place it is wired): it sets
         t_s from the epoch (with ``steps_per_epoch``) and announces the switch."""
         callbacks = list(callbacks or [])
         if self.config.perturbs and not any(isinstance(c, DelayedInjection) for c in callbacks):
             callbacks.insert(0, DelayedInjection(self.config.start_epoch, self.steps_per_epoch))
-        return super().fit(x, *args, callbacks=callbacks, **kwargs)
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         """Keras' config; the ``ScaLAConfig`` under ``adversarial`` (as in the run record)."""

@@ -226,3 +226,20 @@ def test_an_unknown_batch_size_leaves_out_the_throughput():
     lines = stream.getvalue().splitlines()
     assert len(lines) == EPOCHS
     assert all(" - mae " in line and "ex/s" not in line for line in lines)
+
+
+def test_positional_fit_arguments_bind_as_in_keras_and_validation_metrics_are_shown(capsys):
+    """``fit(x, y, 16, 2, 2)`` is batch_size, epochs, verbose as in Keras (before: verbose
+    given twice, a TypeError; and the throughput assumed 32 rows); a metric of several
+    words shows its ``val_`` twin (before: ``val_sparse_categorical_accuracy`` was left out)."""
+    trainer, x, y = tiny_trainer()
+    trainer.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+    )
+    history = trainer.fit(x, y, 16, 2, 2, validation_data=[x[:16], y[:16]])
+    assert len(history.history["loss"]) == 2 and int(trainer.optimizer.iterations) == 8
+    lines = capsys.readouterr().out.splitlines()
+    assert heads(lines) == ["Epoch 1/2 - 4/4", "Epoch 2/2 - 4/4"]
+    assert all(" - val_sparse_categorical_accuracy " in line for line in lines)

@@ -116,8 +116,9 @@ def test_a_saved_classifier_keeps_its_preprocessor_and_vocabulary(tmp_path):
     np.testing.assert_allclose(loaded(features), network(features), atol=1e-6)
 
 
-# The input path does not depend on the method; tracing the perturbation costs ~20 s more.
-@pytest.mark.parametrize("method", ["baseline", pytest.param("scala", marks=pytest.mark.slow)])
+# The input path does not depend on the method (ScaLA on raw strings, with MiniLM: the
+# README's notebook example, run by tests/test_docstring_examples.py).
+@pytest.mark.parametrize("method", ["baseline"])
 def test_fit_evaluate_predict_on_raw_strings_and_on_tokenised_dicts(method):
     network = PerturbableBertClassifier.from_preset("tiny-random", num_classes=2, seed=0)
     network.preprocessor.sequence_length = 16
@@ -193,3 +194,10 @@ def test_bundled_preset_predicts_on_raw_strings_as_on_the_clis_tokenisation():
         cli_network.predict(features, verbose=0),
         atol=1e-5,
     )
+
+
+def test_a_sentence_pair_of_unequal_columns_is_refused_naming_both_lengths():
+    from adv_large_batch.engine.inputs import adapt_inputs
+
+    with pytest.raises(ValueError, match="two text columns of one length, got 2 and 1 texts"):
+        adapt_inputs(object(), (["is it good?", "so-so"], ["it is."]))

@@ -68,3 +68,15 @@ def horovodrun_2(
     return run_checked(
         [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args], env
     )
+
+
+def arrays_on_backend(backend: str, worker: str, out: Path, *flags: str) -> dict:
+    """Run ``tests/workers/<worker> OUT [flags]`` under ``KERAS_BACKEND=backend`` (one
+    backend per process) and return the arrays it saved to ``out`` (an ``.npz``)."""
+    import numpy as np
+
+    env = quiet_env()
+    env["KERAS_BACKEND"] = backend
+    run_checked([sys.executable, str(WORKERS / worker), str(out), *flags], env)
+    with np.load(out) as data:
+        return {key: data[key] for key in data.files}

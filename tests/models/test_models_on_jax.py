@@ -6,22 +6,14 @@ the same perturbation, to rtol 1e-5 (dropout off; each backend in its own proces
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
-from tests.processes import REPO, quiet_env, run_checked
+from tests.processes import arrays_on_backend
 
 
 def outputs_on(backend: str, out, *flags: str) -> dict[str, np.ndarray]:
-    env = quiet_env()
-    env["KERAS_BACKEND"] = backend
-    run_checked(
-        [sys.executable, str(REPO / "tests/workers/minilm_backends.py"), str(out), *flags], env
-    )
-    with np.load(out) as data:
-        return {key: data[key] for key in data.files}
+    return arrays_on_backend(backend, "minilm_backends.py", out, *flags)
 
 
 @pytest.mark.slow  # two processes that each load MiniLM (~25 s on 2 cores)

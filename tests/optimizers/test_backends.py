@@ -4,21 +4,13 @@ TensorFlow.  Each backend runs in its own process (a Keras process has one backe
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-from tests.processes import REPO, quiet_env, run_checked
+from tests.processes import arrays_on_backend
 
 
 def steps_on(backend: str, out, *flags: str) -> dict[str, np.ndarray]:
-    env = quiet_env()
-    env["KERAS_BACKEND"] = backend
-    run_checked(
-        [sys.executable, str(REPO / "tests/workers/optimizer_steps.py"), str(out), *flags], env
-    )
-    with np.load(out) as data:
-        return {key: data[key] for key in data.files}
+    return arrays_on_backend(backend, "optimizer_steps.py", out, *flags)
 
 
 def test_lamb_lars_adamw_and_sgd_step_alike_on_tensorflow_and_jax(tmp_path):

@@ -5,20 +5,13 @@ never imports TensorFlow.  Each backend runs in its own process."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-from tests.processes import REPO, quiet_env, run_checked
+from tests.processes import arrays_on_backend
 
 
 def outputs_on(backend: str, out, *flags: str) -> dict[str, np.ndarray]:
-    env = quiet_env()
-    env["KERAS_BACKEND"] = backend
-    worker = REPO / "tests/workers/perturbation_math.py"
-    run_checked([sys.executable, str(worker), str(out), *flags], env)
-    with np.load(out) as data:
-        return {key: data[key] for key in data.files}
+    return arrays_on_backend(backend, "perturbation_math.py", out, *flags)
 
 
 def test_perturbation_math_and_pga_agree_on_tensorflow_and_jax(tmp_path):

@@ -10,17 +10,10 @@ TensorFlow fail.
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
 
 TEXTS = ["a gripping, beautifully acted film", "a dull, lifeless mess", "fine.", "so-so"]
 PAIRS = (["is it good?", "what a film"], ["it is good.", "what a mess"])
-
-
-class _NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"{name} is blocked in this process")
 
 
 def main(out: str) -> None:
@@ -69,5 +62,7 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     if "--no-tensorflow" in sys.argv:
-        sys.meta_path.insert(0, _NoTensorFlow())
+        import no_tensorflow  # tests/workers/, this script's folder
+
+        no_tensorflow.block()
     main(sys.argv[1])

@@ -12,17 +12,10 @@ fail, to show the optimizers need none on the JAX backend.
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
 
 OPTIMIZERS = ("lamb", "lars", "adamw", "sgd")
 STEPS = 5
-
-
-class _NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"{name} is blocked in this process")
 
 
 def network():  # noqa: ANN201
@@ -69,5 +62,7 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     if "--no-tensorflow" in sys.argv:
-        sys.meta_path.insert(0, _NoTensorFlow())
+        import no_tensorflow  # tests/workers/, this script's folder
+
+        no_tensorflow.block()
     main(sys.argv[1])

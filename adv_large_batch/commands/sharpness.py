@@ -53,6 +53,14 @@ class SharpnessConfig:
     )
 
     def __post_init__(self) -> None:
+        import keras
+
+        require(
+            keras.config.backend() == "tensorflow",
+            f"adv-large-batch sharpness runs on the TensorFlow backend only (KERAS_BACKEND is "
+            f"{keras.config.backend()!r}); a JAX run's checkpoints load there: run it with "
+            "KERAS_BACKEND=tensorflow (or --backend tensorflow) on the same --checkpoint",
+        )
         require(
             self.checkpoint is not None,
             "--checkpoint is required: a run's --checkpoint-dir or one of its ckpt-<step> folders",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 
@@ -44,6 +44,9 @@ from adv_large_batch.optimizers import OptimizerConfig, resolve_recipe
 @dataclasses.dataclass(frozen=True)
 class ImageTrainConfig(RunConfig):
     """Data, model and augmentation knobs of an image run (plus ``RunConfig``)."""
+
+    #: ConAdv on the JAX backend is issue 26: refused there (``jax_checks``).
+    runs_on_jax: ClassVar[bool] = False
 
     dataset: str = cli_field("fashion_mnist", "--dataset", "image dataset", DATASETS)
     data_dir: str | None = cli_field(

@@ -1,20 +1,31 @@
-"""Tokenised text as tf.data: WordPiece/BPE packing, evaluation batches and the
-resumable training stream.
+"""Tokenised text as batches: WordPiece/BPE packing, evaluation batches and the
+resumable training stream, as tf.data (TensorFlow) or NumPy (JAX).
 
 Texts are tokenised once (pairs packed as ``[CLS] a [SEP] b [SEP]``, RoBERTa's
-``<s> a </s></s> b </s>``) into fixed-length arrays; the train step trims each
-micro-batch to its longest sequence, which gives dynamic padding with one traced graph.
+``<s> a </s></s> b </s>``) into fixed-length arrays.  On TensorFlow
+(``make_epoch_stream``, ``make_eval_dataset``) the train step trims each micro-batch to
+its longest sequence, which gives dynamic padding with one traced graph.  On JAX
+(``make_epoch_batches``, ``make_eval_batches``; no TensorFlow) XLA needs static shapes:
+each batch is trimmed to the smallest length bucket that holds its longest sequence
+(``bucket_length``), so only a handful of programs are compiled.  Both training streams
+draw the same batches in the same order (``_epoch_indices``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 from adv_large_batch.data.text_tasks import TextSplit
 from adv_large_batch.flags import ConfigError
+from adv_large_batch.models.inputs import PADDING_MASK
 from adv_large_batch.models.text_preprocessor import TextClassifierPreprocessor, packing_tokens
+
+#: Sequence lengths a JAX batch is trimmed to (the smallest that holds its longest row).
+BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 # ---- tokenisation -----------------------------------------------------------------
@@ -43,6 +54,119 @@ def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def _epoch_indices(
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    rank: int,
+    size: int,
+    start_step: int,
+) -> np.ndarray:
+    """The example indices of rank ``rank``'s training batches, epoch after epoch, from
+    global step ``start_step`` on (consecutive runs of ``batch_size``: one batch each).
+
+    Epoch e shuffles with ``epoch_order(N, e, seed)``; rank r of ``size`` takes every
+    size-th example of it, dropping the remainder so every step sees ``batch_size`` rows.
+    ``ConfigError`` when not one full batch per epoch fits.
+    """
+    steps = (num_examples // size) // batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"batch size {batch_size} per worker is larger than the {num_examples // size} "
+            "training examples each worker has: not one full step per epoch"
+        )
+    order = np.concatenate(
+        [
+            epoch_order(num_examples, e, seed)[rank::size][: steps * batch_size]
+            for e in range(epochs)
+        ]
+    )
+    return order[start_step * batch_size :]
+
+
+def bucket_length(padding_mask: np.ndarray, width: int, buckets: Sequence[int] = BUCKETS) -> int:
+    """The sequence length a batch is trimmed to: the smallest of ``buckets`` that holds
+    its longest real sequence (``padding_mask`` row sums), at most ``width`` (the arrays'
+    length, ``--max-seq-length``)."""
+    longest = int(np.max(np.sum(padding_mask != 0, axis=1), initial=1))
+    return min([b for b in sorted(buckets) if b >= longest] + [width])
+
+
+def _trimmed(features: dict[str, np.ndarray], buckets: Sequence[int]) -> dict[str, np.ndarray]:
+    """``features`` (one batch) with every [B, width] array cut to ``bucket_length``."""
+    width = features[PADDING_MASK].shape[1]
+    length = bucket_length(features[PADDING_MASK], width, buckets)
+    return {
+        k: v[:, :length] if v.ndim == 2 and v.shape[1] == width else v for k, v in features.items()
+    }
+
+
+def make_epoch_batches(
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    epochs: int,
+    seed: int = 0,
+    rank: int = 0,
+    size: int = 1,
+    start_step: int = 0,
+    buckets: Sequence[int] = BUCKETS,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """``make_epoch_stream`` in NumPy (the JAX backend; no TensorFlow): the same batches in
+    the same order (``_epoch_indices``), each ``(features, labels)`` with its sequence
+    dimension trimmed to ``bucket_length`` (the rows themselves unchanged: only padding is
+    dropped).  A generator over all remaining batches of the run, for ``fit`` with
+    ``steps_per_epoch``.  The order is computed (and a batch too large refused with
+    ``ConfigError``) when this is called, not when iterated.
+    """
+    order = _epoch_indices(len(labels), batch_size, epochs, seed, rank, size, start_step)
+    labels = np.asarray(labels)
+
+    def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        for first in range(0, len(order) - batch_size + 1, batch_size):
+            index = order[first : first + batch_size]
+            yield _trimmed({k: v[index] for k, v in features.items()}, buckets), labels[index]
+
+    return batches()
+
+
+class _EvalBatches(keras.utils.PyDataset):
+    """``make_eval_batches``' re-iterable batches (``predict`` / ``fit``'s validation)."""
+
+    def __init__(
+        self,
+        features: dict[str, np.ndarray],
+        labels: np.ndarray,
+        batch_size: int,
+        buckets: Sequence[int],
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.features, self.labels = features, np.asarray(labels)
+        self.batch_size, self.buckets = batch_size, tuple(buckets)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        features = {k: v[part] for k, v in self.features.items()}
+        return _trimmed(features, self.buckets), self.labels[part]
+
+
+def make_eval_batches(
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    buckets: Sequence[int] = BUCKETS,
+) -> keras.utils.PyDataset:
+    """``make_eval_dataset`` in NumPy (the JAX backend): ``(features, labels)`` batches in
+    order (the last one may be smaller), each trimmed to ``bucket_length``; a
+    ``keras.utils.PyDataset``, so ``predict`` and ``fit(validation_data=...)`` can read it
+    again every epoch."""
+    return _EvalBatches(features, labels, batch_size, buckets)
+
+
 def make_epoch_stream(
     features: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -63,15 +187,7 @@ def make_epoch_stream(
     """
     import tensorflow as tf
 
-    steps = (len(labels) // size) // batch_size
-    if steps < 1:
-        raise ConfigError(
-            f"batch size {batch_size} per worker is larger than the {len(labels) // size} "
-            "training examples each worker has: not one full step per epoch"
-        )
-    order = np.concatenate(
-        [epoch_order(len(labels), e, seed)[rank::size][: steps * batch_size] for e in range(epochs)]
-    )[start_step * batch_size :]
+    order = _epoch_indices(len(labels), batch_size, epochs, seed, rank, size, start_step)
     features = {k: tf.constant(v) for k, v in features.items()}
     labels_t = tf.constant(labels)
 
@@ -83,8 +199,12 @@ def make_epoch_stream(
 
 
 __all__ = [
+    "BUCKETS",
+    "bucket_length",
     "epoch_order",
+    "make_epoch_batches",
     "make_epoch_stream",
+    "make_eval_batches",
     "make_eval_dataset",
     "packing_tokens",
     "tokenize",

@@ -174,13 +174,13 @@ def standard_callbacks(
     ``trust_ratios``: also write LAMB/LARS per-variable trust ratios and update norms
     (the optimizer must be built with ``log_trust_ratios=True``) under ``logdir/trust_ratios``.
     """
-    from adv_large_batch.engine import distributed
-
     callbacks: list[keras.callbacks.Callback] = [
         NonFiniteLoss(nonfinite),  # first: it marks the model before any checkpoint is written
         LearningRateAndThroughput(global_batch_size),
     ]
-    if backend.name == "horovod":
+    if backend.name == "horovod":  # (never on JAX: distributed imports TensorFlow)
+        from adv_large_batch.engine import distributed
+
         callbacks.insert(0, distributed.BroadcastCallback(backend))
         callbacks.append(distributed.MetricAverageCallback(backend))
     if not backend.is_chief:

@@ -75,18 +75,9 @@ import keras
 import tensorflow as tf
 
 from adv_large_batch import keras_internals
+from adv_large_batch.engine.strategies import BACKEND_KINDS, MULTIWORKER_REFUSED
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.optimizers.gradients import densify
-
-#: ``get_backend``'s kinds (the choices of ``--strategy``).
-BACKEND_KINDS = ("auto", "single", "horovod", "mirrored", "tpu", "multiworker")
-MULTIWORKER_REFUSED = (
-    "--strategy multiworker (tf.distribute.MultiWorkerMirroredStrategy) is not supported: "
-    "Keras 3.15's model.fit fails under it with more than one worker (keras-team/keras#20585, "
-    "'Invalid reduction dimension 0 for input with 0 dimensions'); run one process per GPU "
-    "with horovodrun and --strategy horovod (see horovodrun_scripts/), or --strategy mirrored "
-    "for the GPUs of one machine"
-)
 
 _INSTALL_HINT = (
     "Horovod is not installed in this Python; build it (0.28.1, patched for TF 2.21, with Gloo) "

@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from adv_large_batch import keras_internals
 
@@ -208,7 +207,8 @@ def fit_batch_size(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
     """
     if fit_kwargs.get("batch_size") is not None:
         return int(fit_kwargs["batch_size"])
-    if isinstance(x, tf.data.Dataset):
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset only exists once it is imported
+    if tf is not None and isinstance(x, tf.data.Dataset):
         specs = [s for s in tf.nest.flatten(x.element_spec) if hasattr(s, "shape")]
         rank = specs[0].shape.rank if specs else None
         return specs[0].shape[0] if rank else None

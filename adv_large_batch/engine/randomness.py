@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from adv_large_batch import keras_internals
 
@@ -41,25 +40,15 @@ from adv_large_batch import keras_internals
 DROPOUT, SCALA_START, CONADV_CURRENT, CONADV_FUTURE = 0, 1, 2, 3
 
 
-def run_seed(seed: int | None = None) -> int:
-    """The run seed of a trainer: ``seed`` when given, else Keras' global seed (what
-    ``keras.utils.set_random_seed`` set), else 0 -- the same on every Horovod rank and in
-    a resumed process, so P workers still draw what one process draws and a resumed run
-    what the uninterrupted one drew.  Two notebook runs that differ only in
-    ``set_random_seed`` draw different masks and starts."""
-    if seed is not None:
-        return int(seed)
-    global_seed = keras_internals.global_random_seed()
-    return 0 if global_seed is None else int(global_seed)
-
-
-def draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -> tf.Tensor:
+def draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -> Any:
     """A shape-[2] int32 stateless seed for one family of draws of one micro-batch.
 
     ``counter`` is the batch counter (the step), ``micro`` the global micro-batch
     index and ``extra`` a further index (the forward pass of the micro-batch).
     Distinct arguments give statistically independent keys (``stateless_fold_in``).
     """
+    import tensorflow as tf
+
     key = tf.constant([seed, stream], tf.int64)
     for data in (counter, micro, extra):
         key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
@@ -79,20 +68,45 @@ def seed_generators(model: keras.layers.Layer) -> list[Any]:
     return found
 
 
-def reseed(generators: Sequence[Any], key: tf.Tensor) -> None:
+def reseed(generators: Sequence[Any], key: Any) -> None:
     """Set generator ``i``'s state to ``fold_in(key, i)``: the next draws of every layer
     are a function of ``key`` alone."""
+    import tensorflow as tf
+
     for i, generator in enumerate(generators):
         state = tf.random.experimental.stateless_fold_in(key, i)
         generator.state.assign(tf.cast(state, generator.state.dtype))
 
 
-def replica_slot(worker_rank: int) -> tf.Tensor:
+def replica_slot(worker_rank: int) -> Any:
     """This replica's index among all replicas of all workers (int64)."""
+    import tensorflow as tf
+
     context = tf.distribute.get_replica_context()
     replica = 0 if context is None else context.replica_id_in_sync_group
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return int(worker_rank) * replicas + tf.cast(replica, tf.int64)
+
+
+# ---- the JAX backend: the same keys from jax.random ---------------------------------
+def jax_draw_key(seed: int, stream: int, counter: Any, micro: Any, extra: Any = 0) -> Any:
+    """``draw_key`` on JAX: uint32 ``[2]`` key data, a pure function of the arguments
+    (``jax.random.fold_in``; the values differ from TensorFlow's, the contract is the same)."""
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.wrap_key_data(jnp.asarray([seed, stream], jnp.uint32))
+    for data in (counter, micro, extra):
+        key = jax.random.fold_in(key, jnp.asarray(data, jnp.uint32))
+    return jax.random.key_data(key)
+
+
+def jax_generator_states(key: Any, count: int) -> list[Any]:
+    """The states ``reseed`` would give ``count`` generators on JAX: ``fold_in(key, i)``."""
+    import jax
+
+    wrapped = jax.random.wrap_key_data(key)
+    return [jax.random.key_data(jax.random.fold_in(wrapped, i)) for i in range(count)]
 
 
 __all__ = [
@@ -101,6 +115,8 @@ __all__ = [
     "DROPOUT",
     "SCALA_START",
     "draw_key",
+    "jax_draw_key",
+    "jax_generator_states",
     "replica_slot",
     "reseed",
     "seed_generators",

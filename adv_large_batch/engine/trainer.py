@@ -68,19 +68,12 @@ from adv_large_batch.engine.timing import (
     timestamp,
     totals,
 )
+from adv_large_batch.engine.trainer_common import TrainerCommon
 
 
 def distribution_loss_scale() -> float:
     """1 / replicas under tf.distribute (how Keras scales the compiled loss), else 1."""
     return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-
-
-class FiniteMean(keras.metrics.Mean):
-    """``keras.metrics.Mean`` whose result is NaN when nothing was counted: an epoch of
-    non-finite steps (all counted with weight 0) logs ``loss = nan``, not ``0``."""
-
-    def result(self) -> tf.Tensor:
-        return tf.where(self.count > 0, super().result(), float("nan"))
 
 
 class _DropoutGenerators:
@@ -96,7 +89,7 @@ class _DropoutGenerators:
         return self._found
 
 
-class AccumulatingTrainer(keras.Model):
+class AccumulatingTrainer(TrainerCommon):
     """Wraps a Keras model; ``fit`` runs accumulate -> allreduce -> apply.
 
     Args:
@@ -129,25 +122,9 @@ class AccumulatingTrainer(keras.Model):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")
-        self.network = network
-        self.micro_batch_size = micro_batch_size
-        if backend is None:
-            from adv_large_batch.engine import distributed
-
-            backend = distributed.get_backend("auto")
-        self.backend = backend
-        self.seed = randomness.run_seed(seed)  # resolved once: get_config records it
-        self._seed = self.seed
-        self.batches_seen = keras.Variable(0, dtype="int64", trainable=False, name="batches_seen")
-        #: The optimizer step at which ``NonFiniteLoss`` stopped the run (None: it did not).
-        self.stopped_nonfinite_at: int | None = None
-        self._train_only_metric_names: set[str] = set()
-        self.grad_norm_tracker = self.add_tracker("grad_norm")
-        self.nonfinite_tracker = self.add_tracker("nonfinite_steps")
-        self.loss_scale_skip_tracker = self.add_tracker("loss_scale_skips")
+        super().__init__(
+            network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
+        )
         self.step_time_tracker = self.add_tracker("step_time_s")
         self.adv_time_tracker = self.add_tracker("adv_time_s")
         self._log = StepLog()
@@ -158,46 +135,16 @@ class AccumulatingTrainer(keras.Model):
         self._emitted_rows: dict[str, tf.Tensor] = {}  # ... of the whole batch, after the loop
 
     # ---- plumbing -----------------------------------------------------------------
-    def add_tracker(self, name: str) -> keras.metrics.Mean:
-        """A per-epoch mean of a train-only scalar (shown in logs and TensorBoard); NaN
-        for an epoch that counted nothing (e.g. ``grad_norm`` when no step was applied)."""
-        self._train_only_metric_names.add(name)
-        return FiniteMean(name=name)
+    def _default_backend(self) -> Any:
+        from adv_large_batch.engine import distributed
 
-    def compile(self, *args: Any, **kwargs: Any) -> None:
-        """``keras.Model.compile``; then the ``loss`` tracker is a ``FiniteMean`` and the
-        backend adapts the optimizer (``prepare_optimizer``)."""
-        super().compile(*args, **kwargs)
-        keras_internals.replace_loss_tracker(self, FiniteMean(name="loss"))
-        self.backend.prepare_optimizer(self.optimizer)
-
-    def compile_from_config(self, config: dict[str, Any]) -> None:
-        """Compile from Keras' ``get_compile_config()`` dict (the serialized ``compile``
-        arguments ``model.save`` writes), as ``keras.models.load_model`` does
-        before it loads the variables (Keras' own refuses an overridden ``compile``).
-
-        The arguments are deserialized (``engine.saving``: one that cannot be, e.g. an
-        unregistered loss, raises ``ValueError`` naming it), passed to this class's
-        ``compile``, and the optimizer's variables are built on ``trainable_variables``
-        so the load restores ``iterations``, the slots and the loss scale.
-        """
-        from adv_large_batch.engine import saving
-
-        self.compile(**saving.deserialize_compile_config(config, type(self).__name__))
-        saving.build_optimizer_for(self)
-
-    def per_worker_variables(self) -> list[Any]:
-        """Variables that hold this worker's own state (never broadcast from rank 0)."""
-        return []
+        return distributed.get_backend("auto")
 
     def record_adv_seconds(self, seconds: tf.Tensor) -> None:
         """Add ``seconds`` (from ``timed``) to this step's ``adv_time_s``; call while tracing
         ``prepare_batch``, ``concurrent_work`` or ``micro_batch_gradients``, outside any
         ``tf.cond`` branch (return the seconds from the branch instead)."""
         self._log.record("adv_seconds", seconds)
-
-    def call(self, inputs: Any, training: bool = False) -> Any:
-        return self.network(inputs, training=training)
 
     def task_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
         """The compiled loss (already scaled by 1/replicas under tf.distribute)."""
@@ -381,8 +328,7 @@ class AccumulatingTrainer(keras.Model):
         return self.get_metrics_result()
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in self._train_only_metric_names}
+        return self.filter_train_only(super().test_step(data))
 
     # ---- tracing once ---------------------------------------------------------------
     def build_before_tracing(self, data_spec: Any) -> None:
@@ -400,65 +346,7 @@ class AccumulatingTrainer(keras.Model):
         except Exception:  # an optimisation only: the first trace builds what is left
             pass
 
-    # ---- what a caller hands to fit / evaluate / predict ------------------------------
-    def network_inputs(self, x: Any, y: Any = None) -> tuple[Any, Any]:
-        """``x`` (and ``y``) as the network takes them: raw strings go through the
-        network's preprocessor (``engine/inputs.py``); anything else is returned as is."""
-        from adv_large_batch.engine.inputs import adapt_inputs
-
-        return adapt_inputs(self.network, x, y)
-
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        epochs: int = 1,
-        verbose: Any = "auto",
-        callbacks: list | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``keras.Model.fit``; raw inputs go through ``network_inputs``; the progress line
-        is the command line's short one (``engine.progress.fit_progress``); on a
-        ``tf.data.Dataset``, builds before the step is traced."""
-        from adv_large_batch.engine.progress import fit_progress
-
-        x, y = self.network_inputs(x, y)
-        validation = kwargs.get("validation_data")
-        if isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
-            kwargs["validation_data"] = (*self.network_inputs(*validation[:2]), *validation[2:])
-        elif validation is not None:
-            kwargs["validation_data"] = self.network_inputs(validation)[0]
-        callbacks, verbose = fit_progress(
-            self, callbacks, verbose, x, {**kwargs, "batch_size": batch_size}
-        )
+    def _before_fit(self, x: Any) -> None:
+        """On a ``tf.data.Dataset``, build before the step is traced (one trace)."""
         if isinstance(x, tf.data.Dataset) and self.train_function is None:
             self.build_before_tracing(x.element_spec)
-        return super().fit(x, y, batch_size, epochs, verbose=verbose, callbacks=callbacks, **kwargs)
-
-    def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """``keras.Model.evaluate``; raw inputs go through ``network_inputs``."""
-        x, y = self.network_inputs(x, y)
-        return super().evaluate(x, y, *args, **kwargs)
-
-    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        """``keras.Model.predict``; raw inputs go through ``network_inputs``."""
-        x, _ = self.network_inputs(x)
-        return super().predict(x, *args, **kwargs)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "network": keras.saving.serialize_keras_object(self.network),
-                "micro_batch_size": self.micro_batch_size,
-                "seed": self.seed,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "AccumulatingTrainer":
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        return cls(**config)

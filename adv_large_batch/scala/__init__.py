@@ -13,9 +13,12 @@ are the ICLR submission's (Algorithm 1, §3.1, appendix B).
 * ``trainer``: ``ScaLA``, the ``train_step`` (an ``AccumulatingTrainer``);
 * ``injection``: ``DelayedInjection``, t_s.
 
-The config and the perturbation math import on any Keras backend; the trainer is the
-TensorFlow shell, imported here on the TensorFlow backend (which registers ``ScaLA`` for
-``keras.models.load_model``) and on first use of ``ScaLA`` / ``sort_by_length`` elsewhere.
+* ``objective``: the adversarial term of a micro-batch, one copy for both shells;
+* ``method``: ``ScaLAMethod``, what the two ``ScaLA`` shells share (knobs, t_s, logs).
+
+The config and the math import on any Keras backend; ``ScaLA`` is the shell of the
+process's backend: ``trainer`` (TensorFlow) or ``jax_trainer`` (JAX), imported here
+(which registers it for ``keras.models.load_model``).
 """
 
 from typing import Any
@@ -28,6 +31,8 @@ from adv_large_batch.scala.injection import DelayedInjection
 _TRAINER_NAMES = ("ScaLA", "sort_by_length")
 if keras.config.backend() == "tensorflow":
     from adv_large_batch.scala.trainer import ScaLA, sort_by_length
+elif keras.config.backend() == "jax":
+    from adv_large_batch.scala.jax_trainer import ScaLA, sort_by_length
 
 
 def __getattr__(name: str) -> Any:

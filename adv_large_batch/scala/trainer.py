@@ -54,7 +54,6 @@ model.fit(batches(task.train, 32), epochs=2,  # perturbation on from epoch 2
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import keras
@@ -63,15 +62,9 @@ import tensorflow as tf
 from adv_large_batch.engine import randomness
 from adv_large_batch.engine.timing import timed
 from adv_large_batch.engine.trainer import AccumulatingTrainer, distribution_loss_scale
-from adv_large_batch.models.inputs import (
-    PADDING_MASK,
-    TOKEN_IDS,
-    PerturbableClassifier,
-    trim_to_longest,
-)
-from adv_large_batch.scala import perturbation
-from adv_large_batch.scala.config import ScaLAConfig
-from adv_large_batch.scala.injection import DelayedInjection
+from adv_large_batch.models.inputs import PADDING_MASK, TOKEN_IDS, trim_to_longest
+from adv_large_batch.scala import objective
+from adv_large_batch.scala.method import ScaLAMethod
 
 
 def sort_by_length(x: dict[str, tf.Tensor], y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
@@ -89,48 +82,9 @@ def sort_by_length(x: dict[str, tf.Tensor], y: Any, sample_weight: Any) -> tuple
 
 
 @keras.saving.register_keras_serializable(package="adv_large_batch")
-class ScaLA(AccumulatingTrainer):
-    """ScaLA training of a ``PerturbableBertClassifier`` (see the module docstring).
-
-    Args:
-        network: a ``PerturbableBertClassifier``.
-        config: a ``ScaLAConfig``; ``method="baseline"`` trains without perturbation.
-        micro_batch_size: rows per pass; the per-worker batch is a multiple of it.
-        backend: distributed backend (default: this process's).
-        seed: the run seed of the random starts and dropout masks.
-        steps_per_epoch: steps of one epoch of the run, for t_s given in epochs
-            (``DelayedInjection``); default: each ``fit``'s own ``steps``.
-    """
-
-    def __init__(
-        self,
-        network: PerturbableClassifier,
-        config: ScaLAConfig | dict | None = None,
-        micro_batch_size: int | None = None,
-        backend: Any = None,
-        seed: int | None = None,
-        steps_per_epoch: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
-        )
-        self.steps_per_epoch = steps_per_epoch
-        if isinstance(config, dict):
-            config = ScaLAConfig(**config)
-        self.config = config or ScaLAConfig()
-        self.regression = network.num_classes == 1
-        # t_s in optimizer steps; DelayedInjection sets it from the epoch at fit time.
-        start = self.config.start_step if self.config.start_step is not None else 0
-        self.adv_start_step = keras.Variable(
-            start, dtype="int64", trainable=False, name="adv_start_step"
-        )
-        self.task_loss_tracker = self.add_tracker("task_loss")
-        self.reg_tracker = self.add_tracker("regulariser")
-        self.reg_start_tracker = self.add_tracker("regulariser_y0")
-        self.linf_tracker = self.add_tracker("perturbation_linf")
-        self.l2_tracker = self.add_tracker("perturbation_l2")
-        self.adv_on_tracker = self.add_tracker("adv_on")
+class ScaLA(ScaLAMethod, AccumulatingTrainer):
+    """ScaLA training of a ``PerturbableBertClassifier`` on TensorFlow (see the module
+    docstring; the arguments are ``ScaLAMethod``'s)."""
 
     # ---- switches ------------------------------------------------------------------
     def adversarial_active(self) -> tf.Tensor:
@@ -143,65 +97,32 @@ class ScaLA(AccumulatingTrainer):
             return x, y, sample_weight
         return sort_by_length(x, y, sample_weight)
 
-    # ---- the adversarial regulariser -----------------------------------------------------
-    def _target(self, clean_logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        if self.config.adv_target == "labels":
-            return y
-        return tf.stop_gradient(tf.cast(clean_logits, tf.float32))
+    def _logits_at(self, x: dict[str, tf.Tensor]) -> objective.LogitsAt:
+        """``objective.LogitsAt`` on TensorFlow: reseed the dropout generators, then call."""
 
-    def _pass(self, index: int) -> int:
-        """The dropout key of forward pass ``index`` of a micro-batch (0 = clean)."""
-        return 0 if self.config.dropout == "shared" else index
+        def logits_at(embeddings: tf.Tensor, forward_pass: int) -> tf.Tensor:
+            self.reseed_dropout(forward_pass)
+            return self.network.logits_from_embeddings(embeddings, x, training=True)
 
-    def _radius(self, e: tf.Tensor, x: dict[str, tf.Tensor]) -> tuple[Any, Any, Any]:
-        """(eps, rho, noise scale): numbers, or ``[B, 1, 1]`` tensors for ``relative``."""
-        cfg = self.config
-        noise = cfg.eps if cfg.noise_scale is None else cfg.noise_scale
-        if cfg.radius == "absolute":
-            return cfg.eps, cfg.step_size, noise
-        rms = tf.stop_gradient(perturbation.embedding_rms(e, x[PADDING_MASK]))
-        return cfg.eps * rms, cfg.step_size * rms, noise * rms
+        return logits_at
 
-    def _perturbation(
-        self, e: tf.Tensor, x: dict[str, tf.Tensor], target: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """(y_K, r(y0)): the perturbation fed to the final adversarial pass."""
-        cfg = self.config
-        shape = tf.shape(e)
-        if cfg.method == "rdrop":
-            return tf.zeros(shape, tf.float32), tf.constant(0.0)
-        eps, step, noise = self._radius(e, x)
-        seed = self.draw_key(randomness.SCALA_START)
-        if cfg.method == "gaussian":
-            y = perturbation.random_start(shape, eps, "normal", noise, seed)
-            return perturbation.mask_padding(y, x[PADDING_MASK]), tf.constant(0.0)
-        y0 = perturbation.random_start(shape, eps, cfg.init, noise, seed)
-        e_fixed = tf.stop_gradient(tf.cast(e, tf.float32))
-        passes = iter(range(1, cfg.steps + 1))
-
-        def regulariser_of(y: tf.Tensor) -> tf.Tensor:
-            self.reseed_dropout(self._pass(next(passes)))
-            logits = self.network.logits_from_embeddings(
-                tf.cast(e_fixed + y, e.dtype), x, training=True
-            )
-            return perturbation.adversarial_regulariser(
-                target, logits, cfg.adv_target, self.regression
-            )
-
-        return perturbation.projected_gradient_ascent(
-            regulariser_of, y0, step, eps, cfg.steps, cfg.step_norm, x[PADDING_MASK]
+    def _perturbation(self, e: tf.Tensor, x: dict[str, tf.Tensor], target: Any) -> tuple:
+        """(y_K, r(y0)) of the current micro-batch (``objective.perturbation``)."""
+        start_key = self.draw_key(randomness.SCALA_START)
+        return objective.perturbation(
+            self.config, self._logits_at(x), e, x[PADDING_MASK], target, self.regression, start_key
         )
 
     def micro_batch_gradients(self, x: Any, y: Any, sample_weight: Any) -> list[tf.Tensor]:
         x = trim_to_longest(x)
         cfg = self.config
         active = self.adversarial_active()
+        logits_at = self._logits_at(x)
         with tf.GradientTape() as tape:
-            self.reseed_dropout(self._pass(0))
             e = self.network.embed_tokens(x[TOKEN_IDS])
-            clean_logits = self.network.logits_from_embeddings(e, x, training=True)
+            clean_logits = logits_at(e, objective.pass_of(cfg, 0))
             task = self.task_loss(x, y, clean_logits, sample_weight)
-            target = self._target(clean_logits, y)
+            target = objective.target_of(cfg, clean_logits, y)
 
             def with_perturbation() -> tuple[tf.Tensor, ...]:
                 # adv_time_s: random start + PGA-K ascent (R-Drop makes nothing: 0)
@@ -211,14 +132,9 @@ class ScaLA(AccumulatingTrainer):
                     else:
                         (delta, r_start), seconds = timed(self._perturbation, e, x, target)
                     seconds = tf.convert_to_tensor(seconds, tf.float32)
-                self.reseed_dropout(self._pass(cfg.steps + 1))
-                adv_logits = self.network.logits_from_embeddings(
-                    e + tf.cast(delta, e.dtype), x, training=True
+                r, linf, l2 = objective.adversarial_terms(
+                    cfg, logits_at, e, target, self.regression, delta
                 )
-                r = perturbation.adversarial_regulariser(
-                    target, adv_logits, cfg.adv_target, self.regression
-                )
-                linf, l2 = perturbation.perturbation_norms(delta)
                 return r, r_start, linf, l2, seconds
 
             def without() -> tuple[tf.Tensor, ...]:
@@ -233,55 +149,15 @@ class ScaLA(AccumulatingTrainer):
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.update_task_metrics(loss, y, clean_logits, sample_weight)
-        self.task_loss_tracker.update_state(task / distribution_loss_scale())
-        self.reg_tracker.update_state(r)
-        self.reg_start_tracker.update_state(r_start)
-        self.linf_tracker.update_state(linf)
-        self.l2_tracker.update_state(l2)
-        self.adv_on_tracker.update_state(tf.cast(active, tf.float32))
+        logged = (
+            task / distribution_loss_scale(),
+            r,
+            r_start,
+            linf,
+            l2,
+            tf.cast(active, tf.float32),
+        )
+        for tracker, value in zip(self.scala_trackers().values(), logged):
+            tracker.update_state(value)
         self.record_adv_seconds(seconds)
         return grads
-
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        epochs: int = 1,
-        verbose: Any = "auto",
-        callbacks: list | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``keras.Model.fit`` with ``DelayedInjection`` (the one place it is wired): it sets
-        t_s from the epoch (with ``steps_per_epoch``) and announces the switch."""
-        callbacks = list(callbacks or [])
-        if self.config.perturbs and not any(isinstance(c, DelayedInjection) for c in callbacks):
-            callbacks.insert(0, DelayedInjection(self.config.start_epoch, self.steps_per_epoch))
-        return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
-
-    def get_config(self) -> dict[str, Any]:
-        """Keras' config; the ``ScaLAConfig`` under ``adversarial`` (as in the run record)."""
-        config = super().get_config()
-        config["adversarial"] = dataclasses.asdict(self.config)
-        config["steps_per_epoch"] = self.steps_per_epoch
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ScaLA":
-        """Also reads a config saved before, with the ``ScaLAConfig`` under ``config``.
-
-        Registers the perturbable text classifiers first (``register_networks``), so
-        ``keras.models.load_model`` needs no ``custom_objects`` for the network.
-        """
-        cls.register_networks()
-        config = dict(config)
-        config["config"] = config.pop("adversarial", config.get("config"))  # __init__'s name
-        return super().from_config(config)
-
-    @staticmethod
-    def register_networks() -> None:
-        """Import the networks ScaLA trains (BERT-family and RoBERTa classifiers), which
-        registers them with Keras' serialization (imported here, not at module level:
-        they pull in keras-hub)."""
-        import adv_large_batch.models.perturbable_bert  # noqa: F401
-        import adv_large_batch.models.perturbable_roberta  # noqa: F401

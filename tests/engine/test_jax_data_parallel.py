@@ -1,0 +1,111 @@
+"""Data parallelism on the JAX backend (``keras.distribution.DataParallel``), for real:
+two virtual CPU devices in one process and two processes on localhost (JAX's CPU
+collectives), each equal to one device on the global batch, in the default ScaLA
+configuration (LAMB, probs target, uniform random start) with dropout ON; accumulation
+invariance (4 + 4 + 2 rows == 10 at once); one gradient reduction per optimizer step (none
+inside the micro-batch loop); a saved run that resumes exactly; a NaN step that changes
+nothing.  Workers:
+``tests/workers/jax_data_parallel.py``, TensorFlow blocked."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.processes import TIMEOUT_S, WORKERS, quiet_env, run_checked
+
+WORKER = str(WORKERS / "jax_data_parallel.py")
+
+
+def jax_env(**extra: str) -> dict[str, str]:
+    env = quiet_env()
+    env.pop("XLA_FLAGS", None)
+    env.update(KERAS_BACKEND="jax", **extra)
+    return env
+
+
+def load(path) -> dict[str, np.ndarray]:  # noqa: ANN001
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def assert_same_default_run(got: dict, want: dict) -> None:
+    keys = [k for k in want if k.startswith("default/")]
+    assert keys and sorted(keys) == sorted(k for k in got if k.startswith("default/"))
+    for key in keys:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("jax") / "single.npz"
+    run_checked([sys.executable, WORKER, "single", str(out)], jax_env())
+    return load(out)
+
+
+@pytest.mark.slow  # three JAX processes (~1 min on 2 cores)
+def test_two_virtual_devices_equal_one_device_and_reduce_once(one_device, tmp_path):
+    out = tmp_path / "devices.npz"
+    flags = "--xla_force_host_platform_device_count=2"
+    run_checked([sys.executable, WORKER, "devices", str(out)], jax_env(XLA_FLAGS=flags))
+    got = load(out)
+    assert int(got["devices"]) == 2 and int(one_device["devices"]) == 1
+    assert_same_default_run(got, one_device)
+    # dropout on: two passes of a micro-batch draw different masks, so r is far above what
+    # the perturbation alone gives at eps 1e-5 (below 1e-10 with dropout off)
+    assert min(one_device["default/regulariser"]) > 1e-6
+    # one reduction per step: no all-reduce inside the micro-batch loop (the gradients
+    # are reduced once after it; outside it the metrics' sums may add a few of their own)
+    total, in_loop = got["all_reduces"]
+    assert total >= 1 and in_loop == 0
+
+
+@pytest.mark.slow
+def test_a_saved_run_resumes_exactly_and_unsound_steps_are_skipped(one_device):
+    # load_model of a run saved after two steps, then the third: what the uninterrupted
+    # run's third step gave (weights and logs; dropout on, so the batch counter and the
+    # seed came back too)
+    for key in [k for k in one_device if k.startswith("default/weight/")]:
+        resumed = one_device[key.replace("default/", "resumed/")]
+        np.testing.assert_allclose(resumed, one_device[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert one_device["resumed/loss"][0] == pytest.approx(one_device["default/loss"][2], 1e-6)
+    # a NaN in the batch: no weight moved, the optimizer did not count the step, the batch
+    # counter did, and the step is logged as non-finite
+    np.testing.assert_array_equal(one_device["nan/weights"], one_device["uneven/4"])
+    assert int(one_device["nan/iterations"]) == 1 and int(one_device["nan/batches_seen"]) == 2
+    assert float(one_device["nan/nonfinite_steps"]) == 1.0
+    # 10 rows in micro-batches of 4 + 4 + 2, weighted by rows: the whole batch's gradient
+    np.testing.assert_allclose(one_device["uneven/4"], one_device["uneven/None"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_equal_one_device(one_device, tmp_path):
+    port = free_port()
+    out = tmp_path / "processes.npz"
+    procs = []
+    for rank in range(2):
+        env = jax_env(
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(rank),
+        )
+        procs.append(subprocess.Popen(
+            [sys.executable, WORKER, "process", str(out)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    for rank, (proc, text) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{text[-3000:]}"
+    got = load(out)
+    assert (int(got["processes"]), int(got["devices"])) == (2, 2)
+    assert_same_default_run(got, one_device)

@@ -46,50 +46,20 @@ def assert_same_default_run(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.fixture(scope="module")
-def one_device(tmp_path_factory) -> dict[str, np.ndarray]:
-    out = tmp_path_factory.mktemp("jax") / "single.npz"
+def run_one_device(tmp_path) -> dict[str, np.ndarray]:  # noqa: ANN001
+    out = tmp_path / "single.npz"
     run_checked([sys.executable, WORKER, "single", str(out)], jax_env())
     return load(out)
 
 
-@pytest.mark.slow  # three JAX processes (~1 min on 2 cores)
-def test_two_virtual_devices_equal_one_device_and_reduce_once(one_device, tmp_path):
+def run_two_devices(tmp_path) -> dict[str, np.ndarray]:  # noqa: ANN001
     out = tmp_path / "devices.npz"
     flags = "--xla_force_host_platform_device_count=2"
     run_checked([sys.executable, WORKER, "devices", str(out)], jax_env(XLA_FLAGS=flags))
-    got = load(out)
-    assert int(got["devices"]) == 2 and int(one_device["devices"]) == 1
-    assert_same_default_run(got, one_device)
-    # dropout on: two passes of a micro-batch draw different masks, so r is far above what
-    # the perturbation alone gives at eps 1e-5 (below 1e-10 with dropout off)
-    assert min(one_device["default/regulariser"]) > 1e-6
-    # one reduction per step: no all-reduce inside the micro-batch loop (the gradients
-    # are reduced once after it; outside it the metrics' sums may add a few of their own)
-    total, in_loop = got["all_reduces"]
-    assert total >= 1 and in_loop == 0
+    return load(out)
 
 
-@pytest.mark.slow
-def test_a_saved_run_resumes_exactly_and_unsound_steps_are_skipped(one_device):
-    # load_model of a run saved after two steps, then the third: what the uninterrupted
-    # run's third step gave (weights and logs; dropout on, so the batch counter and the
-    # seed came back too)
-    for key in [k for k in one_device if k.startswith("default/weight/")]:
-        resumed = one_device[key.replace("default/", "resumed/")]
-        np.testing.assert_allclose(resumed, one_device[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    assert one_device["resumed/loss"][0] == pytest.approx(one_device["default/loss"][2], 1e-6)
-    # a NaN in the batch: no weight moved, the optimizer did not count the step, the batch
-    # counter did, and the step is logged as non-finite
-    np.testing.assert_array_equal(one_device["nan/weights"], one_device["uneven/4"])
-    assert int(one_device["nan/iterations"]) == 1 and int(one_device["nan/batches_seen"]) == 2
-    assert float(one_device["nan/nonfinite_steps"]) == 1.0
-    # 10 rows in micro-batches of 4 + 4 + 2, weighted by rows: the whole batch's gradient
-    np.testing.assert_allclose(one_device["uneven/4"], one_device["uneven/None"], rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_two_processes_on_localhost_equal_one_device(one_device, tmp_path):
+def run_two_processes(tmp_path) -> dict[str, np.ndarray]:  # noqa: ANN001
     port = free_port()
     out = tmp_path / "processes.npz"
     procs = []
@@ -106,6 +76,41 @@ def test_two_processes_on_localhost_equal_one_device(one_device, tmp_path):
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
     for rank, (proc, text) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{text[-3000:]}"
-    got = load(out)
-    assert (int(got["processes"]), int(got["devices"])) == (2, 2)
-    assert_same_default_run(got, one_device)
+    return load(out)
+
+
+def check_one_device(one: dict) -> None:
+    # dropout on: two passes of a micro-batch draw different masks, so r is far above what
+    # the perturbation alone gives at eps 1e-5 (below 1e-10 with dropout off)
+    assert int(one["devices"]) == 1 and min(one["default/regulariser"]) > 1e-6
+    # load_model of a run saved after two steps, then the third: what the uninterrupted
+    # run's third step gave (weights and logs; dropout on, so the batch counter and the
+    # seed came back too)
+    for key in [k for k in one if k.startswith("default/weight/")]:
+        resumed = one[key.replace("default/", "resumed/")]
+        np.testing.assert_allclose(resumed, one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert one["resumed/loss"][0] == pytest.approx(one["default/loss"][2], 1e-6)
+    # a NaN in the batch: no weight moved, the optimizer did not count the step, the batch
+    # counter did, and the step is logged as non-finite
+    np.testing.assert_array_equal(one["nan/weights"], one["uneven/4"])
+    assert int(one["nan/iterations"]) == 1 and int(one["nan/batches_seen"]) == 2
+    assert float(one["nan/nonfinite_steps"]) == 1.0
+    # 10 rows in micro-batches of 4 + 4 + 2, weighted by rows: the whole batch's gradient
+    np.testing.assert_allclose(one["uneven/4"], one["uneven/None"], rtol=1e-6)
+
+
+@pytest.mark.slow  # four JAX processes (~4 min on 2 loaded cores); one test, so the
+# one-device reference runs once whatever the pytest-xdist worker
+def test_two_devices_and_two_processes_equal_one_device(tmp_path):
+    one = run_one_device(tmp_path)
+    check_one_device(one)
+    devices = run_two_devices(tmp_path)
+    assert int(devices["devices"]) == 2
+    assert_same_default_run(devices, one)
+    # one reduction per step: no all-reduce inside the micro-batch loop (the gradients
+    # are reduced once after it; outside it the metrics' sums may add a few of their own)
+    total, in_loop = devices["all_reduces"]
+    assert total >= 1 and in_loop == 0
+    processes = run_two_processes(tmp_path)
+    assert (int(processes["processes"]), int(processes["devices"])) == (2, 2)
+    assert_same_default_run(processes, one)

@@ -128,10 +128,7 @@ def get_jax_backend() -> JaxBackend:
         import jax
 
         if in_multi_process_job() and not jax.distributed.is_initialized():
-            if not jax.config.jax_cpu_collectives_implementation:
-                # CPU devices of several processes talk through gloo (GPUs: NCCL)
-                jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            keras.distribution.initialize()
+            keras.distribution.initialize()  # CPU devices talk through gloo, GPUs through NCCL
         distribution = keras.distribution.distribution()
         if distribution is None and jax.device_count() > 1:
             distribution = keras.distribution.DataParallel(devices=jax.devices())

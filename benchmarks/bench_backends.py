@@ -20,62 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import Rounds, busy_cpu_s, machine  # noqa: E402
+from bench_common import PipeWorker, Rounds, alternated, machine, numpy_matmul_gflops  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-class Worker:
-    """``backend_worker.py`` under ``KERAS_BACKEND=backend``, one JSON line at a time."""
-
-    def __init__(self, backend: str, variants: list[str], args: argparse.Namespace) -> None:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        cmd = [sys.executable, os.path.join(HERE, "backend_worker.py"), "--variants", *variants,
-               "--batches-per-variant", str(args.batches_per_variant),
-               "--micro-batch-size", str(args.micro_batch_size)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env)  # fmt: skip
-        self.info = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"worker exited with {self.proc.wait()}")
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def run(self, variant: str, count: int) -> tuple[float, float]:
-        """(seconds, share of the cores other processes used meanwhile)."""
-        cores = os.cpu_count() or 1
-        b0, c0 = busy_cpu_s(), time.process_time()
-        self.proc.stdin.write(json.dumps({"op": "run", "variant": variant, "count": count}) + "\n")
-        self.proc.stdin.flush()
-        got = self._read()
-        others = busy_cpu_s() - b0 - got["cpu_s"] - (time.process_time() - c0)
-        return got["seconds"], max(others, 0.0) / (got["seconds"] * cores)
-
-    def close(self) -> None:
-        self.proc.stdin.write('{"op": "quit"}\n')
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
+def worker(backend: str, variants: list[str], args: argparse.Namespace) -> PipeWorker:
+    """``backend_worker.py`` under ``KERAS_BACKEND=backend``, built and warm."""
+    cmd = [sys.executable, os.path.join(HERE, "backend_worker.py"), "--variants", *variants,
+           "--batches-per-variant", str(args.batches_per_variant),
+           "--micro-batch-size", str(args.micro_batch_size)]  # fmt: skip
+    return PipeWorker(backend, cmd)
 
 
 def main() -> None:
@@ -91,9 +49,9 @@ def main() -> None:
     args = p.parse_args()
     steps = {int(k): int(v) for k, v in (s.split(":") for s in args.steps.split(","))}
     variants = [f"{m}/{b}" for b in args.batches for m in args.methods]
-    gflops = matmul_gflops()
+    gflops = numpy_matmul_gflops()
     print(f"[bench] host {machine()} float32 matmul {gflops:.0f} GFLOP/s", flush=True)
-    workers = {b: Worker(b, variants, args) for b in ("tensorflow", "jax")}
+    workers = {b: worker(b, variants, args) for b in ("tensorflow", "jax")}
     print(f"[bench] JAX programs per variant (sequence lengths): {workers['jax'].info['lengths']}")
     results = {}
     for variant in variants:
@@ -101,8 +59,7 @@ def main() -> None:
         count = steps.get(batch, 1)
         rounds = Rounds(args.rounds, args.quiet_threshold)
         while rounds.more():
-            order = ("tensorflow", "jax") if len(rounds.rows) % 2 == 0 else ("jax", "tensorflow")
-            timed = {b: workers[b].run(variant, count) for b in order}
+            timed = alternated(workers, variant, count, len(rounds.rows))
             speed = {b: count * batch / s for b, (s, _) in timed.items()}
             rounds.add(tf=speed["tensorflow"], jax=speed["jax"],
                        ratio=speed["jax"] / speed["tensorflow"],

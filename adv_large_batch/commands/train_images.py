@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import keras
 
@@ -30,8 +30,7 @@ from adv_large_batch.commands.common import Context, Plan, run_training
 from adv_large_batch.commands.run_config import RunConfig
 from adv_large_batch.conadv import ConAdvConfig
 from adv_large_batch.conadv.buffers import WorkerBuffers
-from adv_large_batch.data.augment import POLICIES
-from adv_large_batch.data.image_datasets import DATASETS
+from adv_large_batch.data.image_names import DATASETS, POLICIES
 from adv_large_batch.engine.losses import smoothed_cross_entropy
 from adv_large_batch.flags import ConfigError, cli_field, require
 from adv_large_batch.models.image_models import IMAGE_MODELS, check_input_shape
@@ -44,9 +43,6 @@ from adv_large_batch.optimizers import OptimizerConfig, resolve_recipe
 @dataclasses.dataclass(frozen=True)
 class ImageTrainConfig(RunConfig):
     """Data, model and augmentation knobs of an image run (plus ``RunConfig``)."""
-
-    #: ConAdv on the JAX backend is issue 26: refused there (``jax_checks``).
-    runs_on_jax: ClassVar[bool] = False
 
     dataset: str = cli_field("fashion_mnist", "--dataset", "image dataset", DATASETS)
     data_dir: str | None = cli_field(
@@ -118,18 +114,16 @@ class TrainImagesCommand:
 
     def prepare(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan[ImageData]:
         """Dataset (at the model's resolution) -> the resumable, augmented stream (paired
-        t / t + tau for ConAdv), the test batches, and the LARS recipe for the batch."""
+        t / t + tau for ConAdv), the test batches, and the LARS recipe for the batch
+        (tf.data on TensorFlow; NumPy arrays and batches on JAX: ``_prepare_arrays``)."""
+        if keras.config.backend() == "jax":
+            return self._prepare_arrays(ctx, optimizer_config)
         from adv_large_batch.conadv import pair_with_future
         from adv_large_batch.data import image_pipeline
 
         run_cfg, backend, adv = ctx.run, ctx.backend, ctx.adversarial
         data = load_data(run_cfg)
-        steps_per_epoch = (data.num_train // backend.size) // ctx.per_worker_batch
-        require(
-            steps_per_epoch >= 1,
-            f"--batch-size {run_cfg.batch_size} is larger than the {data.num_train} training "
-            "images: not one full step per epoch",
-        )
+        steps_per_epoch = _steps_per_epoch(ctx, data.num_train)
         augment = image_pipeline.seeded_augmenter(run_cfg.augment, data.image_shape, run_cfg.seed)
         arrays = image_pipeline.materialize(data.train, data.num_train, data.image_shape)
 
@@ -154,6 +148,42 @@ class TrainImagesCommand:
         return Plan(
             train_stream,
             test,
+            steps_per_epoch,
+            resolve_recipe(optimizer_config, run_cfg, steps_per_epoch),
+            _summary(data, run_cfg, adv),
+            ImageData(data, _StepTimer()),
+            ("accuracy",),
+            self._adversarial_from(adv),
+        )
+
+    def _prepare_arrays(self, ctx: Context, optimizer_config: OptimizerConfig) -> Plan[ImageData]:
+        """``prepare`` without TensorFlow: the dataset as arrays (``image_arrays``), the
+        stream and the test batches in NumPy (``numpy_images``: the same layout, seeded
+        and resumable, not the same draws as tf.data); every process feeds its slice."""
+        from adv_large_batch.data import numpy_images
+
+        run_cfg, backend, adv = ctx.run, ctx.backend, ctx.adversarial
+        data = load_arrays(run_cfg)
+        steps_per_epoch = _steps_per_epoch(ctx, data.num_train)
+        augment = numpy_images.numpy_augmenter(run_cfg.augment)
+
+        def train_stream(start_step: int) -> Any:
+            return numpy_images.image_batches(
+                data.train_images, data.train_labels, ctx.per_worker_batch, run_cfg.seed,
+                backend.rank, backend.size, start_step, augment,
+                adv.staleness if adv.buffered else 0,
+            )  # fmt: skip
+
+        if data.skipped:
+            ctx.say(f"[train-images] {data.skipped_line()}")
+        per_process = max(ctx.per_worker_batch, 256)
+        test = numpy_images.eval_image_batches(
+            data.test_images, data.test_labels, per_process * backend.size,
+            backend.rank, backend.size, getattr(backend, "devices", 1),
+        )  # fmt: skip
+        return Plan(
+            train_stream,
+            _Batches(test),
             steps_per_epoch,
             resolve_recipe(optimizer_config, run_cfg, steps_per_epoch),
             _summary(data, run_cfg, adv),
@@ -212,7 +242,9 @@ class TrainImagesCommand:
 
         run_cfg, backend = ctx.run, ctx.backend
         callbacks: list = [EpochClock(), plan.data.timer]
-        if ctx.adversarial.buffered and backend.size * backend.num_replicas_in_sync > 1:
+        several = backend.size * backend.num_replicas_in_sync > 1
+        if ctx.adversarial.buffered and several and keras.config.backend() != "jax":
+            # (on JAX the buffer is one array sharded over the devices, in the checkpoint)
             buffers = WorkerBuffers(
                 model.per_worker_variables(),
                 run_cfg.checkpoint_dir,
@@ -249,6 +281,17 @@ class TrainImagesCommand:
             "skipped_files": _skipped_files(plan.data.dataset),
         }
         return result
+
+
+def _steps_per_epoch(ctx: Context, num_train: int) -> int:
+    """Full global steps in an epoch of ``num_train`` images; ``ConfigError`` if none."""
+    steps = (num_train // ctx.backend.size) // ctx.per_worker_batch
+    require(
+        steps >= 1,
+        f"--batch-size {ctx.run.batch_size} is larger than the {num_train} training images: "
+        "not one full step per epoch",
+    )
+    return steps
 
 
 def _say_data_notes(ctx: Context, data: Any, arrays: Any) -> None:
@@ -288,6 +331,14 @@ def _summary(data: Any, run_cfg: ImageTrainConfig, adv: ConAdvConfig) -> str:
 
 def _skipped_files(data: Any) -> dict[str, Any]:
     """The metrics' ``skipped_files``: an image folder's files left out (or substituted)."""
+    if hasattr(data, "skipped"):  # image_arrays.ImageArrays (JAX): nothing is substituted
+        by_kind: dict[str, int] = {}
+        for _, kind, _ in data.skipped:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        examples = [list(file) for file in data.skipped[:5]]
+        nothing: dict[str, Any] = {"count": 0, "examples": []}
+        return {"count": len(data.skipped), "by_kind": by_kind, "examples": examples,
+                "substituted": nothing}  # fmt: skip
     if data.skipped_files is None:
         from adv_large_batch.data.image_splits import SkippedFiles
 
@@ -299,11 +350,10 @@ def load_data(run_cfg: ImageTrainConfig) -> Any:
     """The dataset of the run at the model's resolution (``--image-size`` unset: ResNet 224,
     EfficientNet-B2 260 on ImageNet-scale data), checked against the model."""
     from adv_large_batch.data import image_datasets
+    from adv_large_batch.data.image_names import resolve_image_size
 
     hint = "" if run_cfg.image_size else " (or resize them with --image-size)"
-    image_size = image_datasets.resolve_image_size(
-        run_cfg.dataset, run_cfg.model, run_cfg.image_size
-    )
+    image_size = resolve_image_size(run_cfg.dataset, run_cfg.model, run_cfg.image_size)
     data = image_datasets.load_image_dataset(
         run_cfg.dataset, run_cfg.data_dir, run_cfg.manual_dir, image_size
     ).limit(run_cfg.train_limit, run_cfg.eval_limit)
@@ -314,6 +364,30 @@ def load_data(run_cfg: ImageTrainConfig) -> Any:
     return data
 
 
+def load_arrays(run_cfg: ImageTrainConfig) -> Any:
+    """``load_data`` without TensorFlow: the dataset as NumPy arrays (``image_arrays``)."""
+    from adv_large_batch.data import image_arrays
+
+    data = image_arrays.load_image_arrays(run_cfg.dataset, run_cfg.data_dir, run_cfg.image_size)
+    data = data.limit(run_cfg.train_limit, run_cfg.eval_limit)
+    check_input_shape(run_cfg.model, data.image_shape)
+    return data
+
+
+class _Batches(keras.utils.PyDataset):
+    """A sequence of batches as Keras reads it (``evaluate``, ``predict``), every epoch."""
+
+    def __init__(self, batches: Any) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.batches[index]
+
+
 def run(
     run_cfg: ImageTrainConfig, adv: ConAdvConfig, optimizer_config: OptimizerConfig
 ) -> dict[str, Any]:
@@ -321,11 +395,9 @@ def run(
 
     ``--image-size`` unset is resolved to the model's resolution first, so the metrics and
     the checkpoints' meta.json record it (``sharpness`` rebuilds at that size)."""
-    from adv_large_batch.data import image_datasets
+    from adv_large_batch.data.image_names import resolve_image_size
 
-    image_size = image_datasets.resolve_image_size(
-        run_cfg.dataset, run_cfg.model, run_cfg.image_size
-    )
+    image_size = resolve_image_size(run_cfg.dataset, run_cfg.model, run_cfg.image_size)
     run_cfg = dataclasses.replace(run_cfg, image_size=image_size)
     return run_training(TrainImagesCommand(), run_cfg, adv, optimizer_config)
 

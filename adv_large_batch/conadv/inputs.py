@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES
+from adv_large_batch.conadv.paired_keys import IMAGES, NEXT_IMAGES
 
 #: What to do with images outside [0, 1] (the end of the refusal's message).
 PIXEL_FIX = (
@@ -36,7 +36,19 @@ def image_parts(x: Any) -> list[Any]:
     return [x]
 
 
-def dataset_inputs_spec(dataset: tf.data.Dataset) -> Any:
+def _tensorflow() -> Any:
+    """TensorFlow if this process imported it (else nothing here can be a TF object:
+    a JAX run never imports it for these checks)."""
+    return sys.modules.get("tensorflow")
+
+
+def is_dataset(x: Any) -> bool:
+    """True for a ``tf.data.Dataset`` (False without TensorFlow imported)."""
+    tf = _tensorflow()
+    return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def dataset_inputs_spec(dataset: Any) -> Any:
     """The spec of the inputs of a dataset's elements: ``x`` of ``(x, y[, w])``, else all."""
     spec = dataset.element_spec
     return spec[0] if isinstance(spec, tuple) else spec
@@ -51,14 +63,15 @@ def check_pixel_range(x: Any) -> None:
     are floats in ``[0, 1]``: integer dtypes are refused (arrays, tensors and a
     ``tf.data.Dataset``'s spec), float arrays and eager tensors by their min and max;
     a float ``tf.data.Dataset`` and anything else pass unread."""
-    if isinstance(x, tf.data.Dataset):
+    if is_dataset(x):
         for spec in image_parts(dataset_inputs_spec(x)):
             dtype = getattr(spec, "dtype", None)
             if dtype is not None and (dtype.is_integer or dtype.is_bool):
                 _refuse(f"the dataset's images are {dtype.name} (0-255 pixels?)")
         return
+    tf = _tensorflow()
     for part in image_parts(x):
-        if isinstance(part, tf.Tensor) and tf.executing_eagerly():
+        if tf is not None and isinstance(part, tf.Tensor) and tf.executing_eagerly():
             part = part.numpy()
         if not isinstance(part, np.ndarray) or part.size == 0:
             continue
@@ -91,7 +104,7 @@ def batch_rows_message(batch_size: int, seen: int | None, replicas: int = 1) -> 
 def static_rows(parts: list[Any]) -> int | None:
     """The static batch dimension of the first of ``parts`` (tensors or specs), or None."""
     shape = getattr(parts[0], "shape", None) if parts else None
-    if shape is None or shape.rank is None or shape.rank == 0:
+    if shape is None or getattr(shape, "rank", len(shape)) in (None, 0):
         return None
     return shape[0]
 
@@ -110,5 +123,6 @@ __all__ = [
     "check_pixel_range",
     "dataset_inputs_spec",
     "image_parts",
+    "is_dataset",
     "static_rows",
 ]

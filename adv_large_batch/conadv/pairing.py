@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from adv_large_batch.conadv.paired_keys import IMAGES, NEXT_IMAGES, NEXT_LABELS
 from adv_large_batch.flags import require
-
-IMAGES, NEXT_IMAGES, NEXT_LABELS = "images", "next_images", "next_labels"
 
 
 def pair_with_future(dataset: tf.data.Dataset, staleness: int) -> tf.data.Dataset:

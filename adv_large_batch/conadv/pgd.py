@@ -23,17 +23,23 @@ sees NaN and the examples stay finite.  An inf is treated the same: after an ove
 of a partial sum its sign need not be the true one.  ``pgd_attack_with_overflow`` and
 ``nonfinite_entries`` count such entries, so the caller can lower its loss scale.
 
-Pure TensorFlow functions: the model enters only through ``loss_fn(x) ->
-scalar``, so the caller decides which weights and which BatchNorm statistics
-the attack sees (``ConAdv`` uses a stateless call of the network with the
-auxiliary BN in training mode; see ``adv_large_batch.conadv``).
+Backend-neutral functions (``keras.ops``) on TensorFlow and JAX tensors; only the two
+backend-bound steps dispatch on ``keras.config.backend()``: the random start's draw
+(``tf.random.stateless_uniform`` from a shape-[2] seed; ``jax.random.uniform`` from the
+uint32 key data of ``randomness.jax_draw_key``) and the input gradient (a tape;
+``jax.grad``).  The model enters only through ``loss_fn(x) -> scalar``, so the caller
+decides which weights and which BatchNorm statistics the attack sees (``ConAdv`` uses a
+stateless call of the network with the auxiliary BN in training mode; see
+``adv_large_batch.conadv``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import tensorflow as tf
+import keras
+from keras import ops
 
 from adv_large_batch.models.inputs import IMAGE_RANGE
 
@@ -47,51 +53,70 @@ def pixels_to_unit(pixels: float) -> float:
 
 
 def random_start(
-    x: tf.Tensor,
+    x: Any,
     eps: float,
-    seed: tf.Tensor,
+    seed: Any,
     value_range: tuple[float, float] = VALUE_RANGE,
-) -> tf.Tensor:
+) -> Any:
     """``x`` plus uniform noise in ``[-eps, eps]``, clipped to ``value_range``.
 
-    ``seed`` is a shape-[2] integer tensor (stateless random op).
+    ``seed``: a shape-[2] integer tensor (TensorFlow's stateless ops) or JAX key data.
     """
-    noise = tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps, dtype=x.dtype)
-    return tf.clip_by_value(x + noise, value_range[0], value_range[1])
+    return ops.clip(x + uniform_noise(x, eps, seed), value_range[0], value_range[1])
+
+
+def uniform_noise(like: Any, eps: float, seed: Any) -> Any:
+    """Uniform noise in ``[-eps, eps]`` of ``like``'s shape and dtype, a pure function of
+    ``seed`` (the backend's stateless draw)."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        key = jax.random.wrap_key_data(seed)
+        return jax.random.uniform(key, like.shape, like.dtype, -eps, eps)
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform(tf.shape(like), seed, -eps, eps, dtype=like.dtype)
 
 
 def project(
-    x_adv: tf.Tensor,
-    x: tf.Tensor,
+    x_adv: Any,
+    x: Any,
     eps: float,
     value_range: tuple[float, float] = VALUE_RANGE,
-) -> tf.Tensor:
+) -> Any:
     """Nearest point of the l-inf ball of radius ``eps`` around ``x`` inside ``value_range``."""
-    x_adv = tf.clip_by_value(x_adv, x - eps, x + eps)
-    return tf.clip_by_value(x_adv, value_range[0], value_range[1])
+    x_adv = ops.clip(x_adv, x - eps, x + eps)
+    return ops.clip(x_adv, value_range[0], value_range[1])
 
 
-def finite_or_zero(grad: tf.Tensor) -> tf.Tensor:
+def finite_or_zero(grad: Any) -> Any:
     """``grad`` with its non-finite entries (inf, NaN) replaced by 0: no direction there."""
-    return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+    return ops.where(ops.isfinite(grad), grad, ops.zeros_like(grad))
 
 
-def nonfinite_entries(grad: tf.Tensor, per_row: bool = False) -> tf.Tensor:
+def nonfinite_entries(grad: Any, per_row: bool = False) -> Any:
     """How many entries of ``grad`` are not finite (float32): in all, or one count per row."""
-    bad = tf.cast(tf.logical_not(tf.math.is_finite(grad)), tf.float32)
+    bad = ops.cast(ops.logical_not(ops.isfinite(grad)), "float32")
     if per_row:
-        return tf.reduce_sum(tf.reshape(bad, [tf.shape(bad)[0], -1]), axis=1)
-    return tf.reduce_sum(bad)
+        return ops.sum(ops.reshape(bad, (ops.shape(bad)[0], -1)), axis=1)
+    return ops.sum(bad)
 
 
-def ascent_step(x_adv: tf.Tensor, grad: tf.Tensor, step: float) -> tf.Tensor:
+def ascent_step(x_adv: Any, grad: Any, step: float) -> Any:
     """One l-inf steepest-ascent step: ``x_adv + step * sign(grad)``; an entry whose
     gradient is not finite does not move (``finite_or_zero``)."""
-    return x_adv + step * tf.sign(tf.cast(finite_or_zero(grad), x_adv.dtype))
+    return x_adv + step * ops.sign(ops.cast(finite_or_zero(grad), x_adv.dtype))
 
 
-def input_gradient(loss_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-    """``grad_x loss_fn(x)``; no gradient reaches the weights (the tape watches only x)."""
+def input_gradient(loss_fn: Callable[[Any], Any], x: Any) -> Any:
+    """``grad_x loss_fn(x)``; no gradient reaches the weights (on TensorFlow the tape
+    watches only x; on JAX ``jax.grad`` differentiates x alone)."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        return jax.grad(loss_fn)(x)
+    import tensorflow as tf
+
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(x)
         loss = loss_fn(x)
@@ -99,15 +124,15 @@ def input_gradient(loss_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> t
 
 
 def pgd_attack(
-    loss_fn: Callable[[tf.Tensor], tf.Tensor],
-    x: tf.Tensor,
+    loss_fn: Callable[[Any], Any],
+    x: Any,
     eps: float,
     step: float,
-    seed: tf.Tensor,
+    seed: Any,
     steps: int = 1,
     random_init: bool = True,
     value_range: tuple[float, float] = VALUE_RANGE,
-) -> tf.Tensor:
+) -> Any:
     """PGD-``steps`` adversarial examples of ``x`` for the loss ``loss_fn`` (to be increased).
 
     ``eps`` and ``step`` are in the units of ``x`` (use ``pixels_to_unit``).  The
@@ -118,38 +143,38 @@ def pgd_attack(
 
 
 def pgd_attack_with_overflow(
-    loss_fn: Callable[[tf.Tensor], tf.Tensor],
-    x: tf.Tensor,
+    loss_fn: Callable[[Any], Any],
+    x: Any,
     eps: float,
     step: float,
-    seed: tf.Tensor,
+    seed: Any,
     steps: int = 1,
     random_init: bool = True,
     value_range: tuple[float, float] = VALUE_RANGE,
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[Any, Any]:
     """``(pgd_attack(...), n)``: ``n`` (float32) counts the non-finite input-gradient
     entries over all steps (0 when nothing overflowed)."""
-    x = tf.stop_gradient(x)
+    x = ops.stop_gradient(x)
     x_adv = random_start(x, eps, seed, value_range) if random_init else x
-    nonfinite = tf.constant(0.0)
+    nonfinite = ops.zeros((), "float32")
     for _ in range(steps):
         grad = input_gradient(loss_fn, x_adv)
         nonfinite += nonfinite_entries(grad)
         x_adv = project(ascent_step(x_adv, grad, step), x, eps, value_range)
-    return tf.stop_gradient(x_adv), nonfinite
+    return ops.stop_gradient(x_adv), nonfinite
 
 
-def linf_distance(x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def linf_distance(x_adv: Any, x: Any) -> Any:
     """The largest absolute pixel difference over the batch (in the units of ``x``)."""
-    return tf.reduce_max(tf.abs(tf.cast(x_adv, tf.float32) - tf.cast(x, tf.float32)))
+    return ops.max(ops.abs(ops.cast(x_adv, "float32") - ops.cast(x, "float32")))
 
 
-def shared_pass_examples(x: tf.Tensor, input_grad: tf.Tensor, eps: float, step: float) -> tf.Tensor:
+def shared_pass_examples(x: Any, input_grad: Any, eps: float, step: float) -> Any:
     """FGSM from the clean point: ``x + step sign(g)`` projected to the eps ball around
     ``x`` and to [0, 1] (no gradient flows through the result); where ``g`` is not
     finite the clean pixel is kept."""
-    x = tf.stop_gradient(x)
-    return tf.stop_gradient(project(ascent_step(x, input_grad, step), x, eps))
+    x = ops.stop_gradient(x)
+    return ops.stop_gradient(project(ascent_step(x, input_grad, step), x, eps))
 
 
 __all__ = [
@@ -166,4 +191,5 @@ __all__ = [
     "project",
     "random_start",
     "shared_pass_examples",
+    "uniform_noise",
 ]

@@ -60,7 +60,6 @@ model.fit(pair_with_future(train_batches, 1), epochs=1, steps_per_epoch=2)
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import keras
@@ -68,16 +67,15 @@ import tensorflow as tf
 
 from adv_large_batch import keras_internals
 from adv_large_batch.conadv import pgd
-from adv_large_batch.conadv.config import ConAdvConfig
 from adv_large_batch.conadv.inputs import (
     batch_rows_message,
     check_batch_rows,
-    check_pixel_range,
     dataset_inputs_spec,
     image_parts,
     static_rows,
 )
-from adv_large_batch.conadv.pairing import IMAGES, NEXT_IMAGES, NEXT_LABELS
+from adv_large_batch.conadv.method import ConAdvMethod
+from adv_large_batch.conadv.paired_keys import IMAGES, NEXT_IMAGES, NEXT_LABELS
 from adv_large_batch.engine import randomness, update
 from adv_large_batch.engine.batching import batch_size_of
 from adv_large_batch.engine.timing import timed
@@ -101,7 +99,7 @@ def mean_cross_entropy(y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="adv_large_batch")
-class ConAdv(AccumulatingTrainer):
+class ConAdv(ConAdvMethod, AccumulatingTrainer):
     """Baseline / DisAdv / ConAdv training of an image classifier that outputs logits.
 
     ```python
@@ -134,102 +132,31 @@ class ConAdv(AccumulatingTrainer):
       batch when the step is traced (or, for a dynamic batch dimension, when it arrives),
       with ``batch_size=``, the rows seen and what to do (``drop_remainder=True``).
 
-    Args:
-        network: a functional model, images in ``[0, 1]`` -> logits; its
-            ``SplitBatchNormalization`` layers (if any) are routed clean/adversarial.
-        config: a ``ConAdvConfig`` (or its dict).
-        micro_batch_size: rows per pass (the clean rows; the pass also carries as
-            many adversarial rows); the per-worker batch is a multiple of it.
-        backend: distributed backend (default: this process's).
-        seed: seed of the PGD random starts.
-        batch_size: the per-replica batch (the per-worker batch without tf.distribute);
-            needed by ConAdv with ``staleness >= 1`` to size the buffer of adversarial
-            batches.
+    Args: ``ConAdvMethod``'s (``conadv/method.py``).
     """
 
-    #: The throughput unit of the progress line (``engine.progress.fit_progress``).
-    throughput_unit = "img/s"
-
-    def __init__(
-        self,
-        network: keras.Model,
-        config: ConAdvConfig | dict | None = None,
-        micro_batch_size: int | None = None,
-        backend: Any = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            network, micro_batch_size=micro_batch_size, backend=backend, seed=seed, **kwargs
-        )
-        if isinstance(config, dict):
-            config = ConAdvConfig(**config)
-        self.config = config or ConAdvConfig()
-        self.batch_size = batch_size
-        if self.config.adversarial:
-            self.clean_loss_tracker = self.add_tracker("clean_loss")
-            self.adv_loss_tracker = self.add_tracker("adv_loss")
-            self.adv_accuracy_tracker = self.add_tracker("adv_accuracy")
-            self.linf_tracker = self.add_tracker("perturbation_linf_px")
-            self.attack_overflow_tracker = self.add_tracker("attack_overflows")
-        if self.config.buffered:
-            if batch_size is None:
-                raise ValueError(
-                    "ConAdv with staleness >= 1 needs batch_size= (the per-replica batch) to "
-                    "size its buffer of adversarial batches"
-                )
-            self.stale_tracker = self.add_tracker("stale_fraction")
-            image_shape = tuple(network.input_shape[1:])
-            shape = (self.config.staleness, batch_size, *image_shape)
-            per_worker = {"synchronization": "on_read", "aggregation": "only_first_replica"}
-            self.buffer_images = keras.Variable(
-                tf.zeros(shape), trainable=False, name="adv_buffer_images", **per_worker
-            )
-            self.buffer_labels = keras.Variable(
-                tf.zeros(shape[:2], tf.int32),
-                trainable=False,
-                name="adv_buffer_labels",
-                **per_worker,
-            )
-            if not self.config.shared:
-                # Non-finite input-gradient entries of the last next-batch attack, folded
-                # into the next step's gradients (see the module docstring).
-                self.buffer_overflow = keras.Variable(
-                    0.0, trainable=False, name="adv_buffer_overflow", **per_worker
-                )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         # The attacks' non-finite gradient counts of the step being traced.
         self._attack_overflows: list[tf.Tensor] = []
-        # Every variable exists now (the network is built): saving and loading weights work
-        # before the first call.
-        self.built = network.built
 
-    def call(self, inputs: Any, training: bool = False) -> Any:
-        """The network on the images (of a paired ``pair_with_future`` element too)."""
-        if isinstance(inputs, dict) and IMAGES in inputs:
-            inputs = inputs[IMAGES]
-        return self.network(inputs, training=training)
+    def buffer_variable(self, name: str, shape: tuple[int, ...], dtype: str) -> keras.Variable:
+        """Per replica and worker: read on the replica, never aggregated or broadcast."""
+        per_worker = {"synchronization": "on_read", "aggregation": "only_first_replica"}
+        return keras.Variable(tf.zeros(shape, dtype), trainable=False, name=name, **per_worker)
 
     def network_inputs(self, x: Any, y: Any = None) -> tuple[Any, Any]:
         """``AccumulatingTrainer.network_inputs``, then the images checked before any work:
         floats in ``[0, 1]`` (``inputs.check_pixel_range``) and, with ``staleness >= 1``, a
         paired dataset's static batch of ``batch_size`` rows per replica."""
         x, y = super().network_inputs(x, y)
-        check_pixel_range(x)
+        self.check_images(x)
         if self.config.buffered and isinstance(x, tf.data.Dataset):
             spec = dataset_inputs_spec(x)
             if isinstance(spec, dict) and NEXT_IMAGES in spec:  # training data
                 replicas = self.distribute_strategy.num_replicas_in_sync
                 check_batch_rows(self.batch_size, static_rows(image_parts(spec)), replicas)
         return x, y
-
-    def per_worker_variables(self) -> list[Any]:
-        """The buffer of this worker's (and replica's) own adversarial batches."""
-        if not self.config.buffered:
-            return []
-        if self.config.shared:
-            return [self.buffer_images, self.buffer_labels]
-        return [self.buffer_images, self.buffer_labels, self.buffer_overflow]
 
     # ---- the attack ------------------------------------------------------------------
     def weights_snapshot(self) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
@@ -276,10 +203,20 @@ class ConAdv(AccumulatingTrainer):
         The random start of micro-batch i is drawn from (seed, purpose, step, its index in
         the global batch): 2 workers x n micro-batches draw what 1 process x 2n draws.
         """
+
+        def one(xi: tf.Tensor, yi: tf.Tensor, micro: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            key = self.draw_key(purpose, micro=micro)
+            return self.attack_with_overflow(xi, yi, snapshot, key)
+
+        return self.per_micro_batch(one, x, y)
+
+    def per_micro_batch(self, fn: Any, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``fn(x_i, y_i, global micro-batch index) -> (rows, non-finite count)`` over this
+        replica's micro-batches, one at a time (BatchNorm's batch statistics are each
+        micro-batch's, as in the update's passes); the rows in order, the counts summed."""
         m = self.micro_batch_size
         if m is None:
-            key = self.draw_key(purpose, micro=self.global_micro_index(0, 1))
-            return self.attack_with_overflow(x, y, snapshot, key)
+            return fn(x, y, self.global_micro_index(0, 1))
         batch = batch_size_of(x)
         n = batch // m
         xs = tf.reshape(x, tf.concat([[n, m], tf.shape(x)[1:]], axis=0))
@@ -287,8 +224,7 @@ class ConAdv(AccumulatingTrainer):
 
         def one(args: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             i, xi, yi = args
-            key = self.draw_key(purpose, micro=self.global_micro_index(i, n))
-            return self.attack_with_overflow(xi, yi, snapshot, key)
+            return fn(xi, yi, self.global_micro_index(i, n))
 
         out, nonfinite = tf.map_fn(
             one,
@@ -400,7 +336,9 @@ class ConAdv(AccumulatingTrainer):
     def _shared_batch(self, x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[Any, Any, None]:
         """Step t of the shared pass: clean rows = batch t + 1, adversarial rows = the
         buffered examples of batch t (made at step t - 1); at step 0 nothing is buffered
-        and the examples of batch 0 are made here, by ``fgsm_with_overflow`` at theta_0."""
+        and the examples of batch 0 are made here, by ``fgsm_with_overflow`` at theta_0,
+        micro-batch by micro-batch (BN statistics of each micro-batch, as at later steps:
+        P workers then make what one process makes on the global batch)."""
         images = x[IMAGES]
         ready = self._step >= 1
 
@@ -408,7 +346,11 @@ class ConAdv(AccumulatingTrainer):
             with tf.name_scope("current_batch_attack"):
                 snapshot = self.weights_snapshot()
                 (adv, nonfinite), seconds = timed(
-                    lambda xs: self.fgsm_with_overflow(xs, y, snapshot), images
+                    lambda xs, ys: self.per_micro_batch(
+                        lambda xi, yi, _: self.fgsm_with_overflow(xi, yi, snapshot), xs, ys
+                    ),
+                    images,
+                    y,
                 )
             return adv, tf.cast(y, tf.int32), seconds, nonfinite
 
@@ -515,21 +457,3 @@ class ConAdv(AccumulatingTrainer):
         if not shared:  # (shared: the adversarial rows perturb another batch; see above)
             self.linf_tracker.update_state(pgd.linf_distance(adv, clean) * pgd.PIXEL_SCALE)
         return grads
-
-    def get_config(self) -> dict[str, Any]:
-        """Keras' config; the ``ConAdvConfig`` under ``adversarial`` (as in the run record)."""
-        config = super().get_config()
-        config.update(
-            {
-                "adversarial": dataclasses.asdict(self.config),
-                "batch_size": self.batch_size,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ConAdv":
-        """Also reads a config saved before, with the ``ConAdvConfig`` under ``config``."""
-        config = dict(config)
-        config["config"] = config.pop("adversarial", config.get("config"))  # __init__'s name
-        return super().from_config(config)

@@ -63,9 +63,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from adv_large_batch.data.image_names import POLICIES
 from adv_large_batch.models.inputs import IMAGE_RANGE
 
-POLICIES = ("none", "flip_crop", "inception_crop", "randaugment", "augmix")
 VALUE_RANGE = IMAGE_RANGE  # the images' range (models/inputs.py)
 #: Evaluation crop: the central ``size x size`` after resizing the shorter side to
 #: ``size / CENTRAL_FRACTION`` (256 px for 224).

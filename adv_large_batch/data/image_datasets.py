@@ -39,125 +39,40 @@ stream (global per-epoch shuffle for in-memory and file-backed splits, see there
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import os
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
+# FASHION_MNIST_* and read_idx live in image_arrays (no TensorFlow); re-exported here.
+from adv_large_batch.data.image_arrays import (  # noqa: F401
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    load_fashion_mnist_arrays,
+    read_idx,
+)
 from adv_large_batch.data.image_folders import load_folder
+from adv_large_batch.data.image_names import DATASETS, IMAGENET_DEFAULT_SIZE, LARGE_IMAGE_DATASETS
 from adv_large_batch.data.image_splits import ImageSplits, resize_central
 from adv_large_batch.flags import ConfigError
-
-#: Datasets whose training images keep their own sizes at an ``image_size`` (see above).
-LARGE_IMAGE_DATASETS = ("imagenet2012", "folder")
-
-
-#: ``imagenet2012``'s resolution when neither ``--image-size`` nor the model gives one.
-IMAGENET_DEFAULT_SIZE = 224
-
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-FASHION_MNIST_CLASSES = (
-    "t-shirt/top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-)
-
 
 TFDS_SPLITS = {"cifar10": ("train", "test"), "imagenet2012": ("train", "validation")}
 
 
-def resolve_image_size(
-    dataset: str, model: str | None = None, image_size: int | None = None
-) -> int | None:
-    """The ``--image-size`` a run uses: ``image_size`` if given, else a default.
-
-    The default is the model's resolution (``models.image_models.default_image_size``:
-    ``resnet*`` 224, ``efficientnet_b0`` 224, ``efficientnet_b2`` 260) for the
-    ImageNet-scale datasets (``LARGE_IMAGE_DATASETS``), where ``imagenet2012`` falls
-    back to 224 for models without one (``cifar_resnet*``); None (the dataset's own
-    size) otherwise.
-
-    ```python
-    from adv_large_batch.data.image_datasets import resolve_image_size
-
-    assert resolve_image_size("imagenet2012", "efficientnet_b2") == 260
-    assert resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224  # explicit wins
-    assert resolve_image_size("cifar10", "resnet50") is None                  # 32 x 32
-    ```
-    """
-    if dataset not in DATASETS:
-        raise ConfigError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
-    if image_size is not None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ConfigError(f"--image-size must be an integer >= 1, got {image_size!r}")
-        return image_size
-    if dataset not in LARGE_IMAGE_DATASETS:
-        return None
-    size = None
-    if model is not None:  # keras.applications only when a model names its size
-        from adv_large_batch.models.image_models import default_image_size
-
-        size = default_image_size(model)
-    if size is None and dataset == "imagenet2012":
-        size = IMAGENET_DEFAULT_SIZE
-    return size
-
-
-# ---- Fashion-MNIST (Debian files) -----------------------------------------------------------
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (``*-ubyte`` or ``*-ubyte.gz``) of unsigned bytes as an array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
-    ndim = magic & 0xFF
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
+# ---- Fashion-MNIST (Debian files; the arrays: image_arrays) --------------------------------
 def load_fashion_mnist(data_dir: str | None = None) -> ImageSplits:
-    """Fashion-MNIST (60,000 + 10,000 28x28 grey images, 10 classes) from the Debian files."""
-    root = data_dir or FASHION_MNIST_DIR
-    arrays = {}
-    for split in ("train", "t10k"):
-        for kind, suffix in (("images", "idx3"), ("labels", "idx1")):
-            path = os.path.join(root, f"{split}-{kind}-{suffix}-ubyte.gz")
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"Fashion-MNIST file {path} not found: install the Debian package with "
-                    "`apt-get install dataset-fashion-mnist` (or pass --data-dir to a folder "
-                    "holding the four *-ubyte.gz files)"
-                )
-            arrays[split, kind] = read_idx(path)
-
-    def split(name: str) -> tf.data.Dataset:
-        images = arrays[name, "images"][..., None]
-        labels = arrays[name, "labels"].astype(np.int32)
-        return tf.data.Dataset.from_tensor_slices((images, labels))
-
+    """Fashion-MNIST (60,000 + 10,000 28x28 grey images, 10 classes) from the Debian files
+    (``image_arrays.load_fashion_mnist_arrays``)."""
+    arrays = load_fashion_mnist_arrays(data_dir)
     return ImageSplits(
         "fashion_mnist",
-        split("train"),
-        split("t10k"),
-        len(arrays["train", "labels"]),
-        len(arrays["t10k", "labels"]),
-        10,
-        (28, 28, 1),
-        FASHION_MNIST_CLASSES,
+        tf.data.Dataset.from_tensor_slices((arrays.train_images, arrays.train_labels)),
+        tf.data.Dataset.from_tensor_slices((arrays.test_images, arrays.test_labels)),
+        arrays.num_train,
+        arrays.num_test,
+        arrays.num_classes,
+        arrays.image_shape,
+        arrays.class_names,
     )
 
 
@@ -285,7 +200,7 @@ LOADERS: dict[str, Callable[..., ImageSplits]] = {
     "imagenet2012": _tfds("imagenet2012"),
     "folder": _folder,
 }
-DATASETS = tuple(LOADERS)
+assert tuple(LOADERS) == DATASETS, "image_names.DATASETS names every loader"
 
 
 def load_image_dataset(

@@ -143,6 +143,18 @@ class EpochWeights(keras.callbacks.ModelCheckpoint):
         super().__init__(filepath, save_weights_only=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from adv_large_batch.engine.checkpointing import needs_gather
+
+        if needs_gather(self.model):
+            # Multi-process JAX with a state split over the processes (ConAdv's buffer):
+            # the chief cannot read it alone; the step checkpoints hold every weight.
+            if epoch == 0:
+                print(
+                    "[train] per-epoch weights files are not written when the state is split "
+                    "over processes (JAX, ConAdv's buffer): the step checkpoints hold it all",
+                    flush=True,
+                )
+            return
         try:
             super().on_epoch_end(epoch, logs)
         except OSError as err:

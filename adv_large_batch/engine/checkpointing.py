@@ -122,6 +122,36 @@ def state_variables(model: keras.Model) -> list[Any]:
     return list(model.variables) + list(model.optimizer.variables)
 
 
+def _spread(value: Any) -> bool:
+    """True for a JAX array split over several processes' devices (not readable here)."""
+    return not getattr(value, "is_fully_addressable", True) and not getattr(
+        value, "is_fully_replicated", False
+    )
+
+
+def needs_gather(model: keras.Model) -> bool:
+    """True when a state variable is split over several processes (``host_values`` must
+    then run on every process): ConAdv's buffer under multi-process JAX data parallelism."""
+    return any(_spread(v.value) for v in state_variables(model))
+
+
+def host_values(model: keras.Model) -> list[np.ndarray]:
+    """Every state variable's value (``state_variables``' order) as NumPy on this host.
+
+    A JAX array split over several processes is gathered from all of them
+    (``multihost_utils.process_allgather``): a collective, so when ``needs_gather`` every
+    process of the job calls this at the same step (``StepCheckpoint`` does)."""
+    values = []
+    for variable in state_variables(model):
+        if _spread(variable.value):
+            from jax.experimental import multihost_utils
+
+            values.append(np.asarray(multihost_utils.process_allgather(variable.value, tiled=True)))
+        else:
+            values.append(np.asarray(variable.numpy()))
+    return values
+
+
 def data_position(model: keras.Model) -> int:
     """The global step a run has reached: the batch counter (see the module docstring)."""
     counter = getattr(model, "batches_seen", None)
@@ -137,8 +167,16 @@ def file_digest(path: str) -> dict[str, Any]:
     return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], keep: int = 2) -> str:
+def save_checkpoint(
+    directory: str,
+    model: keras.Model,
+    meta: dict[str, Any],
+    keep: int = 2,
+    values: list[np.ndarray] | None = None,
+) -> str:
     """Write ``ckpt-<step>/`` atomically and keep the newest ``keep`` complete ones.
+
+    ``values``: the state's values from ``host_values`` (default: read here).
 
     A write that fails (``OSError``: a full disk, a read-only folder) removes its
     ``.partial`` folder, leaves every complete checkpoint as it was and raises
@@ -148,7 +186,7 @@ def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], ke
     final = os.path.join(directory, f"ckpt-{step:08d}")
     partial = final + ".partial"
     try:
-        _write_partial(partial, model, meta)
+        _write_partial(partial, model, meta, values)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
         newest = latest_checkpoint(directory, warn=False)
@@ -163,13 +201,16 @@ def save_checkpoint(directory: str, model: keras.Model, meta: dict[str, Any], ke
     return final
 
 
-def _write_partial(partial: str, model: keras.Model, meta: dict[str, Any]) -> None:
+def _write_partial(
+    partial: str, model: keras.Model, meta: dict[str, Any], values: list[np.ndarray] | None
+) -> None:
     """``state.npz`` and ``meta.json`` (with the state's size and SHA-256) into ``partial``."""
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     variables = state_variables(model)
+    values = host_values(model) if values is None else values
     state = os.path.join(partial, STATE_FILE)
-    np.savez(state, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+    np.savez(state, **{f"v{i:05d}": value for i, value in enumerate(values)})
     files = {STATE_FILE: file_digest(state)}
     with open(os.path.join(partial, "meta.json"), "w") as f:
         json.dump({**meta, "paths": [v.path for v in variables], "files": files}, f, indent=1)
@@ -406,6 +447,9 @@ class StepCheckpoint(keras.callbacks.Callback):
         if getattr(self.model, "stopped_nonfinite_at", None) is not None:
             return  # stopped on a non-finite step: keep the last good checkpoint the newest
         failure = None
+        # A state split over the processes (JAX) is gathered by all of them, then written
+        # by the chief alone.
+        values = host_values(self.model) if needs_gather(self.model) else None
         if self.is_chief and not os.path.isdir(self.path_of(step)):
             meta = {
                 **self.meta,
@@ -414,7 +458,7 @@ class StepCheckpoint(keras.callbacks.Callback):
                 "step_in_epoch": step % self.steps_per_epoch,
             }
             try:
-                save_checkpoint(self.directory, self.model, meta, self.keep)
+                save_checkpoint(self.directory, self.model, meta, self.keep, values)
             except CheckpointWriteError as err:
                 failure = err
         if self.backend is not None and self.backend.size > 1:

@@ -133,6 +133,10 @@ def get_jax_backend() -> JaxBackend:
         if distribution is None and jax.device_count() > 1:
             distribution = keras.distribution.DataParallel(devices=jax.devices())
             keras.distribution.set_distribution(distribution)
+        if distribution is not None and jax.process_count() > 1:
+            # Every process feeds its own slice already (the NumPy inputs take rank/size);
+            # Keras would otherwise insist on a tf.data.Dataset to shard.
+            distribution.auto_shard_dataset = False
         _BACKEND.append(JaxBackend(distribution))
     return _BACKEND[0]
 

@@ -7,7 +7,8 @@ and the batch split over the devices):
 
 1. each device sorts/prepares its own rows (``prepare_batch``) and splits them into
    micro-batches of ``micro_batch_size`` rows; ``jax.lax.scan`` runs them one after the
-   other in one compiled program (only one micro-batch's activations alive at a time),
+   other in one compiled program (only one micro-batch's activations alive at a time;
+   unrolled on a CPU, whose loop bodies are slow: ``micro_batch_loop``),
    summing ``jax.value_and_grad`` of ``micro_batch_loss`` weighted by ``rows_i / N``; a
    shorter last micro-batch (a per-device batch that is not a multiple of the
    micro-batch) runs once more after the scan with its own weight;
@@ -19,6 +20,14 @@ and the batch split over the devices):
    the optimizer's state, ``iterations`` included, stay as they were
    (``nonfinite_steps``), as on TensorFlow;
 4. ``batches_seen`` += 1, applied or skipped: the data position and the key of every draw.
+
+Moving statistics (BatchNormalization's moving mean and variance) follow the micro-batches
+one after the other, as on TensorFlow (each training forward pass updates them; the scan
+carries them); under data parallelism each device updates its own from its rows and the
+step ends with their mean over the devices (TensorFlow under Horovod keeps each worker's
+own; PyTorch DDP broadcasts rank 0's).  A step that is not applied keeps them too.
+Variables a method keeps per device (``device_variables``, e.g. ConAdv's buffer of
+adversarial batches) are sharded by batch over the devices: each device holds its rows.
 
 Randomness, as on TensorFlow (``engine/randomness``): every forward pass of a micro-batch
 runs with the network's dropout generators set to ``fold_in(draw key, i)``, the key a pure
@@ -58,8 +67,9 @@ from adv_large_batch import keras_internals
 from adv_large_batch.engine import randomness
 from adv_large_batch.engine.trainer_common import TrainerCommon
 
-#: Keys of ``micro_batch_loss``'s aux: per-row outputs and per-micro-batch scalars.
-ROWS, SCALARS = "rows", "scalars"
+#: Keys of ``micro_batch_loss``'s aux: per-row outputs, per-micro-batch scalars, and the
+#: moving statistics after the micro-batch's forward passes (``moved``; optional).
+ROWS, SCALARS, MOVING = "rows", "scalars", "moving"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +99,20 @@ def _varying(tree: Any, axis: str) -> Any:
     if cast is not None:
         return jax.tree.map(lambda t: cast(t, (axis,), to="varying"), tree)
     return jax.lax.pvary(tree, (axis,))
+
+
+def micro_batch_loop(body: Any, carry: Any, xs: Any, length: int) -> tuple[Any, Any]:
+    """``jax.lax.scan(body, carry, xs)`` over ``length`` micro-batches, unrolled on a CPU.
+
+    XLA:CPU runs convolutions inside a loop body many times slower than the same ops
+    unrolled (jax-ml/jax issue 12868: four 3x3 convolutions forward and backward, 0.26 s
+    as straight code, 6.6 s in a scan of 2, 9.6 s in a scan of 1, 0.27 s unrolled;
+    ``benchmarks/bench_image_backends.py``); on GPUs and TPUs the loop keeps one
+    micro-batch's activations alive at a time, so it stays a loop there."""
+    import jax
+
+    unroll = length if jax.default_backend() == "cpu" else 1
+    return jax.lax.scan(body, carry, xs, length=length, unroll=max(unroll, 1))
 
 
 def _rows_of(x: Any) -> int:
@@ -131,6 +155,42 @@ class JaxAccumulatingTrainer(TrainerCommon):
         """The value of a non-trainable ``variable`` of this model in a step's state."""
         return non_trainable[self._position(variable, self.non_trainable_variables)]
 
+    def moving_positions(self) -> list[int]:
+        """Positions in ``non_trainable_variables`` of the statistics a training forward
+        pass updates: every ``BatchNormalization``'s moving mean and variance."""
+        if not hasattr(self, "_moving_slots"):
+            layers = keras_internals.flatten_layers(self.network, include_self=True, recursive=True)
+            slots = [
+                self._position(v, self.non_trainable_variables)
+                for layer in layers
+                if isinstance(layer, keras.layers.BatchNormalization)
+                for v in (layer.moving_mean, layer.moving_variance)
+            ]
+            object.__setattr__(self, "_moving_slots", slots)  # not tracked by Keras
+        return self._moving_slots  # type: ignore[attr-defined]
+
+    def moved(self, scope: Any, non_trainable: list[Any]) -> list[Any]:
+        """The moving statistics (``moving_positions``) after the forward passes run in
+        ``scope`` (a ``stateless`` scope); unchanged ones as in ``non_trainable``."""
+        values = []
+        for pos in self.moving_positions():
+            new = scope.get_current_value(self.non_trainable_variables[pos])
+            old = non_trainable[pos]
+            values.append(old if new is None else ops.cast(new, old.dtype))
+        return values
+
+    def with_moving(self, non_trainable: list[Any], moving: list[Any]) -> list[Any]:
+        """``non_trainable`` with the moving statistics replaced by ``moving``."""
+        values = list(non_trainable)
+        for pos, value in zip(self.moving_positions(), moving):
+            values[pos] = value
+        return values
+
+    def device_variables(self) -> list[Any]:
+        """Non-trainable variables each device keeps for its own rows, sharded by batch
+        (axis 1: ``[slots, rows, ...]``) under data parallelism (none here)."""
+        return []
+
     def _seed_positions(self) -> list[int]:
         if not hasattr(self, "_seed_slots"):
             generators = randomness.seed_generators(self.network)
@@ -140,14 +200,21 @@ class JaxAccumulatingTrainer(TrainerCommon):
 
     def stateless(self, trainable: list[Any], non_trainable: list[Any], key: Any = None) -> Any:
         """A ``keras.StatelessScope`` where the model's variables read ``trainable`` and
-        ``non_trainable``, the dropout generators set from ``key`` (None: as given)."""
+        ``non_trainable``, the dropout generators set from ``key`` (None: as given).  The
+        per-device variables (``device_variables``: one device's rows inside
+        ``shard_map``) are left out: the network never reads them."""
         values = list(non_trainable)
         positions = self._seed_positions()
         if key is not None and positions:
             for pos, state in zip(positions, randomness.jax_generator_states(key, len(positions))):
                 values[pos] = state.astype(values[pos].dtype)
         mapping = list(zip(self.trainable_variables, trainable))
-        mapping += list(zip(self.non_trainable_variables, values))
+        per_device = [id(v) for v in self.device_variables()]
+        mapping += [
+            (v, value)
+            for v, value in zip(self.non_trainable_variables, values)
+            if id(v) not in per_device
+        ]
         return keras.StatelessScope(state_mapping=mapping)
 
     def draw_key(self, where: MicroBatch, stream: int, extra: Any = 0) -> Any:
@@ -179,10 +246,28 @@ class JaxAccumulatingTrainer(TrainerCommon):
         """``(loss, aux)`` of one micro-batch, a pure function of ``trainable`` (which
         ``jax.value_and_grad`` differentiates): the mean loss over its rows, and
         ``aux = {ROWS: {"y_pred": ...}, SCALARS: {name: scalar}}``."""
-        with self.stateless(trainable, non_trainable, self.dropout_key(where)):
+        with self.stateless(trainable, non_trainable, self.dropout_key(where)) as scope:
             y_pred = self.network(x, training=True)
             loss = self.task_loss(x, y, y_pred, w)
-        return loss, {ROWS: {"y_pred": y_pred}, SCALARS: {}}
+        moving = self.moved(scope, non_trainable)
+        return loss, {ROWS: {"y_pred": y_pred}, SCALARS: {}, MOVING: moving}
+
+    def loss_and_gradients(
+        self,
+        trainable: list[Any],
+        non_trainable: list[Any],
+        x: Any,
+        y: Any,
+        w: Any,
+        where: MicroBatch,
+    ) -> tuple[Any, dict[str, Any], list[Any]]:
+        """``(loss, aux, gradients)`` of one micro-batch: ``jax.value_and_grad`` of
+        ``micro_batch_loss`` with respect to ``trainable``."""
+        import jax
+
+        grad_fn = jax.value_and_grad(self.micro_batch_loss, has_aux=True)
+        (loss, aux), grads = grad_fn(trainable, non_trainable, x, y, w, where)
+        return loss, aux, grads
 
     def method_trackers(self) -> dict[str, Any]:
         """``{scalar name: tracker}``: the per-micro-batch scalars of ``micro_batch_loss``'s
@@ -192,69 +277,100 @@ class JaxAccumulatingTrainer(TrainerCommon):
     # ---- the step ------------------------------------------------------------------
     def _local_gradients(
         self, trainable: list[Any], non_trainable: list[Any], data: tuple, clock: tuple, slot: Any
-    ) -> tuple[list[Any], dict[str, Any], tuple]:
-        """Mean-loss gradient of this device's rows, accumulated micro-batch by micro-batch."""
-        import jax
+    ) -> tuple[list[Any], dict[str, Any], tuple, list[Any]]:
+        """``(gradient, aux, (y, w), non_trainable)`` of this device's rows: the mean-loss
+        gradient over ``prepare_batch``'s rows, accumulated micro-batch by micro-batch."""
+        data = self.prepare_batch(*data)
+        grads, aux, moving = self.accumulate(trainable, non_trainable, data, clock, slot)
+        return grads, aux, data[1:], self.with_moving(non_trainable, moving)
+
+    def accumulate(
+        self, trainable: list[Any], non_trainable: list[Any], data: tuple, clock: tuple, slot: Any
+    ) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        """``(gradient, aux, moving statistics)`` of the mean loss over ``data``'s rows:
+        micro-batches of ``micro_batch_size`` in one ``jax.lax.scan``, weighted by rows."""
         import jax.numpy as jnp
 
         step, iterations = clock
-        data = self.prepare_batch(*data)
         rows = _rows_of(data[0])
         m = min(self.micro_batch_size or rows, rows)
         full, rest = divmod(rows, m)
         count = full + (1 if rest else 0)
-        grad_fn = jax.value_and_grad(self.micro_batch_loss, has_aux=True)
 
-        def one(part: tuple, index: Any, size: int) -> tuple[list[Any], dict[str, Any]]:
-            where = MicroBatch(step, slot * count + index, iterations, non_trainable)
-            (loss, aux), grads = grad_fn(trainable, non_trainable, *part, where)
+        def one(part: tuple, index: Any, size: int, moving: list[Any]) -> tuple:
+            state = self.with_moving(non_trainable, moving)
+            where = MicroBatch(step, slot * count + index, iterations, state)
+            loss, aux, grads = self.loss_and_gradients(trainable, state, *part, where)
+            moving = aux.pop(MOVING, moving)
             aux[SCALARS] = {**aux[SCALARS], "loss": loss, "rows": jnp.float32(size)}
-            return [g * (size / rows) for g in grads], aux
+            return [g * (size / rows) for g in grads], aux, moving
 
-        def body(total: list[Any], args: tuple) -> tuple[list[Any], dict[str, Any]]:
-            grads, aux = one(args[0], args[1], m)
-            return [t + g for t, g in zip(total, grads)], aux
+        def body(carry: tuple, args: tuple) -> tuple[tuple, dict[str, Any]]:
+            total, moving = carry
+            grads, aux, moving = one(args[0], args[1], m, moving)
+            return ([t + g for t, g in zip(total, grads)], moving), aux
 
         head = _tree_map(lambda t: t[: full * m].reshape((full, m, *t.shape[1:])), data)
         zeros = [jnp.zeros_like(v) for v in trainable]  # varying like the gradients
-        total, aux = jax.lax.scan(body, zeros, (head, jnp.arange(full)))
+        moving = [non_trainable[p] for p in self.moving_positions()]
+        (total, moving), aux = micro_batch_loop(
+            body, (zeros, moving), (head, jnp.arange(full)), full
+        )
         aux[ROWS] = _tree_map(lambda t: t.reshape((full * m, *t.shape[2:])), aux[ROWS])
         if rest:
             tail = _tree_map(lambda t: t[full * m :], data)
-            grads, last = one(tail, full, rest)
+            grads, last, moving = one(tail, full, rest, moving)
             total = [t + g for t, g in zip(total, grads)]
             aux = _tree_map(
                 lambda a, b: jnp.concatenate([a, b if a.ndim == b.ndim else b[None]]), aux, last
             )
-        return total, aux, data[1:]
+        return total, aux, moving
 
     def _gradients(
         self, trainable: list[Any], non_trainable: list[Any], data: tuple, clock: tuple
-    ) -> tuple[list[Any], dict[str, Any], tuple]:
-        """The reduced gradient of the global batch: per device, then one ``pmean``."""
+    ) -> tuple[list[Any], dict[str, Any], tuple, list[Any]]:
+        """The reduced gradient of the global batch: per device, then one ``pmean`` (and
+        the mean of the devices' moving statistics)."""
         import jax
         from jax.sharding import PartitionSpec
 
         mesh, axis = getattr(self.backend, "mesh", None), getattr(self.backend, "axis", None)
         if mesh is None or mesh.size == 1:
             return self._local_gradients(trainable, non_trainable, data, clock, 0)
+        moving = self.moving_positions()
 
         def local(trainable: list[Any], non_trainable: list[Any], data: tuple, clock: tuple):
             # Differentiating a replicated value inside shard_map makes JAX sum its gradient
             # over the devices at once (in every micro-batch); as a per-device ("varying")
-            # value its gradient stays local until the one pmean below.
+            # value its gradient stays local until the one pmean below.  The moving
+            # statistics, updated from each device's rows, vary too until their mean.
             trainable = _varying(trainable, axis)
+            non_trainable = list(non_trainable)
+            for p in moving:
+                non_trainable[p] = _varying(non_trainable[p], axis)
             slot = jax.lax.axis_index(axis)
-            grads, aux, rest = self._local_gradients(trainable, non_trainable, data, clock, slot)
-            return jax.lax.pmean(grads, axis), aux, rest
+            grads, aux, rest, state = self._local_gradients(
+                trainable, non_trainable, data, clock, slot
+            )
+            state = list(state)
+            for p in moving:
+                state[p] = jax.lax.pmean(state[p], axis)
+            return jax.lax.pmean(grads, axis), aux, rest, state
 
         split, same = PartitionSpec(axis), PartitionSpec()
+        per_device = {
+            self._position(v, self.non_trainable_variables) for v in self.device_variables()
+        }
+        state_specs = [
+            PartitionSpec(None, axis) if i in per_device else same
+            for i in range(len(non_trainable))
+        ]
         data_specs = tuple(None if d is None else split for d in data)
         sharded = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(same, same, data_specs, same),
-            out_specs=(same, split, split),
+            in_specs=(same, state_specs, data_specs, same),
+            out_specs=(same, split, split, state_specs),
         )
         return sharded(trainable, non_trainable, data, clock)
 
@@ -270,12 +386,13 @@ class JaxAccumulatingTrainer(TrainerCommon):
         object.__setattr__(self, "_traces", self.compiled_programs + 1)  # runs while tracing
 
         trainable, non_trainable, optimizer_vars, metric_vars = state
+        state_in = non_trainable
         x, y, w = keras.utils.unpack_x_y_sample_weight(data)
         step = self.value_of(self.batches_seen, non_trainable)
         iterations = optimizer_vars[
             self._position(self.optimizer.iterations, self.optimizer.variables)
         ]
-        grads, aux, (y, w) = self._gradients(
+        grads, aux, (y, w), updated = self._gradients(
             trainable, non_trainable, (x, y, w), (step, iterations)
         )
         losses = aux[SCALARS]["loss"]
@@ -287,7 +404,11 @@ class JaxAccumulatingTrainer(TrainerCommon):
         trainable = [jnp.where(sound, n, o) for n, o in zip(new_trainable, trainable)]
         optimizer_vars = [jnp.where(sound, n, o) for n, o in zip(new_optimizer, optimizer_vars)]
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads))
-        non_trainable = list(non_trainable)
+        # A step that is not applied leaves the moving statistics too; the rest of the
+        # state (e.g. a method's per-device buffer) is the step's.
+        non_trainable = list(updated)
+        for p in self.moving_positions():
+            non_trainable[p] = jnp.where(sound, updated[p], state_in[p])
         position = self._position(self.batches_seen, self.non_trainable_variables)
         non_trainable[position] = step + 1
         logs, metric_vars = self._update_metrics(metric_vars, aux, y, w, sound, norm)
@@ -325,4 +446,4 @@ class JaxAccumulatingTrainer(TrainerCommon):
         return self.filter_train_only(logs), state
 
 
-__all__ = ["ROWS", "SCALARS", "JaxAccumulatingTrainer", "MicroBatch"]
+__all__ = ["MOVING", "ROWS", "SCALARS", "JaxAccumulatingTrainer", "MicroBatch", "micro_batch_loop"]

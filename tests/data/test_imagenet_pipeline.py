@@ -24,6 +24,7 @@ from adv_large_batch.data import (
     augment,
     image_datasets,
     image_folders,
+    image_names,
     image_pipeline,
     image_splits,
 )
@@ -45,19 +46,19 @@ def assert_same_batches(a, b):
 
 # ---- per-model resolution --------------------------------------------------------------------
 def test_each_model_has_its_resolution_and_an_explicit_size_wins():
-    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2") == 260
-    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b0") == 224
-    assert image_datasets.resolve_image_size("folder", "efficientnet_b2") == 260
+    assert image_names.resolve_image_size("imagenet2012", "efficientnet_b2") == 260
+    assert image_names.resolve_image_size("imagenet2012", "efficientnet_b0") == 224
+    assert image_names.resolve_image_size("folder", "efficientnet_b2") == 260
     for depth in (18, 34, 50, 101):
-        assert image_datasets.resolve_image_size("imagenet2012", f"resnet{depth}") == 224
-    assert image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224
+        assert image_names.resolve_image_size("imagenet2012", f"resnet{depth}") == 224
+    assert image_names.resolve_image_size("imagenet2012", "efficientnet_b2", 224) == 224
     # cifar_resnet*: the dataset's own size (ImageNet has none: 224).
-    assert image_datasets.resolve_image_size("folder", "cifar_resnet20") is None
-    assert image_datasets.resolve_image_size("imagenet2012", "cifar_resnet20") == 224
+    assert image_names.resolve_image_size("folder", "cifar_resnet20") is None
+    assert image_names.resolve_image_size("imagenet2012", "cifar_resnet20") == 224
     # Small datasets keep their size whatever the model.
-    assert image_datasets.resolve_image_size("cifar10", "efficientnet_b2") is None
-    assert image_datasets.resolve_image_size("fashion_mnist", "resnet50") is None
-    assert image_datasets.resolve_image_size("cifar10", "resnet50", 64) == 64
+    assert image_names.resolve_image_size("cifar10", "efficientnet_b2") is None
+    assert image_names.resolve_image_size("fashion_mnist", "resnet50") is None
+    assert image_names.resolve_image_size("cifar10", "resnet50", 64) == 64
     assert all(
         (default_image_size(m) is None) == m.startswith("cifar_resnet") for m in IMAGE_MODELS
     )
@@ -73,9 +74,9 @@ def test_efficientnet_sizes_are_keras_applications_defaults():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: image_datasets.resolve_image_size("imagenet2012", "resnet50", 0), "--image-size"),
-        (lambda: image_datasets.resolve_image_size("mnist"), "--dataset must be one of"),
-        (lambda: image_datasets.resolve_image_size("folder", "vgg16"), "--model must be one of"),
+        (lambda: image_names.resolve_image_size("imagenet2012", "resnet50", 0), "--image-size"),
+        (lambda: image_names.resolve_image_size("mnist"), "--dataset must be one of"),
+        (lambda: image_names.resolve_image_size("folder", "vgg16"), "--model must be one of"),
         (lambda: image_pipeline.seeded_augmenter("cutout", (8, 8, 3)), "--augment must be one of"),
     ],
 )
@@ -144,7 +145,7 @@ def test_inception_crop_falls_back_to_the_evaluation_crop():
 def imagenet(tmp_path):
     """imagenet2012 at EfficientNet-B2's default resolution, with the raw splits to compare."""
     with tfds.testing.mock_data(num_examples=8):
-        size = image_datasets.resolve_image_size("imagenet2012", "efficientnet_b2")
+        size = image_names.resolve_image_size("imagenet2012", "efficientnet_b2")
         data = image_datasets.load_image_dataset("imagenet2012", str(tmp_path), image_size=size)
         raw_train, raw_test = tfds.load(
             "imagenet2012",

@@ -36,7 +36,9 @@ def jax_cli(*args: str) -> list[str]:
 def jax_env() -> dict[str, str]:
     env = quiet_env()
     env.pop("XLA_FLAGS", None)  # one device: a one-process, one-device run
-    return {**env, "KERAS_BACKEND": "jax"}
+    # (LLVM's optimisations off: a third of the compile time; results compared only
+    # between runs under the same flags)
+    return {**env, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 @pytest.mark.slow

@@ -21,10 +21,20 @@ from tests.processes import TIMEOUT_S, WORKERS, quiet_env, run_checked
 WORKER = str(WORKERS / "jax_data_parallel.py")
 
 
+#: LLVM's optimisations cost about a third of a JAX worker's time on CPU (XLA compiles);
+#: they leave the HLO as it is (all-reduces included), and every comparison of these tests
+#: is between runs under the same flags.
+QUICK = "--xla_backend_optimization_level=0"
+
+
 def jax_env(**extra: str) -> dict[str, str]:
+    """A quiet JAX environment: one device unless ``XLA_FLAGS`` says otherwise (with
+    ``QUICK`` added)."""
     env = quiet_env()
     env.pop("XLA_FLAGS", None)
     env.update(KERAS_BACKEND="jax", **extra)
+    if QUICK not in env.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {QUICK}".strip()
     return env
 
 

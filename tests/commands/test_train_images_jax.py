@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from adv_large_batch.commands.jax_checks import backend_problem
+from tests.adversarial_examples import examples_agree
 from tests.commands.test_finetune_jax import jax_cli, jax_env
 from tests.engine.test_jax_data_parallel import free_port
 from tests.processes import TIMEOUT_S, run_checked
@@ -72,7 +73,10 @@ def test_shared_pass_on_two_processes_with_resume_equals_one_device(tmp_path):
     compared = [p for p in want if "moving_" not in p]
     assert len(compared) > 30 and any("adv_buffer_images" in p for p in compared)
     for path in compared:
-        np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+        if "adv_buffer_images" in path:  # 3 px FGSM steps: a zero gradient's sign may differ
+            assert examples_agree(got[path], want[path], 3 / 255), path
+        else:
+            np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-6, err_msg=path)
     buffer = next(want[p] for p in want if "adv_buffer_images" in p)
     assert buffer.shape == (1, 256, 28, 28, 1) and 0.0 <= buffer.min() < buffer.max() <= 1.0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.adversarial_examples import examples_agree
 from tests.processes import arrays_on_backend
 
 
@@ -40,7 +41,11 @@ def test_conadv_steps_agree_on_tensorflow_and_jax(tmp_path):
     apart = []
     for key in sorted(jax_out):
         atol = 5e-6 if "/4/weight/" in key else 1e-6
-        if not np.allclose(jax_out[key], tf_out[key], rtol=1e-5, atol=atol):
+        if "/buffer/images" in key:  # steps of 8 / 4 px: a zero gradient's sign may differ
+            same = examples_agree(jax_out[key], tf_out[key], 8 / 255)
+        else:
+            same = np.allclose(jax_out[key], tf_out[key], rtol=1e-5, atol=atol)
+        if not same:
             worst = np.max(np.abs(jax_out[key].astype(float) - tf_out[key].astype(float)))
             apart.append(f"{key}: max |difference| {worst:.3g}")
     assert not apart, "\n".join(apart)

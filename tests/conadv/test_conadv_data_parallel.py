@@ -38,6 +38,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.adversarial_examples import examples_agree
 from tests.engine.test_jax_data_parallel import free_port, jax_env, load
 from tests.processes import TIMEOUT_S, WORKERS
 
@@ -96,6 +97,8 @@ def compared(got: dict, want: dict, schedules: tuple[str, ...]) -> list[str]:
         value, expected = got[key], want[key]
         if expected.dtype.kind in "iu":
             same = np.array_equal(value, expected)
+        elif "/buffer/images" in key:  # 8 px steps; a zero gradient's sign may differ
+            same = examples_agree(value, expected, 8 / 255)
         else:
             same = value.shape == expected.shape and np.allclose(
                 value, expected, rtol=1e-5, atol=1e-6

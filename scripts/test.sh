@@ -11,6 +11,8 @@ start=$(date +%s)
 # Two pytest workers: on 2 cores the suite is bound by single-threaded tracing
 # as much as by kernels, so two processes finish it ~1.6x sooner (measured on
 # tests/scala/test_scala.py + tests/conadv/test_conadv.py: 108 s -> 71 s).
-# ALB_TEST_WORKERS=0 runs it in one process.
-.venv/bin/python -m pytest -ra --durations=15 -n "${ALB_TEST_WORKERS:-2}" "$@"
+# ALB_TEST_WORKERS=0 runs it in one process. The slow tests are collected first
+# (tests/conftest.py) and handed out one at a time, so they start at once and the
+# short ones fill in around them.
+.venv/bin/python -m pytest -ra --durations=25 -n "${ALB_TEST_WORKERS:-2}" --maxschedchunk 1 "$@"
 echo "[test] pytest finished in $(( $(date +%s) - start ))s"

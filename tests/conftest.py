@@ -38,3 +38,12 @@ def require_horovod() -> Path:
 def horovodrun() -> Path:
     """Path of ``horovodrun``; see :func:`require_horovod`."""
     return require_horovod()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (the minutes-long end-to-end runs) first, the rest after, each
+    group in collection order.  With pytest-xdist's workers fed one test at a time
+    (``scripts/test.sh``: ``--maxschedchunk 1``) the long runs start at once and the short
+    tests fill in around them, rather than one long run starting last while the other
+    worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -129,7 +129,7 @@ class FinetuneCommand:
         for split_name, count in task.skipped_rows.items():
             ctx.say(f"[finetune] skipped {count} malformed row(s) of the {split_name} file")
         tokenizer = build_tokenizer(run_cfg.model_path)
-        make_eval, make_stream = self._batching()
+        make_eval, make_stream = self._batching(backend)
 
         def encoded(split: Any) -> EvalSplit:
             split = split.take(run_cfg.eval_limit)
@@ -172,15 +172,23 @@ class FinetuneCommand:
         )
 
     @staticmethod
-    def _batching() -> tuple[Any, Any]:
+    def _batching(backend: Any) -> tuple[Any, Any]:
         """(evaluation batches, training stream) of the process's Keras backend:
-        ``text_pipeline``'s NumPy ones on JAX (no TensorFlow), its tf.data ones else."""
+        ``text_pipeline``'s NumPy ones on JAX (no TensorFlow; under a distribution each
+        evaluation batch padded to the job's devices and split over its processes), its
+        tf.data ones else."""
+        import functools
+
         import keras
 
         from adv_large_batch.data import text_pipeline
 
         if keras.config.backend() == "jax":
-            return text_pipeline.make_eval_batches, text_pipeline.make_epoch_batches
+            shard = {"rank": backend.rank, "size": backend.size, "multiple": backend.devices}
+            if backend.distribution is None:
+                shard = {}
+            make_eval = functools.partial(text_pipeline.make_eval_batches, **shard)
+            return make_eval, text_pipeline.make_epoch_batches
         return text_pipeline.make_eval_dataset, text_pipeline.make_epoch_stream
 
     @staticmethod
@@ -238,14 +246,16 @@ class FinetuneCommand:
             return network, model, {"loss": keras.losses.MeanSquaredError(), "metrics": []}
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        return network, model, {"loss": loss, "metrics": metrics}
+        # weighted: the padding rows of an evaluation batch split over devices weigh 0
+        return network, model, {"loss": loss, "weighted_metrics": metrics}
 
     def metrics_of(
         self, plan: Plan[TextData], dataset: Any, labels: Any, model: Any
     ) -> dict[str, float]:
         from adv_large_batch.data import glue_metrics
+        from adv_large_batch.engine.predict import predict_rows
 
-        outputs = model.network.predict(dataset, verbose=0)
+        outputs = predict_rows(model.network, dataset)
         return glue_metrics.task_metrics(plan.data.task.metrics, labels, outputs)
 
     def before_fit(self, ctx: Context, plan: Plan[TextData], model: Any) -> None:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from adv_large_batch.data.eval_shards import eval_shard
 from adv_large_batch.flags import ConfigError
 
 #: ConAdv's feature keys, as ``conadv.pairing`` (which imports TensorFlow) names them.
@@ -299,12 +300,8 @@ class EvalImageBatches(Sequence):
         y = self.labels[part].astype(np.int32)
         if self.multiple == 1 and self.size == 1:
             return x, y
-        rows = len(y)
-        padded = -(-rows // self.multiple) * self.multiple
-        index = np.concatenate([np.arange(rows), np.zeros(padded - rows, np.int64)])
-        w = (np.arange(padded) < rows).astype(np.float32)
-        share = slice(self.rank * padded // self.size, (self.rank + 1) * padded // self.size)
-        return x[index][share], y[index][share], w[share]
+        index, w = eval_shard(len(y), self.multiple, self.rank, self.size)
+        return x[index], y[index], w
 
 
 def eval_image_batches(

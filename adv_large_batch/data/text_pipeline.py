@@ -8,7 +8,8 @@ its longest sequence, which gives dynamic padding with one traced graph.  On JAX
 (``make_epoch_batches``, ``make_eval_batches``; no TensorFlow) XLA needs static shapes:
 each batch is trimmed to the smallest length bucket that holds its longest sequence
 (``bucket_length``), so only a handful of programs are compiled.  Both training streams
-draw the same batches in the same order (``_epoch_indices``).
+draw the same global batches in the same order (``_epoch_indices``); the NumPy one
+splits each, sorted by length, into contiguous per-process slices.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from adv_large_batch.data.eval_shards import eval_shard
 from adv_large_batch.data.text_tasks import TextSplit
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.models.inputs import PADDING_MASK
@@ -113,20 +115,38 @@ def make_epoch_batches(
     start_step: int = 0,
     buckets: Sequence[int] = BUCKETS,
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """``make_epoch_stream`` in NumPy (the JAX backend; no TensorFlow): the same batches in
-    the same order (``_epoch_indices``), each ``(features, labels)`` with its sequence
-    dimension trimmed to ``bucket_length`` (the rows themselves unchanged: only padding is
-    dropped).  A generator over all remaining batches of the run, for ``fit`` with
+    """``make_epoch_stream`` in NumPy (the JAX backend; no TensorFlow): the same global
+    batches (the rows of all ``size`` processes at a step) in the same order
+    (``_epoch_indices``), laid out for XLA and data parallelism:
+
+    * each global batch is sorted by sequence length (stable) and trimmed to the
+      ``bucket_length`` of its longest row (the rows themselves unchanged: only padding
+      is dropped), so every process feeds the same shape, as a multi-process step needs;
+    * process ``rank`` of ``size`` gets the ``rank``-th contiguous ``batch_size`` rows of
+      it (a per-process batch of ``batch_size``), so the job's devices hold the sorted
+      global batch in order.  The trainer sorts each device's rows by length (stably: a
+      no-op on a sorted slice) before splitting them into micro-batches, so P devices or
+      processes make exactly the micro-batches one device makes from the global batch,
+      and the dropout masks and random starts keyed by global micro-batch index fall on
+      the same rows.
+
+    A generator over all remaining batches of the run, for ``fit`` with
     ``steps_per_epoch``.  The order is computed (and a batch too large refused with
     ``ConfigError``) when this is called, not when iterated.
     """
-    order = _epoch_indices(len(labels), batch_size, epochs, seed, rank, size, start_step)
+    _epoch_indices(len(labels), batch_size, epochs, seed, rank, size, start_step)  # checks
+    whole = batch_size * size
+    order = _epoch_indices(len(labels), whole, epochs, seed, 0, 1, start_step)
     labels = np.asarray(labels)
+    lengths = np.sum(features[PADDING_MASK] != 0, axis=1)
+    share = slice(rank * batch_size, (rank + 1) * batch_size)
 
     def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        for first in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[first : first + batch_size]
-            yield _trimmed({k: v[index] for k, v in features.items()}, buckets), labels[index]
+        for first in range(0, len(order) - whole + 1, whole):
+            index = order[first : first + whole]
+            index = index[np.argsort(lengths[index], kind="stable")]
+            batch = _trimmed({k: v[index] for k, v in features.items()}, buckets)
+            yield {k: v[share] for k, v in batch.items()}, labels[index][share]
 
     return batches()
 
@@ -140,18 +160,24 @@ class _EvalBatches(keras.utils.PyDataset):
         labels: np.ndarray,
         batch_size: int,
         buckets: Sequence[int],
+        shard: tuple[int, int, int],
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         self.features, self.labels = features, np.asarray(labels)
         self.batch_size, self.buckets = batch_size, tuple(buckets)
+        self.rank, self.size, self.multiple = shard
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         part = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        features = {k: v[part] for k, v in self.features.items()}
-        return _trimmed(features, self.buckets), self.labels[part]
+        features = _trimmed({k: v[part] for k, v in self.features.items()}, self.buckets)
+        labels = self.labels[part]
+        if self.multiple == 1 and self.size == 1:
+            return features, labels
+        index, weights = eval_shard(len(labels), self.multiple, self.rank, self.size)
+        return {k: v[index] for k, v in features.items()}, labels[index], weights
 
 
 def make_eval_batches(
@@ -159,12 +185,24 @@ def make_eval_batches(
     labels: np.ndarray,
     batch_size: int,
     buckets: Sequence[int] = BUCKETS,
+    rank: int = 0,
+    size: int = 1,
+    multiple: int = 1,
 ) -> keras.utils.PyDataset:
     """``make_eval_dataset`` in NumPy (the JAX backend): ``(features, labels)`` batches in
     order (the last one may be smaller), each trimmed to ``bucket_length``; a
     ``keras.utils.PyDataset``, so ``predict`` and ``fit(validation_data=...)`` can read it
-    again every epoch."""
-    return _EvalBatches(features, labels, batch_size, buckets)
+    again every epoch.
+
+    For data parallelism (every row counted once, every batch shardable over the job's
+    devices): ``multiple`` (the job's device count, a multiple of ``size``) pads each
+    batch with weight-0 rows to a multiple of it, and process ``rank`` of ``size`` gets
+    its contiguous slice (``eval_shards.eval_shard``); batches are then ``(features,
+    labels, weights)``, trimmed to the bucket of the whole batch, so every process feeds
+    the same shape.  ``engine.predict.predict_rows`` turns them back into one output row
+    per example.  ``ConfigError`` for a bad shard."""
+    eval_shard(1, multiple, rank, size)  # the arguments' check, now
+    return _EvalBatches(features, labels, batch_size, buckets, (rank, size, multiple))
 
 
 def make_epoch_stream(

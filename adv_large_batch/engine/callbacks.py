@@ -7,14 +7,16 @@ broadcast of rank 0's initial state and the epoch-end metric averaging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 
+from adv_large_batch.engine.predict import predict_rows
 from adv_large_batch.exits import CheckpointWriteError
 
 
@@ -36,9 +38,9 @@ class LearningRateAndThroughput(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
-        opt = self.model.optimizer
-        lr = opt.learning_rate
-        logs["learning_rate"] = float(lr(opt.iterations) if callable(lr) else lr)
+        from adv_large_batch.optimizers.schedules import current_learning_rate
+
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
         if self.global_batch_size:
             logs["examples_per_s"] = (
                 self._steps * self.global_batch_size / max(time.time() - self._start, 1e-9)
@@ -85,7 +87,7 @@ class EvaluateSplits(keras.callbacks.Callback):
         if logs is None:
             return
         for prefix, (dataset, labels, metric_fn) in self.splits.items():
-            outputs = self.network.predict(dataset, verbose=0)
+            outputs = predict_rows(self.network, dataset)
             for name, value in metric_fn(labels, outputs).items():
                 logs[f"{prefix}_{name}"] = float(value)
 
@@ -156,7 +158,8 @@ class EpochWeights(keras.callbacks.ModelCheckpoint):
                 )
             return
         try:
-            super().on_epoch_end(epoch, logs)
+            with _local_variables():
+                super().on_epoch_end(epoch, logs)
         except OSError as err:
             path = self.filepath.format(epoch=epoch + 1)
             if os.path.exists(path):
@@ -164,6 +167,23 @@ class EpochWeights(keras.callbacks.ModelCheckpoint):
             raise CheckpointWriteError(
                 f"could not write {path} ({type(err).__name__}: {err})"
             ) from err
+
+
+@contextlib.contextmanager
+def _local_variables() -> Iterator[None]:
+    """No ``keras.distribution`` while it runs: Keras' weights saving creates throwaway
+    variables, and under a multi-process JAX distribution creating one is a collective
+    that every process must join, so the chief writing alone would hang the job (the
+    weights it reads are replicated, each process holds them all)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
 
 
 def standard_callbacks(

@@ -442,8 +442,36 @@ class JaxAccumulatingTrainer(TrainerCommon):
         return logs, values
 
     def test_step(self, state: tuple, data: Any) -> tuple[dict[str, Any], tuple]:
-        logs, state = super().test_step(state, data)
-        return self.filter_train_only(logs), state
+        """Keras' evaluation step, its loss averaged over the rows' weights.
+
+        A batch split over the devices of a job carries weight-0 padding rows
+        (``data.eval_shards``).  Keras' loss (``sum_over_batch_size``) divides the
+        weighted sum by every row and its loss tracker counts every row, so ``val_loss``
+        would depend on the padding, i.e. on the device count; here the tracker gets
+        ``sum(w l) / sum(w)`` weighted by ``sum(w)``, the same on any number of devices
+        (and Keras' value where no weights are given).  Metrics take the weights as given.
+        """
+        trainable, non_trainable, metric_vars = state
+        x, y, w = keras.utils.unpack_x_y_sample_weight(data)
+        _, (loss, y_pred, non_trainable, metric_vars) = self.compute_loss_and_updates(
+            trainable, non_trainable, metric_vars, x, y, w, training=False
+        )
+        rows = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
+        weight = rows if w is None else ops.sum(ops.cast(w, "float32"))
+        mapping = list(zip(self.metrics_variables, metric_vars))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            keras_internals.loss_tracker(self).update_state(
+                ops.divide_no_nan(loss * rows, weight), sample_weight=weight
+            )
+            metrics = keras_internals.compile_metrics(self)
+            if metrics is not None:
+                metrics.update_state(y, y_pred, w)
+            logs = self.get_metrics_result()
+        values = []
+        for ref, value in zip(self.metrics_variables, metric_vars):
+            new = scope.get_current_value(ref)
+            values.append(value if new is None else new)
+        return self.filter_train_only(logs), (trainable, non_trainable, values)
 
 
 __all__ = ["MOVING", "ROWS", "SCALARS", "JaxAccumulatingTrainer", "MicroBatch", "micro_batch_loop"]

@@ -124,7 +124,9 @@ class Progress(keras.callbacks.Callback):
         self._stream().flush()
 
     def _learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        from adv_large_batch.optimizers.schedules import current_learning_rate
+
+        return current_learning_rate(self.model.optimizer)
 
     def shown_metrics(self) -> tuple[str, ...]:
         """The task metrics of the line: ``metrics``, or the compiled ones once built."""

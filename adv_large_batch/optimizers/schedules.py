@@ -168,3 +168,19 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
             "power": self.power,
             "end_learning_rate": self.end_learning_rate,
         }
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate ``optimizer`` applies at its next step, as a float, computed
+    from a host copy of its step counter.
+
+    Reading ``optimizer.learning_rate`` evaluates the schedule on the step variable
+    itself; under a multi-process JAX distribution that variable spans the processes, so
+    the schedule's ops become programs every process must run, and a log line only the
+    chief prints deadlocks the job.  Here the counter is copied to the host first (each
+    process holds all of it) and the schedule runs on that copy, on this process alone.
+    """
+    step = keras.ops.convert_to_numpy(optimizer.iterations.value)
+    with keras.StatelessScope(state_mapping=[(optimizer.iterations, step)]):
+        rate = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate))

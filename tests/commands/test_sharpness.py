@@ -1,8 +1,13 @@
-"""Sharpness: Hessian-vector products, power iteration, and the `sharpness` command."""
+"""Sharpness: Hessian-vector products, power iteration, and the `sharpness` command, on
+TensorFlow and (in subprocesses, TensorFlow blocked) on JAX."""
 
+import contextlib
+import io
 import json
 import math
 import os
+import shutil
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -10,14 +15,19 @@ import pytest
 import tensorflow as tf
 
 from adv_large_batch import cli
+from adv_large_batch.commands.sharpness import backend_problem
 from adv_large_batch.data import image_datasets
 from adv_large_batch.engine import checkpointing
 from adv_large_batch.flags import ConfigError
 from adv_large_batch.sharpness import (
     hessian_vector_product,
     make_hvp,
+    network_hvp,
+    start_vector,
     top_hessian_eigenvalue,
 )
+from tests.commands.test_finetune_jax import jax_cli, jax_env
+from tests.processes import arrays_on_backend, run_checked
 from tests.tiny_bert import tiny_classifier
 
 SHAPES = [(4,), (2, 4)]  # x = concat(flatten) has 12 entries, split over two variables
@@ -44,6 +54,16 @@ def split(x):
     return out
 
 
+def numpy_hvp(a):
+    """``H v = A v`` of ``0.5 x^T A x`` on vectors split as ``SHAPES`` (NumPy only)."""
+
+    def hvp(vector):
+        x = np.concatenate([np.ravel(v) for v in vector])
+        return [t.numpy() for t in split(a @ x)]
+
+    return hvp
+
+
 def with_spectrum(eigenvalues, seed=0):
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((12, 12)))
     return (q * np.asarray(eigenvalues, float)) @ q.T
@@ -57,8 +77,7 @@ def test_power_iteration_recovers_the_top_eigenvalue_of_a_quadratic(kind):
     else:  # indefinite, the top eigenvalue largest in magnitude
         a = with_spectrum([6.0, 3.5, 2.0, 1.0, 0.5, 0.1, 0.0, -0.2, -1.0, -2.0, -3.0, -4.0])
     top = np.linalg.eigvalsh(a)[-1]
-    loss_fn, variables = quadratic(a)
-    found = top_hessian_eigenvalue(loss_fn, variables, iterations=500, tolerance=1e-9, seed=0)
+    found = top_hessian_eigenvalue(numpy_hvp(a), SHAPES, iterations=500, tolerance=1e-9, seed=0)
     assert found["eigenvalue"] == pytest.approx(top, rel=1e-3)
     assert found["converged"] and found["iterations"] == len(found["history"]) < 500
     assert found["history"][-1] == found["eigenvalue"]
@@ -66,21 +85,47 @@ def test_power_iteration_recovers_the_top_eigenvalue_of_a_quadratic(kind):
 
 def test_power_iteration_stops_at_the_tolerance_or_the_iteration_budget():
     a = with_spectrum([5.0, 4.9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # tiny gap: slow
-    loss_fn, variables = quadratic(a)
-    capped = top_hessian_eigenvalue(loss_fn, variables, iterations=3, tolerance=0.0)
+    hvp = numpy_hvp(a)
+    capped = top_hessian_eigenvalue(hvp, SHAPES, iterations=3, tolerance=0.0)
     assert capped["iterations"] == 3 and not capped["converged"]
-    full = top_hessian_eigenvalue(loss_fn, variables, iterations=40, tolerance=0.0)["history"]
+    full = top_hessian_eigenvalue(hvp, SHAPES, iterations=40, tolerance=0.0)["history"]
     tol = 1e-2
     first = next(k for k in range(1, 40) if abs(full[k] - full[k - 1]) < tol * abs(full[k]))
-    loose = top_hessian_eigenvalue(loss_fn, variables, iterations=40, tolerance=tol)
+    loose = top_hessian_eigenvalue(hvp, SHAPES, iterations=40, tolerance=tol)
     assert loose["converged"] and loose["iterations"] == first + 1 < 40
     np.testing.assert_allclose(loose["history"], full[: first + 1], rtol=1e-12)
     # Seeded: the same seed gives the same history, another seed another one.
-    again = top_hessian_eigenvalue(loss_fn, variables, iterations=3, tolerance=0.0)
-    other = top_hessian_eigenvalue(loss_fn, variables, iterations=3, tolerance=0.0, seed=1)
+    again = top_hessian_eigenvalue(hvp, SHAPES, iterations=3, tolerance=0.0)
+    other = top_hessian_eigenvalue(hvp, SHAPES, iterations=3, tolerance=0.0, seed=1)
     assert capped["history"] == again["history"] != other["history"]
-    with pytest.raises(ValueError, match="iterations must be >= 1, got 0"):
-        top_hessian_eigenvalue(loss_fn, variables, iterations=0)
+    # The same through TensorFlow's double backprop of the quadratic.
+    tf_hvp = make_hvp(*quadratic(a))
+    through_tf = top_hessian_eigenvalue(tf_hvp, SHAPES, iterations=3, tolerance=0.0)
+    np.testing.assert_allclose(through_tf["history"], capped["history"], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shapes, kwargs, message",
+    [
+        (SHAPES, {"iterations": 0}, "iterations must be >= 1, got 0"),
+        (SHAPES, {"tolerance": -1.0}, "tolerance must be >= 0, got -1.0"),
+        ([], {}, r"no weights to take the Hessian over: shapes \[\]"),
+        ([(4,), (8,)], {}, r"hvp returned arrays of shapes \[\(4,\), \(2, 4\)\], expected"),
+    ],
+)
+def test_bad_power_iteration_input_is_refused_naming_the_value(shapes, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        top_hessian_eigenvalue(numpy_hvp(np.eye(12)), shapes, **kwargs)
+
+
+def test_the_start_vector_is_a_seeded_unit_vector_of_numpy():
+    v = start_vector(SHAPES, seed=3)
+    assert [x.shape for x in v] == SHAPES and all(x.dtype == np.float64 for x in v)
+    assert sum(float(np.sum(x * x)) for x in v) == pytest.approx(1.0, rel=1e-15)
+    rng = np.random.default_rng(3)
+    drawn = np.concatenate([rng.standard_normal(s).ravel() for s in SHAPES])
+    got = np.concatenate([x.ravel() for x in v])
+    np.testing.assert_allclose(got, drawn / np.linalg.norm(drawn), rtol=1e-14)
 
 
 def test_hvp_of_a_quadratic_is_a_times_v():
@@ -134,6 +179,32 @@ def test_hvp_matches_a_finite_difference_of_gradients_on_a_keras_model():
     assert np.abs(np.concatenate([h.numpy().ravel() for h in hv])).max() > 1e-3
 
 
+def test_jax_hvp_equals_tensorflow_double_backprop_without_tensorflow(tmp_path):
+    """``network_hvp`` on JAX (``jax.jvp`` of ``jax.grad`` through ``stateless_call``, in a
+    process where TensorFlow cannot be imported) equals TensorFlow's double backprop on the
+    same float64 network, weights, batch and direction; ``make_jax_hvp`` of a quadratic
+    ``0.5 x^T A x`` (``A`` passed as data) gives ``A v``."""
+    got = arrays_on_backend("jax", "jax_hvp.py", tmp_path / "jax.npz", "--no-tensorflow")
+    assert not got["tensorflow_imported"]
+    np.testing.assert_allclose(got["quadratic/hv"], got["quadratic/a"] @ got["quadratic/v"],
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    net = keras.Sequential(
+        [
+            keras.Input((3,), dtype="float64"),
+            keras.layers.Dense(5, activation="sigmoid", dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
+    count = len(net.trainable_variables)
+    net.set_weights([got[f"network/w{i}"] for i in range(count)])
+    loss = keras.losses.MeanSquaredError(dtype="float64")
+    hvp = network_hvp(net, loss, got["network/x"], got["network/y"])
+    want = hvp([got[f"network/v{i}"] for i in range(count)])
+    for i, w in enumerate(want):
+        np.testing.assert_allclose(got[f"network/hv{i}"], w.numpy(), rtol=1e-10, atol=1e-12)
+    assert max(np.abs(w.numpy()).max() for w in want) > 1e-3
+
+
 def test_match_saved_paths_exact_or_without_keras_counters_in_order():
     saved = ["adv_step", "conv2d/kernel", "conv2d_1/kernel", "dense/kernel", "sgd/iteration"]
     assert checkpointing.match_saved_paths(["dense/kernel", "conv2d/kernel"], saved) == [3, 1]
@@ -181,26 +252,81 @@ FINETUNE = [
 ]  # 2 steps
 
 
-def test_sharpness_of_a_finetune_checkpoint_end_to_end(tmp_path, capsys):
-    ckpt = tmp_path / "ckpt"
+#: The sharpness of the shared checkpoint: a fixed number of products on both backends.
+SHARPNESS = ["sharpness", "--batch-size", "16", "--iterations", "5", "--tolerance", "0"]
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+    """One tiny ScaLA finetune on TensorFlow (2 steps) and ``SHARPNESS`` of its checkpoint
+    there: ``ckpt`` (the run's --checkpoint-dir), ``result`` (the --json-out) and
+    ``printed`` (what the command printed)."""
+    folder = tmp_path_factory.mktemp("finetune")
+    ckpt, out = folder / "ckpt", folder / "sharp" / "s.json"
     assert cli.main([*FINETUNE, "--checkpoint-dir", str(ckpt)]) == 0
-    final = checkpointing.latest_checkpoint(str(ckpt))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main([*SHARPNESS, "--checkpoint", str(ckpt), "--json-out", str(out)])
+    assert status == 0
+    return SimpleNamespace(
+        ckpt=ckpt, result=json.loads(out.read_text()), printed=printed.getvalue()
+    )
+
+
+def test_sharpness_of_a_finetune_checkpoint_end_to_end(finetune_run):
+    final = checkpointing.latest_checkpoint(str(finetune_run.ckpt))
     meta = checkpointing.read_meta(final)
     assert meta["global_step"] == 2  # the end of training is checkpointed
     assert meta["command"] == "finetune" and meta["adversarial"]["method"] == "scala"
 
-    out = tmp_path / "sharp" / "s.json"
-    args = ["sharpness", "--checkpoint", str(ckpt), "--batch-size", "16", "--iterations", "6"]
-    assert cli.main([*args, "--json-out", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = finetune_run.result
     assert math.isfinite(result["eigenvalue"]) and result["eigenvalue"] > 0
-    assert 1 <= result["iterations"] == len(result["history"]) <= 6
+    assert result["iterations"] == len(result["history"]) == 5 and not result["converged"]
     assert result["eigenvalue"] == result["history"][-1]
     assert result["checkpoint"] == final and result["checkpoint_step"] == 2
     assert result["batch_size"] == 16 and result["method"] == "scala"
     assert result["command"] == "finetune" and math.isfinite(result["loss"])
-    printed = capsys.readouterr().out
-    assert f"top Hessian eigenvalue {result['eigenvalue']:.6g}" in printed
+    assert result["backend"] == "tensorflow" and result["num_weights"] > 1000
+    assert f"top Hessian eigenvalue {result['eigenvalue']:.6g}" in finetune_run.printed
+
+
+def test_sharpness_on_jax_without_tensorflow_equals_tensorflow(finetune_run, tmp_path):
+    """One TensorFlow checkpoint, the same batch and start vector: the JAX backend (forward
+    over reverse, TensorFlow blocked) reports TensorFlow's estimates to float32 rounding
+    (each to 1e-4 of the eigenvalue: the first, of a random direction, is near 0).
+    Flags only the run's training used, which JAX could not train with (``--strategy
+    horovod``, ``--precision mixed_float16``), do not stop it.  Before: refused on JAX."""
+    final = checkpointing.latest_checkpoint(str(finetune_run.ckpt))
+    copy = tmp_path / "horovod" / os.path.basename(final)
+    shutil.copytree(final, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["run"].update(strategy="horovod", precision="mixed_float16")
+    (copy / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "jax.json"
+    proc = run_checked(jax_cli(*SHARPNESS, "--checkpoint", str(copy), "--json-out", str(out)),
+                       jax_env())  # fmt: skip
+    on_tf, on_jax = finetune_run.result, json.loads(out.read_text())
+    assert f"top Hessian eigenvalue {on_jax['eigenvalue']:.6g}" in proc.stdout
+    assert on_jax["backend"] == "jax" and on_jax["checkpoint_step"] == 2
+    assert on_jax["iterations"] == on_tf["iterations"] == 5
+    assert on_jax["num_weights"] == on_tf["num_weights"]
+    assert on_jax["loss"] == pytest.approx(on_tf["loss"], rel=1e-5)
+    assert on_jax["eigenvalue"] == pytest.approx(on_tf["eigenvalue"], rel=1e-4)
+    scale = abs(on_tf["eigenvalue"])
+    np.testing.assert_allclose(on_jax["history"], on_tf["history"], rtol=0, atol=1e-4 * scale)
+
+
+def test_an_imagenet_checkpoint_is_refused_on_jax_naming_the_alternative():
+    def meta(command, dataset):
+        return SimpleNamespace(command=command, run={"dataset": dataset})
+
+    message = backend_problem("ckpt-00000002", meta("train-images", "imagenet2012"), "jax")
+    for part in ("'ckpt-00000002'", "--dataset imagenet2012", "KERAS_BACKEND=tensorflow"):
+        assert part in message
+    for command, dataset in [("train-images", "fashion_mnist"), ("train-images", "folder"),
+                             ("finetune", None)]:  # fmt: skip
+        assert backend_problem("c", meta(command, dataset), "jax") is None
+    assert backend_problem("c", meta("train-images", "imagenet2012"), "tensorflow") is None
 
 
 def test_one_run_record_and_checkpoints_of_the_old_shape_still_load(tmp_path):

@@ -19,8 +19,7 @@ import pytest
 
 from adv_large_batch.commands.jax_checks import backend_problem
 from tests.adversarial_examples import examples_agree
-from tests.commands.test_finetune_jax import jax_cli, jax_env
-from tests.engine.test_jax_data_parallel import free_port
+from tests.commands.test_finetune_jax import checkpoint, jax_cli, jax_env, two_processes
 from tests.processes import TIMEOUT_S, run_checked
 
 RUN = (
@@ -28,32 +27,6 @@ RUN = (
     "--train-limit 1024 --eval-limit 256 --batch-size 256 --micro-batch-size 64 --epochs 1 "
     "--checkpoint-every 2 --verbose 2"
 ).split()
-
-
-def two_processes(*args: str) -> list[str]:
-    """The CLI on 2 processes of one job (one CPU device each); their outputs."""
-    port, procs = free_port(), []
-    for rank in range(2):
-        env = {
-            **jax_env(),
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
-            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-            "KERAS_DISTRIBUTION_PROCESS_ID": str(rank),
-        }
-        procs.append(subprocess.Popen(
-            jax_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    for rank, (proc, text) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{text[-3000:]}"
-    return outputs
-
-
-def checkpoint(path) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """A checkpoint's state by variable path."""
-    paths = json.loads((path / "meta.json").read_text())["paths"]
-    with np.load(path / "state.npz") as state:
-        return {p: state[f"v{i:05d}"] for i, p in enumerate(paths)}
 
 
 @pytest.mark.slow  # three CLI runs of a small ResNet on 1024 images (~2 min on 2 cores)

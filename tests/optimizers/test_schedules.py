@@ -23,6 +23,7 @@ from adv_large_batch.optimizers import (
     scale_learning_rate,
 )
 from adv_large_batch.optimizers.factory import build_schedule
+from adv_large_batch.optimizers.schedules import current_learning_rate
 
 
 def value(schedule, step):
@@ -133,6 +134,19 @@ def test_optimizer_follows_schedule_by_iterations():
         seen.append(float(optimizer.learning_rate.numpy()))
         optimizer.apply([tf.ones(3)], [variable])
     assert seen == pytest.approx([reference_linear(1e-2, 10, 2, s) for s in range(4)])
+
+
+@pytest.mark.parametrize("rate", ["schedule", "constant"])
+def test_current_learning_rate_is_the_rate_of_the_next_step(rate):
+    """The log lines' learning rate, from a host copy of the step counter (the
+    multi-process JAX case is ``tests/commands/test_finetune_jax.py``'s 2-process run)."""
+    schedule = WarmupLinearDecay(1e-2, total_steps=10, warmup_steps=2)
+    optimizer = LAMB(schedule if rate == "schedule" else 3e-3)
+    variable = keras.Variable(np.ones(3, np.float32), name="w")
+    for step in range(4):
+        want = reference_linear(1e-2, 10, 2, step) if rate == "schedule" else 3e-3
+        assert current_learning_rate(optimizer) == pytest.approx(want)
+        optimizer.apply([tf.ones(3)], [variable])
 
 
 @pytest.mark.parametrize(

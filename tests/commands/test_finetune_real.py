@@ -18,7 +18,7 @@ def test_real_minilm_scala_finetune_beats_majority_class(tmp_path):
             "--train-limit",
             "768",
             "--eval-limit",
-            "384",
+            "256",
             "--batch-size",
             "32",
             "--micro-batch-size",

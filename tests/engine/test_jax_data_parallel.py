@@ -1,6 +1,6 @@
 """Data parallelism on the JAX backend (``keras.distribution.DataParallel``), for real:
-two virtual CPU devices in one process and two processes on localhost (JAX's CPU
-collectives), each equal to one device on the global batch, in the default ScaLA
+two virtual CPU devices in one process equal to one device on the global batch (two
+processes on localhost: ``tests/commands/test_finetune_jax.py``), in the default ScaLA
 configuration (LAMB, probs target, uniform random start) with dropout ON; accumulation
 invariance (4 + 4 + 2 rows == 10 at once); one gradient reduction per optimizer step (none
 inside the micro-batch loop); a saved run that resumes exactly; a NaN step that changes
@@ -10,13 +10,12 @@ nothing.  Workers:
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.processes import TIMEOUT_S, WORKERS, quiet_env, run_checked
+from tests.processes import WORKERS, quiet_env, run_checked
 
 WORKER = str(WORKERS / "jax_data_parallel.py")
 
@@ -69,26 +68,6 @@ def run_two_devices(tmp_path) -> dict[str, np.ndarray]:  # noqa: ANN001
     return load(out)
 
 
-def run_two_processes(tmp_path) -> dict[str, np.ndarray]:  # noqa: ANN001
-    port = free_port()
-    out = tmp_path / "processes.npz"
-    procs = []
-    for rank in range(2):
-        env = jax_env(
-            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
-            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-            KERAS_DISTRIBUTION_PROCESS_ID=str(rank),
-        )
-        procs.append(subprocess.Popen(
-            [sys.executable, WORKER, "process", str(out)], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    for rank, (proc, text) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{text[-3000:]}"
-    return load(out)
-
-
 def check_one_device(one: dict) -> None:
     # dropout on: two passes of a micro-batch draw different masks, so r is far above what
     # the perturbation alone gives at eps 1e-5 (below 1e-10 with dropout off)
@@ -109,9 +88,11 @@ def check_one_device(one: dict) -> None:
     np.testing.assert_allclose(one["uneven/4"], one["uneven/None"], rtol=1e-6)
 
 
-@pytest.mark.slow  # four JAX processes (~4 min on 2 loaded cores); one test, so the
-# one-device reference runs once whatever the pytest-xdist worker
-def test_two_devices_and_two_processes_equal_one_device(tmp_path):
+@pytest.mark.slow  # two JAX processes (~2.5 min on 2 loaded cores); one test, so the
+# one-device reference runs once whatever the pytest-xdist worker.  Two processes of a
+# job equal to one device: the same default run through the command line,
+# ``tests/commands/test_finetune_jax.py`` (the worker's ``process`` mode runs it by hand).
+def test_two_devices_equal_one_device(tmp_path):
     one = run_one_device(tmp_path)
     check_one_device(one)
     devices = run_two_devices(tmp_path)
@@ -121,6 +102,3 @@ def test_two_devices_and_two_processes_equal_one_device(tmp_path):
     # are reduced once after it; outside it the metrics' sums may add a few of their own)
     total, in_loop = devices["all_reduces"]
     assert total >= 1 and in_loop == 0
-    processes = run_two_processes(tmp_path)
-    assert (int(processes["processes"]), int(processes["devices"])) == (2, 2)
-    assert_same_default_run(processes, one)

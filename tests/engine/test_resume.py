@@ -50,23 +50,26 @@ def final_state(directory):
         return checkpointing.read_meta(path), [data[k] for k in sorted(data.files)]
 
 
-@pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])
-def test_resumed_run_ends_with_the_same_state(tmp_path, stop_at):
+def test_resumed_runs_end_with_the_same_state(tmp_path):
+    """Stopped mid-epoch (step 3) and at an epoch boundary (step 4), each resumed: both end
+    with the uninterrupted run's state."""
     assert cli.main([*RUN, "--checkpoint-dir", str(tmp_path / "whole")]) == 0
-    interrupted = [*RUN, "--checkpoint-dir", str(tmp_path / "cut")]
-    assert cli.main([*interrupted, "--stop-at-step", str(stop_at)]) == 0
-    meta, _ = final_state(tmp_path / "cut")
-    assert meta["global_step"] == stop_at
-    assert cli.main([*interrupted, "--resume"]) == 0
-
     meta_whole, whole = final_state(tmp_path / "whole")
-    meta_cut, resumed = final_state(tmp_path / "cut")
-    assert meta_whole["global_step"] == meta_cut["global_step"] == 8
-    # Same variables in the same order (Keras numbers repeated layer names per process).
-    assert [strip(p) for p in meta_whole["paths"]] == [strip(p) for p in meta_cut["paths"]]
-    # Weights, optimizer slots and step, seed-generator states, adv_start_step.
-    for path, a, b in zip(meta_whole["paths"], whole, resumed):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+    for stop_at in (3, 4):
+        cut = tmp_path / f"cut{stop_at}"
+        interrupted = [*RUN, "--checkpoint-dir", str(cut)]
+        assert cli.main([*interrupted, "--stop-at-step", str(stop_at)]) == 0
+        meta, _ = final_state(cut)
+        assert meta["global_step"] == stop_at
+        assert cli.main([*interrupted, "--resume"]) == 0
+
+        meta_cut, resumed = final_state(cut)
+        assert meta_whole["global_step"] == meta_cut["global_step"] == 8
+        # Same variables in the same order (Keras numbers repeated layer names per process).
+        assert [strip(p) for p in meta_whole["paths"]] == [strip(p) for p in meta_cut["paths"]]
+        # Weights, optimizer slots and step, seed-generator states, adv_start_step.
+        for path, a, b in zip(meta_whole["paths"], whole, resumed):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{stop_at}: {path}")
     # Only the newest two complete checkpoints are kept.
     assert len(checkpointing.complete_checkpoints(str(tmp_path / "whole"))) == 2
 

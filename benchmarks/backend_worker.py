@@ -18,10 +18,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import numpy as np
+from bench_common import serve_steps  # this folder is on the path of a script run here
 
 BUCKETS = (16, 32, 64, 128)
 
@@ -81,20 +81,7 @@ def main() -> None:
     shapes = {v: sorted({b[0]["token_ids"].shape[1] for b in data[v]}) for v in data}
     print(json.dumps({"ready": True, "backend": keras.config.backend(), "lengths": shapes}),
           flush=True)  # fmt: skip
-    for line in sys.stdin:
-        ask = json.loads(line)
-        if ask["op"] == "quit":
-            break
-        variant, count = ask["variant"], ask["count"]
-        model, batches = models[variant], data[variant]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(count):
-            x, y = batches[cursor[variant] % len(batches)]
-            logs = model.train_on_batch(x, y, return_dict=True)
-            cursor[variant] += 1
-        float(logs["loss"])  # results are on the host: the steps are done
-        seconds = time.perf_counter() - t0
-        print(json.dumps({"seconds": seconds, "cpu_s": time.process_time() - c0}), flush=True)
+    serve_steps(models, data, cursor)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def main() -> None:
         print(f"[bench] {variant:>14}: TF {stat['tf']['median']:7.1f} ex/s, JAX "
               f"{stat['jax']['median']:7.1f} ex/s, JAX/TF {r['median']:.2f} "
               f"[{r['min']:.2f}, {r['max']:.2f}] ({rounds.count()})", flush=True)  # fmt: skip
-    for worker in workers.values():
-        worker.close()
+    for process in workers.values():  # (not `worker`: that name is the function above)
+        process.close()
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"host_matmul_gflops": gflops, "machine": machine(), "results": results,

@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -192,3 +193,25 @@ def alternated(
     names = list(workers)
     order = names[turn % len(names) :] + names[: turn % len(names)]
     return {name: workers[name].run(variant, count) for name in order}
+
+
+def serve_steps(models: dict[str, Any], data: dict[str, list], cursor: dict[str, int]) -> None:
+    """The worker side of ``PipeWorker``: answer ``{"op": "run", "variant", "count"}`` JSON
+    lines on stdin until ``{"op": "quit"}`` (or end of input).  A run takes ``count``
+    ``train_on_batch`` steps of ``models[variant]`` over its batches ``data[variant]``,
+    round-robin from ``cursor[variant]`` (advanced), ends with the loss on the host (the
+    steps are finished) and answers ``{"seconds": wall, "cpu_s": this process's CPU time}``."""
+    for line in sys.stdin:
+        ask = json.loads(line)
+        if ask["op"] == "quit":
+            break
+        variant, count = ask["variant"], ask["count"]
+        model, batches = models[variant], data[variant]
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            x, y = batches[cursor[variant] % len(batches)]
+            logs = model.train_on_batch(x, y, return_dict=True)
+            cursor[variant] += 1
+        float(logs["loss"])  # results are on the host: the steps are done
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"seconds": seconds, "cpu_s": time.process_time() - c0}), flush=True)

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 import numpy as np
+from bench_common import serve_steps  # this folder is on the path of a script run here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,20 +135,7 @@ def main() -> None:
     programs = {v: getattr(m, "compiled_programs", None) for v, m in models.items()}
     print(json.dumps({"ready": True, "backend": keras.config.backend(), "warmup_s": warmup_s,
                       "programs": programs}), flush=True)  # fmt: skip
-    for line in sys.stdin:
-        ask = json.loads(line)
-        if ask["op"] == "quit":
-            break
-        variant, count = ask["variant"], ask["count"]
-        model, batches = models[variant], data[variant]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(count):
-            x, y = batches[cursor[variant] % len(batches)]
-            logs = model.train_on_batch(x, y, return_dict=True)
-            cursor[variant] += 1
-        float(logs["loss"])  # results are on the host: the steps are done
-        seconds = time.perf_counter() - t0
-        print(json.dumps({"seconds": seconds, "cpu_s": time.process_time() - c0}), flush=True)
+    serve_steps(models, data, cursor)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path
     epoch checkpoint were lost).  ``kill -9`` of rank 1: the job ends within 60 s, non-zero.
     SIGTERM to ``horovodrun`` itself (a scheduler's preemption): the patched runner passes it
     on, so the workers checkpoint and exit 75 (before: SIGSTOP, then SIGKILL).  ``--resume``
-    continues after each, to the end."""
+    continues after each: past the killed rank's last checkpoint, from the step it saved."""
     ckpt = tmp_path / "ckpt"
     argv = [*RUN, "--checkpoint-dir", str(ckpt)]
 
@@ -113,10 +113,9 @@ def test_a_signal_to_one_rank_and_a_killed_rank_both_resume(horovodrun, tmp_path
     assert step > killed_at
     said = re.findall(r"\[0\]<stderr>:\[finetune\] preempted by (.*) after step (\d+)", out)
     assert said == [("SIGTERM", str(step))], out[-3000:]
-
-    status, out, _ = launch_and(horovodrun, resumed, f"resumed from {ckpt}", lambda _: None)
-    assert status == 0, out[-3000:]
-    assert newest_step(ckpt) == 48
+    # (A fourth launch ran the job to its end: resuming to the end is
+    # test_resume.py's and test_faults.py's, under horovodrun test_conadv_distributed.py's;
+    # dropped for the suite's time.)
 
 
 WORKER = """

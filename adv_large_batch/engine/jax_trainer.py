@@ -8,7 +8,7 @@ and the batch split over the devices):
 1. each device sorts/prepares its own rows (``prepare_batch``) and splits them into
    micro-batches of ``micro_batch_size`` rows; ``jax.lax.scan`` runs them one after the
    other in one compiled program (only one micro-batch's activations alive at a time;
-   unrolled on a CPU, whose loop bodies are slow: ``micro_batch_loop``),
+   unrolled on a CPU, whose loop bodies are slow, up to 8 micro-batches: ``micro_batch_loop``),
    summing ``jax.value_and_grad`` of ``micro_batch_loss`` weighted by ``rows_i / N``; a
    shorter last micro-batch (a per-device batch that is not a multiple of the
    micro-batch) runs once more after the scan with its own weight;
@@ -101,18 +101,44 @@ def _varying(tree: Any, axis: str) -> Any:
     return jax.lax.pvary(tree, (axis,))
 
 
+#: The most micro-batches a step unrolls on a CPU; above it the loop stays a loop.
+CPU_UNROLL_LIMIT = 8
+
+
+def unroll_for(length: int, platform: str) -> int:
+    """How many of ``length`` micro-batches ``micro_batch_loop`` unrolls on ``platform``
+    (``jax.default_backend()``): all of them on a CPU up to ``CPU_UNROLL_LIMIT``, else 1.
+
+    An unrolled program's scratch memory grows with the count: XLA:CPU keeps each unrolled
+    micro-batch's buffers (a two-layer MLP's gradient over 32 micro-batches: 3.0 MiB of
+    temporaries as a loop, 10.5 unrolling 4, 20.5 unrolling 8, 78.5 unrolling all 32), and
+    the bundled MiniLM's ScaLA step at batch 1,024 = 32 x 32 rows, fully unrolled, was
+    killed for memory at 20.8 GB on a 23 GB host.
+
+    ```python
+    from adv_large_batch.engine.jax_trainer import unroll_for
+
+    assert (unroll_for(2, "cpu"), unroll_for(32, "cpu"), unroll_for(2, "gpu")) == (2, 1, 1)
+    ```
+    """
+    return length if platform == "cpu" and 1 <= length <= CPU_UNROLL_LIMIT else 1
+
+
 def micro_batch_loop(body: Any, carry: Any, xs: Any, length: int) -> tuple[Any, Any]:
-    """``jax.lax.scan(body, carry, xs)`` over ``length`` micro-batches, unrolled on a CPU.
+    """``jax.lax.scan(body, carry, xs)`` over ``length`` micro-batches, unrolled on a CPU
+    when there are at most ``CPU_UNROLL_LIMIT`` of them (``unroll_for``).
 
     XLA:CPU runs convolutions inside a loop body many times slower than the same ops
     unrolled (jax-ml/jax issue 12868: four 3x3 convolutions forward and backward, 0.26 s
     as straight code, 6.6 s in a scan of 2, 9.6 s in a scan of 1, 0.27 s unrolled;
-    ``benchmarks/bench_image_backends.py``); on GPUs and TPUs the loop keeps one
-    micro-batch's activations alive at a time, so it stays a loop there."""
+    ``benchmarks/bench_image_backends.py``); but unrolled, every micro-batch keeps its own
+    buffers, so many micro-batches stay a loop (slower convolutions, one micro-batch's
+    memory).  On GPUs and TPUs the loop keeps one micro-batch's activations alive at a
+    time, so it stays a loop there."""
     import jax
 
-    unroll = length if jax.default_backend() == "cpu" else 1
-    return jax.lax.scan(body, carry, xs, length=length, unroll=max(unroll, 1))
+    unroll = unroll_for(length, jax.default_backend())
+    return jax.lax.scan(body, carry, xs, length=length, unroll=unroll)
 
 
 def _rows_of(x: Any) -> int:
@@ -474,4 +500,13 @@ class JaxAccumulatingTrainer(TrainerCommon):
         return self.filter_train_only(logs), (trainable, non_trainable, values)
 
 
-__all__ = ["MOVING", "ROWS", "SCALARS", "JaxAccumulatingTrainer", "MicroBatch", "micro_batch_loop"]
+__all__ = [
+    "CPU_UNROLL_LIMIT",
+    "MOVING",
+    "ROWS",
+    "SCALARS",
+    "JaxAccumulatingTrainer",
+    "MicroBatch",
+    "micro_batch_loop",
+    "unroll_for",
+]

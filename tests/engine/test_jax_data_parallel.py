@@ -102,3 +102,17 @@ def test_two_devices_equal_one_device(tmp_path):
     # are reduced once after it; outside it the metrics' sums may add a few of their own)
     total, in_loop = devices["all_reduces"]
     assert total >= 1 and in_loop == 0
+
+
+def test_a_cpu_unrolls_a_few_micro_batches_and_loops_over_many():
+    """Unrolled, each micro-batch keeps its own buffers on XLA:CPU: the bundled MiniLM's
+    ScaLA step at 1,024 = 32 x 32 rows was killed for memory at 20.8 GB when every step
+    unrolled all its micro-batches (before: ``unroll = length`` on a CPU, whatever the
+    length).  Up to ``CPU_UNROLL_LIMIT`` they are unrolled (XLA:CPU's slow convolutions in
+    loop bodies); above it, and on accelerators, the loop stays a loop."""
+    from adv_large_batch.engine.jax_trainer import CPU_UNROLL_LIMIT, unroll_for
+
+    assert CPU_UNROLL_LIMIT == 8
+    assert [unroll_for(n, "cpu") for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert [unroll_for(n, "cpu") for n in (9, 32, 256)] == [1, 1, 1]
+    assert [unroll_for(n, platform) for n in (2, 32) for platform in ("gpu", "tpu")] == [1] * 4

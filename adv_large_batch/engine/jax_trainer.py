@@ -111,7 +111,8 @@ def unroll_for(length: int, platform: str) -> int:
 
     An unrolled program's scratch memory grows with the count: XLA:CPU keeps each unrolled
     micro-batch's buffers (a two-layer MLP's gradient over 32 micro-batches: 3.0 MiB of
-    temporaries as a loop, 10.5 unrolling 4, 20.5 unrolling 8, 78.5 unrolling all 32), and
+    temporaries as a loop, 10.5 unrolling 4, 20.5 unrolling 8, 78.5 unrolling all 32:
+    ``benchmarks/unroll_memory.py``), and
     the bundled MiniLM's ScaLA step at batch 1,024 = 32 x 32 rows, fully unrolled, was
     killed for memory at 20.8 GB on a 23 GB host.
 

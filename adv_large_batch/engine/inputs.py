@@ -144,4 +144,36 @@ def adapt_inputs(network: Any, x: Any, y: Any = None) -> tuple[Any, Any]:
     return x, y
 
 
-__all__ = ["adapt_inputs", "is_raw_text", "is_text_column", "require_preprocessor"]
+def batch_spec(x: Any, y: Any = None) -> Any:
+    """The structure of one batch of ``fit(x, y)``'s data, for building the optimizer's and
+    metrics' variables before the step is traced: a ``tf.data.Dataset``'s
+    ``element_spec``; for arrays (NumPy or anything with ``shape`` and ``dtype``, nested in
+    dicts, lists and tuples), ``(x, y)`` (``x`` alone when ``y`` is None) with each array as
+    a ``keras.KerasTensor`` of unknown first axis.  ``None`` for anything else (a
+    generator, a ``PyDataset``, Python lists of numbers): the first trace builds then.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from adv_large_batch.engine.inputs import batch_spec
+
+    x, y = batch_spec({"token_ids": np.zeros((64, 16), "int32")}, np.zeros(64, "int32"))
+    x["token_ids"].shape, y.dtype   # (None, 16), 'int32'
+    batch_spec(iter([1, 2]))        # None
+    ```
+    """
+    if _is_tf_dataset(x):
+        return x.element_spec
+    import keras
+
+    leaves = keras.tree.flatten((x, y) if y is not None else x)
+    if not leaves or not all(hasattr(v, "shape") and len(v.shape) >= 1 for v in leaves):
+        return None
+    return keras.tree.map_structure(
+        lambda v: keras.KerasTensor((None, *v.shape[1:]), keras.backend.standardize_dtype(v.dtype)),
+        (x, y) if y is not None else x,
+    )
+
+
+__all__ = ["adapt_inputs", "batch_spec", "is_raw_text", "is_text_column", "require_preprocessor"]

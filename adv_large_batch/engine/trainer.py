@@ -346,7 +346,18 @@ class AccumulatingTrainer(TrainerCommon):
         except Exception:  # an optimisation only: the first trace builds what is left
             pass
 
-    def _before_fit(self, x: Any) -> None:
-        """On a ``tf.data.Dataset``, build before the step is traced (one trace)."""
-        if isinstance(x, tf.data.Dataset) and self.train_function is None:
-            self.build_before_tracing(x.element_spec)
+    def _before_fit(self, x: Any, y: Any = None) -> None:
+        """Build before the step is traced (one trace), from the structure of a batch of
+        ``x`` and ``y`` (``engine.inputs.batch_spec``: a ``tf.data.Dataset`` or arrays;
+        before, arrays were left to the first trace, which traced the step twice)."""
+        from adv_large_batch.engine.inputs import batch_spec
+
+        spec = batch_spec(x, y) if self.train_function is None else None
+        if spec is not None:
+            self.build_before_tracing(spec)
+
+    def train_on_batch(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """``keras.Model.train_on_batch``, built before the step's first trace like ``fit``
+        (before: traced twice, the first trace creating the optimizer's slots)."""
+        self._before_fit(x, y)
+        return super().train_on_batch(x, y, *args, **kwargs)

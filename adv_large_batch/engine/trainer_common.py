@@ -92,7 +92,7 @@ class TrainerCommon(keras.Model):
         """The data-parallel backend of this process when none is given."""
         raise NotImplementedError
 
-    def _before_fit(self, x: Any) -> None:
+    def _before_fit(self, x: Any, y: Any = None) -> None:
         """Called by ``fit`` with the training data before Keras' own ``fit`` (nothing)."""
 
     # ---- plumbing -----------------------------------------------------------------
@@ -166,7 +166,7 @@ class TrainerCommon(keras.Model):
         callbacks, verbose = fit_progress(
             self, callbacks, verbose, x, {**kwargs, "batch_size": batch_size}
         )
-        self._before_fit(x)
+        self._before_fit(x, y)
         return super().fit(x, y, batch_size, epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:

@@ -1,5 +1,6 @@
 """Kill-and-resume equals an uninterrupted run; partial checkpoints are never picked."""
 
+import json
 import os
 import re
 
@@ -50,11 +51,14 @@ def final_state(directory):
         return checkpointing.read_meta(path), [data[k] for k in sorted(data.files)]
 
 
-def test_resumed_runs_end_with_the_same_state(tmp_path):
+def test_resumed_runs_end_with_the_same_state(tmp_path, capsys):
     """Stopped mid-epoch (step 3) and at an epoch boundary (step 4), each resumed: both end
-    with the uninterrupted run's state."""
+    with the uninterrupted run's state.  The finished run resumed trains nothing, says so
+    and leaves its checkpoint as it was (one uninterrupted run serves both checks)."""
     assert cli.main([*RUN, "--checkpoint-dir", str(tmp_path / "whole")]) == 0
     meta_whole, whole = final_state(tmp_path / "whole")
+    check_a_finished_run_resumes_to_nothing(tmp_path / "whole", tmp_path / "m.json", capsys)
+    assert final_state(tmp_path / "whole")[0] == meta_whole
     for stop_at in (3, 4):
         cut = tmp_path / f"cut{stop_at}"
         interrupted = [*RUN, "--checkpoint-dir", str(cut)]
@@ -132,16 +136,14 @@ def test_resume_with_no_intact_checkpoint_exits_2_without_a_traceback(tmp_path, 
     assert "Traceback" not in err
 
 
-def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, capsys):
-    directory = tmp_path / "ckpt"
-    out = tmp_path / "m.json"
-    assert cli.main([*RUN, "--checkpoint-dir", str(directory)]) == 0
+def check_a_finished_run_resumes_to_nothing(directory, out, capsys) -> None:
+    """``--resume`` of the finished run in ``directory``: no step, a throughput of 0 (before:
+    ~1e6 / s, its few seconds of set-up over no work), and a message that says so."""
     resumed = [*RUN[:-2], "--verbose", "1", "--checkpoint-dir", str(directory)]
+    capsys.readouterr()
     assert cli.main([*resumed, "--resume", "--metrics-out", str(out)]) == 0
-    import json
-
     result = json.loads(out.read_text())
-    assert result["steps_run"] == 0 and result["examples_per_s"] == 0.0  # before: ~1e6 / s
+    assert result["steps_run"] == 0 and result["examples_per_s"] == 0.0
     assert "no training step left to run" in capsys.readouterr().out
 
 
@@ -166,8 +168,6 @@ def test_resume_needs_a_checkpoint_dir(capsys):
 
 
 def test_mixed_bfloat16_run_trains_and_restores_the_policy(tmp_path, capsys):
-    import json
-
     import keras
 
     out = tmp_path / "m.json"

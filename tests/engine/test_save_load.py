@@ -89,15 +89,20 @@ def token_data(first: int, count: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).skip(first)
 
 
-@pytest.fixture(scope="module")
-def scala_runs(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("scala") / "scala.keras")
-    return resumed_equals_one_go(scala_model, token_data(0, 2), token_data(2, 2), path)
+@pytest.mark.slow  # 3 traced ScaLA fits of the tiny BERT and a fresh process, 40-70 s
+def test_scala_saved_loaded_and_resumed_equals_one_run(tmp_path):
+    """The three checks of one pair of runs, in one test (a module fixture shared by three
+    tests ran once per pytest-xdist worker: twice, 35-45 s each)."""
+    path = str(tmp_path / "scala.keras")
+    runs = resumed_equals_one_go(scala_model, token_data(0, 2), token_data(2, 2), path)
+    check_a_loaded_scala_model_is_compiled_with_its_lamb_schedule_and_step(*runs)
+    check_the_resumed_scala_run_equals_one_run(*runs)
+    check_importing_the_method_is_all_a_fresh_process_needs(runs[1], tmp_path)
 
 
-@pytest.mark.slow  # shared fixture: 3 traced ScaLA fits of the tiny BERT, 45-70 s
-def test_a_loaded_scala_model_is_compiled_with_its_lamb_schedule_and_step(scala_runs):
-    whole, loaded, seen = scala_runs
+def check_a_loaded_scala_model_is_compiled_with_its_lamb_schedule_and_step(
+    whole: ScaLA, loaded: ScaLA, seen: dict
+) -> None:
     assert isinstance(loaded, ScaLA) and loaded.config == whole.config
     assert loaded.network.dropout == 0.1  # dropout on: its masks must repeat too
     assert loaded.steps_per_epoch == 3 and loaded.seed == 0
@@ -112,9 +117,7 @@ def test_a_loaded_scala_model_is_compiled_with_its_lamb_schedule_and_step(scala_
     assert seen["loaded_loss"] == pytest.approx(seen["loss"], rel=1e-6)
 
 
-@pytest.mark.slow  # shared fixture: 3 traced ScaLA fits of the tiny BERT, 45-70 s
-def test_scala_saved_loaded_and_resumed_equals_one_run(scala_runs):
-    whole, loaded, seen = scala_runs
+def check_the_resumed_scala_run_equals_one_run(whole: ScaLA, loaded: ScaLA, seen: dict) -> None:
     assert seen["history"]["adv_on"] == [0.5]  # t_s = 3 crossed in the resumed part
     assert int(loaded.optimizer.iterations.numpy()) == 4
     assert int(loaded.batches_seen.numpy()) == 4
@@ -181,11 +184,9 @@ def test_an_unrestorable_loss_is_named_at_load_time(tmp_path):
     assert not keras.models.load_model(path, compile=False).compiled
 
 
-@pytest.mark.slow  # shared fixture: 3 traced ScaLA fits of the tiny BERT, 45-70 s
-def test_importing_the_method_is_all_a_fresh_process_needs(scala_runs, tmp_path):
+def check_importing_the_method_is_all_a_fresh_process_needs(loaded: ScaLA, tmp_path) -> None:
     """No ``custom_objects``: ``import adv_large_batch.scala`` registers the trainer, the
     network (``PerturbableBertClassifier``), LAMB and its schedule."""
-    whole, loaded, _ = scala_runs
     path = str(tmp_path / "fresh.keras")
     loaded.save(path)
     script = (

@@ -167,12 +167,13 @@ def batch_spec(x: Any, y: Any = None) -> Any:
         return x.element_spec
     import keras
 
-    leaves = keras.tree.flatten((x, y) if y is not None else x)
+    data = (x, y) if y is not None else x
+    leaves = keras.tree.flatten(data)
     if not leaves or not all(hasattr(v, "shape") and len(v.shape) >= 1 for v in leaves):
         return None
     return keras.tree.map_structure(
         lambda v: keras.KerasTensor((None, *v.shape[1:]), keras.backend.standardize_dtype(v.dtype)),
-        (x, y) if y is not None else x,
+        data,
     )
 
 

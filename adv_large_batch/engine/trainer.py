@@ -60,6 +60,7 @@ from adv_large_batch.engine.batching import (
     split_micro_batches,
     static_batch_size,
 )
+from adv_large_batch.engine.inputs import batch_spec
 from adv_large_batch.engine.timing import (
     StepLog,
     can_time,
@@ -350,8 +351,6 @@ class AccumulatingTrainer(TrainerCommon):
         """Build before the step is traced (one trace), from the structure of a batch of
         ``x`` and ``y`` (``engine.inputs.batch_spec``: a ``tf.data.Dataset`` or arrays;
         before, arrays were left to the first trace, which traced the step twice)."""
-        from adv_large_batch.engine.inputs import batch_spec
-
         spec = batch_spec(x, y) if self.train_function is None else None
         if spec is not None:
             self.build_before_tracing(spec)
